@@ -1,0 +1,1 @@
+"""Benchmark harness behind `make bench`: fcgiserver against uWSGI and flup, behind lighttpd."""

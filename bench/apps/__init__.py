@@ -1,0 +1,1 @@
+"""WSGI apps the benchmarks serve; importable as `module:callable` with this folder on PYTHONPATH."""

@@ -1,0 +1,192 @@
+"""Benchmark 1: the core server. Same hello app, workers and lighttpd front for each; interleaved rounds."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.apps.hello_app import BODY
+from bench.backends import Backend
+from bench.http import request
+from bench.lighttpd import start_lighttpd
+from bench.memory import cpu_seconds, summarize, workers_of
+from bench.procs import Managed, ProcessGroup, StartError, wait_until_connectable
+from bench.wrk import WrkError, WrkResult, run_wrk
+
+HELLO_APP = "hello_app:application"
+
+
+@dataclass(frozen=True)
+class HelloSettings:
+    rounds: int = 5
+    seconds: float = 8.0
+    warmup_seconds: float = 2.0
+    threads: int = 1
+    connections: int = 32
+    workers: int = 4
+
+
+@dataclass
+class Target:
+    backend: Backend
+    server: Managed
+    front: Managed
+    port: int
+    results: list[WrkResult] = field(default_factory=list)
+    # CPU seconds per round, by part: where the machine's two cores went while this backend was timed.
+    cpu: list[dict[str, float]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    idle_memory: dict[str, object] = field(default_factory=dict)
+    memory_after_load: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hello"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def start_target(procs: ProcessGroup, workdir: Path, backend: Backend, workers: int) -> Target:
+    """Start backend + lighttpd, prove the body is right, warm up. Raises StartError if any step fails."""
+    bdir = workdir / backend.name
+    bdir.mkdir()
+    sock = bdir / "app.sock"
+    argv = backend.argv(sock, HELLO_APP, workers)
+    server = procs.start(backend.name, argv, stop_signal=backend.stop_signal)
+    wait_until_connectable(server, str(sock), timeout=30)
+    front, port = start_lighttpd(procs, f"lighttpd-{backend.name}", bdir / "front", sock)
+    resp = request(port, "GET", "/hello")
+    if resp.status != 200 or resp.body != BODY:
+        raise StartError(f"{backend.name}: expected 200 {BODY!r}, got {resp.status} {resp.body[:200]!r}")
+    return Target(backend, server, front, port)
+
+
+def wait_for_workers(target: Target, workers: int, timeout: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    pids = workers_of(target.server.pid)
+    while len(pids) < workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pids = workers_of(target.server.pid)
+    return pids
+
+
+def timed_round(t: Target, settings: HelloSettings) -> tuple[WrkResult, dict[str, float]]:
+    """One wrk run, with the CPU each part (wrk, lighttpd, master + workers) spent during it."""
+    backend_pids = [t.server.pid, *workers_of(t.server.pid)]
+    before_backend = cpu_seconds(backend_pids)
+    before_front = cpu_seconds([t.front.pid])
+    before_wrk = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = run_wrk(t.url, threads=settings.threads, connections=settings.connections, seconds=settings.seconds)
+    after_wrk = resource.getrusage(resource.RUSAGE_CHILDREN)
+    backend = cpu_seconds(backend_pids) - before_backend
+    front = cpu_seconds([t.front.pid]) - before_front
+    wrk = (after_wrk.ru_utime + after_wrk.ru_stime) - (before_wrk.ru_utime + before_wrk.ru_stime)
+    cpu = {
+        "backend_s": round(backend, 3),
+        "lighttpd_s": round(front, 3),
+        "wrk_s": round(wrk, 3),
+        "backend_us_per_req": round(backend / res.requests * 1e6, 1) if res.requests else 0.0,
+    }
+    return res, cpu
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+    }
+
+
+def summarize_target(t: Target) -> dict[str, object]:
+    out: dict[str, object] = {
+        "rounds": [r.to_json() for r in t.results],
+        "failures": t.failures,
+        "cpu": t.cpu,
+        "errors_total": sum(r.errors for r in t.results),
+        "idle_worker_memory": t.idle_memory,
+        "worker_memory_after_load": t.memory_after_load,
+    }
+    if t.results:
+        out["good_rps"] = _stats([r.good_rps for r in t.results])
+        out["wrk_rps"] = _stats([r.rps for r in t.results])
+        out["backend_us_per_req"] = _stats([c["backend_us_per_req"] for c in t.cpu])
+    return out
+
+
+def ratios(summary: dict[str, dict[str, object]]) -> dict[str, float]:
+    def median(name: str) -> float | None:
+        entry = summary.get(name, {})
+        good = entry.get("good_rps")
+        return float(good["median"]) if isinstance(good, dict) and good.get("median") else None
+
+    out: dict[str, float] = {}
+    for name in summary:
+        mine = median(name)
+        for base in ("uwsgi", "flup"):
+            theirs = median(base)
+            if mine is not None and theirs and name != base:
+                out[f"{name}_vs_{base}"] = round(mine / theirs, 3)
+    return out
+
+
+def run_hello(workdir: Path, backends: list[Backend], settings: HelloSettings) -> dict[str, object]:
+    targets: list[Target] = []
+    unavailable: dict[str, str] = {}
+    with ProcessGroup(workdir) as procs:
+        for backend in backends:
+            try:
+                target = start_target(procs, workdir, backend, settings.workers)
+            except (StartError, OSError, RuntimeError) as exc:
+                unavailable[backend.name] = str(exc)
+                log(f"[hello] {backend.name}: NOT AVAILABLE: {exc}")
+                continue
+            pids = wait_for_workers(target, settings.workers)
+            log(f"[hello] {backend.name}: ready on :{target.port}, workers {pids}")
+            targets.append(target)
+
+        for t in targets:
+            # Warm-up: imports settle, lazy paths run once; then measure memory of idle, warmed workers.
+            try:
+                run_wrk(t.url, threads=settings.threads, connections=settings.connections,
+                        seconds=settings.warmup_seconds)
+            except WrkError as exc:
+                t.failures.append(f"warm-up: {exc}")
+            time.sleep(1.0)
+            t.idle_memory = summarize(workers_of(t.server.pid))
+
+        for rnd in range(settings.rounds):
+            # Rotate the order so a slow patch of machine noise does not always hit the same backend.
+            shift = rnd % max(1, len(targets))
+            for t in targets[shift:] + targets[:shift]:
+                if not t.server.alive():
+                    t.failures.append(f"round {rnd + 1}: server exited ({t.server.popen.returncode})")
+                    continue
+                try:
+                    res, cpu = timed_round(t, settings)
+                except WrkError as exc:
+                    t.failures.append(f"round {rnd + 1}: {exc}")
+                    log(f"[hello] round {rnd + 1} {t.backend.name}: wrk failed: {exc}")
+                    continue
+                t.results.append(res)
+                t.cpu.append(cpu)
+                log(f"[hello] round {rnd + 1}/{settings.rounds} {t.backend.name:<10} "
+                    f"{res.good_rps:9.0f} req/s ok, {res.errors} errors, "
+                    f"backend {cpu['backend_us_per_req']:.0f} us CPU/req")
+
+        for t in targets:
+            t.memory_after_load = summarize(workers_of(t.server.pid))
+
+    summary = {t.backend.name: summarize_target(t) for t in targets}
+    return {
+        "settings": settings.__dict__,
+        "backends": summary,
+        "unavailable": unavailable,
+        "ratios": ratios(summary),
+    }

@@ -1,0 +1,221 @@
+"""Benchmark 2: the upload service through the whole stack, against Pillow's bare cost on the same file.
+
+Also the worker's memory while it receives a 50 MB body: a streaming server and parser keep it flat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.backends import FCGISERVER
+from bench.http import HttpResponse, request
+from bench.images import bare_thumbnail, full_decode_thumbnail, make_jpeg
+from bench.lighttpd import start_lighttpd
+from bench.memory import cpu_seconds, workers_of
+from bench.multipart import form_with_file
+from bench.procs import ProcessGroup, StartError, bench_env, wait_until_connectable
+
+UPLOAD_APP = "handlers.upload:application"
+UPLOAD_PATH = "/upload"
+FILE_FIELD = "file"
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    uploads: int = 15
+    big_mib: int = 50
+    # One worker: uploads are sent one after another, and the memory sample then has one worker to watch.
+    workers: int = 1
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def app_missing() -> str | None:
+    try:
+        found = importlib.util.find_spec("handlers.upload")
+    except ImportError as exc:
+        return str(exc)
+    return None if found else "handlers.upload does not exist yet"
+
+
+class PeakRss(threading.Thread):
+    """Samples the RSS of a set of processes every few milliseconds and keeps each one's peak."""
+
+    def __init__(self, pids: list[int], interval: float = 0.002) -> None:
+        super().__init__(daemon=True)
+        self.procs: dict[int, psutil.Process] = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.procs[pid] = psutil.Process(pid)
+        self.interval = interval
+        self.peaks: dict[int, int] = {}
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            for pid, proc in self.procs.items():
+                try:
+                    rss = proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+                self.peaks[pid] = max(self.peaks.get(pid, 0), rss)
+            self.samples += 1
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def post_file(port: int, data: bytes, filename: str, timeout: float = 120.0) -> HttpResponse:
+    body, ctype = form_with_file(FILE_FIELD, filename, "image/jpeg", data)
+    return request(port, "POST", UPLOAD_PATH, body=body, timeout=timeout,
+                   headers={"Content-Type": ctype, "Accept": "application/json"})
+
+
+def big_upload_memory(port: int, server_pid: int, mib: int) -> dict[str, object]:
+    """RSS of each worker before, and its peak during, one upload of `mib` MiB of non-image bytes."""
+    before: dict[int, int] = {}
+    for pid in workers_of(server_pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            before[pid] = psutil.Process(pid).memory_info().rss
+    pids = list(before)
+    payload = bytes(range(256)) * (mib * MIB // 256)
+    sampler = PeakRss(pids)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        resp = post_file(port, payload, "big.jpg", timeout=300)
+    finally:
+        sampler.stop()
+    growth = {pid: sampler.peaks.get(pid, before[pid]) - before[pid] for pid in pids}
+    after = set(workers_of(server_pid))
+    worst = max(growth.values(), default=0)
+    return {
+        "body_mib": mib,
+        "status": resp.status,
+        "seconds": round(time.perf_counter() - started, 2),
+        "samples": sampler.samples,
+        "worker_rss_before_mib": {str(p): round(v / MIB, 2) for p, v in before.items()},
+        "worker_rss_growth_mib": round(worst / MIB, 2),
+        "goal_growth_below_mib": 5,
+        # A worker that died mid-upload would hide its memory: say so, and do not call the goal met.
+        "workers_replaced": sorted(set(pids) - after),
+        "goal_met": worst < 5 * MIB and bool(pids) and set(pids) <= after,
+        "response_head": resp.body[:200].decode("utf-8", "replace"),
+    }
+
+
+def _median_ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 1)
+
+
+def run_upload(workdir: Path, settings: UploadSettings) -> dict[str, Any]:
+    missing = app_missing()
+    if missing:
+        return {"skipped": missing}
+    photo = make_jpeg(workdir / "photo.jpg")
+    data = photo.read_bytes()
+    log(f"[upload] test picture: 4000x3000 JPEG q90, {len(data) / MIB:.1f} MiB")
+    sock = workdir / "app.sock"
+    env = bench_env({
+        "UPLOAD_ROOT": str(workdir / "media"),
+        # Raised so the 50 MB body is read to the end rather than refused up front.
+        "UPLOAD_MAX_BYTES": str((settings.big_mib + 8) * MIB),
+        "UPLOAD_MAX_REQUEST_BYTES": str((settings.big_mib + 16) * MIB),
+    })
+    out: dict[str, Any] = {"settings": asdict(settings), "jpeg_bytes": len(data)}
+    with ProcessGroup(workdir) as procs:
+        server = procs.start("fcgiserver-upload", FCGISERVER.argv(sock, UPLOAD_APP, settings.workers),
+                             stop_signal=FCGISERVER.stop_signal, env=env)
+        try:
+            wait_until_connectable(server, str(sock))
+            front, port = start_lighttpd(procs, "lighttpd-upload", workdir / "front", sock,
+                                         max_request_kb=(settings.big_mib + 32) * 1024)
+        except (StartError, OSError) as exc:
+            return {"skipped": f"server did not start: {exc}"}
+        # Imports and first-request paths run before any memory baseline; a broken stack stops here.
+        page = request(port, "GET", "/")
+        if page.status != 200:
+            return {"error": f"GET / answered {page.status}: {page.body[:200]!r}\n{server.log_tail()}"}
+
+        out["big_upload_fresh_worker"] = big_upload_memory(port, server.pid, settings.big_mib)
+        log(f"[upload] {settings.big_mib} MiB body, fresh worker: "
+            f"RSS growth {out['big_upload_fresh_worker']['worker_rss_growth_mib']} MiB")
+
+        first = post_file(port, data, "photo.jpg")
+        out["first_response"] = {"status": first.status, "body": first.body[:300].decode("utf-8", "replace")}
+        if not 200 <= first.status < 300:
+            out["error"] = f"upload answered {first.status}: {first.body[:300]!r}"
+            return out
+        try:
+            json.loads(first.body)
+        except ValueError:
+            out["error"] = f"upload did not answer JSON: {first.body[:300]!r}"
+            return out
+
+        wall: list[float] = []
+        worker_cpu: list[float] = []
+        front_cpu: list[float] = []
+        bare: list[float] = []
+        bare_cpu: list[float] = []
+        full: list[float] = []
+        statuses: dict[int, int] = {}
+        backend_pids = [server.pid, *workers_of(server.pid)]
+        # Interleaved, so machine noise hits the stack and the floor alike.
+        for _ in range(settings.uploads):
+            c0, t0 = time.process_time(), time.perf_counter()
+            bare_thumbnail(photo)
+            bare.append(time.perf_counter() - t0)
+            bare_cpu.append(time.process_time() - c0)
+            t0 = time.perf_counter()
+            full_decode_thumbnail(photo)
+            full.append(time.perf_counter() - t0)
+
+            b0, f0 = cpu_seconds(backend_pids), cpu_seconds([front.pid])
+            t0 = time.perf_counter()
+            resp = post_file(port, data, "photo.jpg")
+            wall.append(time.perf_counter() - t0)
+            worker_cpu.append(cpu_seconds(backend_pids) - b0)
+            front_cpu.append(cpu_seconds([front.pid]) - f0)
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
+        overhead = statistics.median(wall) / statistics.median(bare) - 1
+        out["uploads"] = {
+            "count": settings.uploads,
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "upload_ms": {"median": _median_ms(wall), "min": _median_ms([min(wall)]),
+                          "max": _median_ms([max(wall)])},
+            "uploads_per_s": round(1 / statistics.median(wall), 2),
+            "worker_cpu_ms_per_upload": _median_ms(worker_cpu),
+            "lighttpd_cpu_ms_per_upload": _median_ms(front_cpu),
+            "bare_open_thumbnail_ms": _median_ms(bare),
+            "bare_open_thumbnail_cpu_ms": _median_ms(bare_cpu),
+            "bare_per_s": round(1 / statistics.median(bare), 2),
+            "full_decode_thumbnail_ms": _median_ms(full),
+            "overhead_vs_bare": round(overhead, 3),
+            "goal_overhead_at_most": 0.10,
+            "goal_met": ok == settings.uploads and overhead <= 0.10,
+        }
+        log(f"[upload] {ok}/{settings.uploads} ok, median {out['uploads']['upload_ms']['median']} ms/upload "
+            f"vs bare {out['uploads']['bare_open_thumbnail_ms']} ms: overhead {overhead:+.0%}")
+
+        out["big_upload_warm_worker"] = big_upload_memory(port, server.pid, settings.big_mib)
+        log(f"[upload] {settings.big_mib} MiB body, warm worker: "
+            f"RSS growth {out['big_upload_warm_worker']['worker_rss_growth_mib']} MiB")
+    return out

@@ -1,0 +1,87 @@
+"""The command line: ``fcgiserver [options] MODULE:CALLABLE``. Argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fcgiserver import __version__
+from fcgiserver.config import DEFAULTS, ConfigError, config_from_file_and_cli
+from fcgiserver.launch import launch
+from fcgiserver.loader import loader_for
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fcgiserver",
+        description="A fork-safe prefork FastCGI server for WSGI applications.",
+        epilog="Options may also come from --config FILE.toml (keys as below, with underscores); "
+               "the command line wins. Signals: TERM/INT graceful stop, QUIT immediate stop, "
+               "HUP reload workers, TTIN/TTOU one worker more/less.",
+    )
+    # Every default is None: "not given", so a TOML value or the built-in default applies.
+    p.add_argument("app", nargs="?", metavar="MODULE:CALLABLE",
+                   help="the WSGI application, e.g. myproject.wsgi:application")
+    p.add_argument("--version", action="version", version=f"fcgiserver {__version__}")
+    p.add_argument("-c", "--config", dest="config_file", metavar="FILE.toml",
+                   help="read options from a TOML file")
+    p.add_argument("-b", "--bind", action="append", metavar="ADDRESS",
+                   help="unix:/path.sock, HOST:PORT, [IPV6]:PORT or fd://N; repeatable. Without it: "
+                        "the listening socket on stdin, else systemd's LISTEN_FDS")
+    p.add_argument("-w", "--workers", metavar="N", help=f"worker processes (default {DEFAULTS['workers']})")
+    p.add_argument("--backlog", metavar="N", help="listen backlog (default 1024)")
+    p.add_argument("-p", "--pidfile", metavar="FILE", help="write the supervisor's pid here")
+    p.add_argument("--max-requests", metavar="N", help="restart a worker after N requests (0 = never)")
+    p.add_argument("--max-requests-jitter", metavar="N",
+                   help="add a random 0..N to --max-requests per worker")
+    p.add_argument("-t", "--timeout", metavar="SECONDS",
+                   help="abort a worker whose request runs longer (default 30; 0 = no limit)")
+    p.add_argument("--read-timeout", metavar="SECONDS",
+                   help="drop a connection that sends nothing for this long (default 30; 0 = no limit)")
+    p.add_argument("--graceful-timeout", metavar="SECONDS",
+                   help="time in-flight requests get on stop or reload (default 30)")
+    p.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
+                   help="import the app before forking workers (default) or in each worker")
+    p.add_argument("--socket-mode", metavar="MODE", help="permissions of a unix socket, e.g. 0660")
+    p.add_argument("--socket-owner", metavar="USER:GROUP", help="owner of a unix socket")
+    p.add_argument("--umask", metavar="MODE", help="process umask, e.g. 0027")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning, error, critical")
+    p.add_argument("--hooks", metavar="MODULE",
+                   help="module defining server hooks (pre_fork, post_fork, ...)")
+    p.add_argument("--no-reseed", dest="reseed", action="store_const", const=False, default=None,
+                   help="do not reseed random generators in workers")
+    p.add_argument("--script-name", metavar="PATH",
+                   help="SCRIPT_NAME for the app (default: from the front end)")
+    p.add_argument("--max-params-size", metavar="BYTES", help="largest FastCGI PARAMS stream accepted")
+    p.add_argument("--spool-threshold", metavar="BYTES",
+                   help="request bodies above this size go to a temp file")
+    p.add_argument("--chdir", metavar="DIR", help="change to this directory before loading the app")
+    p.add_argument("--environ", dest="extra_environ", action="append", metavar="NAME=VALUE",
+                   help="add NAME=VALUE to every request's WSGI environ; repeatable")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_file_and_cli(vars(args))
+    except ConfigError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"fcgiserver: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.app is None:
+        parser.print_usage(sys.stderr)
+        print("fcgiserver: error: no application given (MODULE:CALLABLE, or app = ... in --config)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return launch(config, loader_for(config.app), import_from_cwd=True)
+    except ConfigError as exc:
+        print(f"fcgiserver: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

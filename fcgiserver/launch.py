@@ -1,0 +1,69 @@
+"""From a Config to a running supervisor, and back to a clean exit code.
+
+Shared by the command line and the Python API: process set-up (directory, umask, logging),
+the pidfile, the listeners and the hooks, each undone on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from fcgiserver.config import Config
+from fcgiserver.hooks import load_hooks
+from fcgiserver.loader import AppLoader
+from fcgiserver.logs import configure_logging
+from fcgiserver.pidfile import Pidfile, PidfileError
+from fcgiserver.sockets import BindError, close_listeners, open_listeners
+
+log = logging.getLogger("fcgiserver")
+
+# Exit code for a failure to start that is not the application's or a worker's fault.
+EXIT_STARTUP_ERROR = 1
+
+
+def prepare_process(config: Config, *, import_from_cwd: bool) -> None:
+    configure_logging(config.log_level)
+    if config.chdir:
+        os.chdir(config.chdir)
+    if import_from_cwd and os.getcwd() not in sys.path:
+        # `fcgiserver app:application` finds app.py in the working directory, as `python -m` would.
+        sys.path.insert(0, os.getcwd())
+    if config.umask is not None:
+        os.umask(config.umask)
+
+
+def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = False) -> int:
+    """Runs the server until it stops; returns the process exit code.
+
+    ConfigError (e.g. nothing to listen on) propagates: it is the caller's usage error.
+    """
+    from fcgiserver.supervisor import Supervisor
+
+    prepare_process(config, import_from_cwd=import_from_cwd)
+    pidfile = Pidfile(config.pidfile) if config.pidfile else None
+    try:
+        hooks = load_hooks(config.hooks)
+    except Exception:
+        log.exception("cannot load hooks from %r", config.hooks)
+        return EXIT_STARTUP_ERROR
+    try:
+        if pidfile is not None:
+            pidfile.create()
+        listeners = open_listeners(config)
+    except (PidfileError, BindError) as exc:
+        log.error("%s", exc)
+        if pidfile is not None:
+            pidfile.remove()
+        return EXIT_STARTUP_ERROR
+    except BaseException:
+        if pidfile is not None:
+            pidfile.remove()
+        raise
+    try:
+        return Supervisor(config, app_loader, listeners, hooks).run()
+    finally:
+        close_listeners(listeners, config)
+        if pidfile is not None:
+            pidfile.remove()

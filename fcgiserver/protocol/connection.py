@@ -1,0 +1,427 @@
+"""The server side of one FastCGI connection, as a sans-IO state machine.
+
+Bytes go in through receive_data(), events come out of next_event(), and the
+records to write come back as bytes from the send methods. Every transition is
+in _TRANSITIONS below; only a protocol error (state ERROR) bypasses it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from enum import IntEnum, auto
+from typing import NoReturn
+
+from .constants import (
+    DEFAULT_MAX_PARAMS_SIZE,
+    FCGI_KEEP_CONN,
+    FCGI_MAX_CONNS,
+    FCGI_MAX_REQS,
+    FCGI_MPXS_CONNS,
+    NULL_REQUEST_ID,
+    ProtocolStatus,
+    RecordType,
+    Role,
+)
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    NEED_DATA,
+    ConnectionClosed,
+    Event,
+    NeedData,
+    RequestAborted,
+    RequestStarted,
+    StdinData,
+    StdinEnd,
+)
+from .params import decode_params, decode_params_latin1, encode_params
+from .records import RecordReader, encode_record, encode_stream
+
+_BEGIN_BODY = struct.Struct("!HB5x")
+_END_BODY = struct.Struct("!IB3x")
+_UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
+
+
+class ConnState(IntEnum):
+    IDLE = auto()  # waiting for BEGIN_REQUEST
+    PARAMS = auto()  # request begun, PARAMS stream open
+    STDIN = auto()  # RequestStarted given, STDIN stream open
+    RESPONDING = auto()  # STDIN ended; waiting for end_request()
+    ABORTED = auto()  # the peer aborted; waiting for end_request()
+    # Keep these two last: should_close compares against CLOSED.
+    CLOSED = auto()  # nothing more may be done
+    ERROR = auto()  # the peer broke the protocol
+
+
+class _In(IntEnum):
+    """What happened, as the transition table sees it."""
+
+    BEGIN = auto()
+    BEGIN_BAD_ROLE_KEEP = auto()  # FILTER or an unknown role, KEEP_CONN set
+    BEGIN_BAD_ROLE_CLOSE = auto()
+    ABORT = auto()
+    PARAMS = auto()
+    PARAMS_END = auto()
+    STDIN = auto()
+    STDIN_END = auto()
+    DATA = auto()
+    DATA_END = auto()  # an empty DATA record: closes a stream that carried nothing
+    GET_VALUES = auto()
+    APP_ONLY = auto()  # a type only an application sends
+    UNKNOWN = auto()  # a type number the spec does not define
+    EOF = auto()
+    SEND = auto()  # our caller writes STDOUT/STDERR
+    END_KEEP = auto()  # our caller ends a KEEP_CONN request
+    END_CLOSE = auto()
+
+
+class _To(IntEnum):
+    """Whom a record addresses, relative to the active request."""
+
+    MGMT = auto()  # request id 0
+    ACTIVE = auto()
+    OTHER = auto()  # any other id (none is active when idle)
+
+
+class _Do(IntEnum):
+    IGNORE = auto()  # spec 3.3: records for inactive ids are dropped
+    BEGIN = auto()
+    REJECT_ROLE = auto()
+    CANT_MPX = auto()
+    ABORT = auto()
+    PARAMS = auto()
+    PARAMS_END = auto()
+    STDIN = auto()
+    STDIN_END = auto()
+    GET_VALUES = auto()
+    UNKNOWN_TYPE = auto()
+    EOF_IDLE = auto()
+    EOF_BUSY = auto()
+    SEND = auto()
+    END = auto()
+
+
+S = ConnState
+_BUSY = (S.PARAMS, S.STDIN, S.RESPONDING, S.ABORTED)
+_OPEN = (S.IDLE, *_BUSY)
+_ANY_BEGIN = (_In.BEGIN, _In.BEGIN_BAD_ROLE_KEEP, _In.BEGIN_BAD_ROLE_CLOSE)
+_STREAMS = (_In.ABORT, _In.PARAMS, _In.PARAMS_END, _In.STDIN, _In.STDIN_END)
+_PEER_INPUTS = tuple(i for i in _In if i not in (_In.SEND, _In.END_KEEP, _In.END_CLOSE, _In.EOF))
+
+# (states, inputs, targets, action, next state or None to stay).
+# Any (state, input, target) not listed is a protocol error: RemoteProtocolError
+# for peer input, LocalProtocolError for our caller's.
+_RULES: tuple[tuple[tuple[S, ...], tuple[_In, ...], tuple[_To, ...], _Do, S | None], ...] = (
+    ((S.IDLE,), (_In.BEGIN,), (_To.OTHER,), _Do.BEGIN, S.PARAMS),
+    ((S.IDLE,), (_In.BEGIN_BAD_ROLE_KEEP,), (_To.OTHER,), _Do.REJECT_ROLE, None),
+    ((S.IDLE,), (_In.BEGIN_BAD_ROLE_CLOSE,), (_To.OTHER,), _Do.REJECT_ROLE, S.CLOSED),
+    (_BUSY, _ANY_BEGIN, (_To.OTHER,), _Do.CANT_MPX, None),
+    (_OPEN, (*_STREAMS, _In.DATA, _In.DATA_END), (_To.OTHER,), _Do.IGNORE, None),
+    # DATA belongs to FILTER, which we refuse; yet some clients (flup's) close an empty DATA
+    # stream after STDIN on every request. Nothing is lost by letting that pass.
+    ((S.STDIN, S.RESPONDING, S.ABORTED), (_In.DATA_END,), (_To.ACTIVE,), _Do.IGNORE, None),
+    ((S.PARAMS, S.STDIN, S.RESPONDING), (_In.ABORT,), (_To.ACTIVE,), _Do.ABORT, S.ABORTED),
+    ((S.ABORTED,), _STREAMS, (_To.ACTIVE,), _Do.IGNORE, None),
+    ((S.PARAMS,), (_In.PARAMS,), (_To.ACTIVE,), _Do.PARAMS, None),
+    ((S.PARAMS,), (_In.PARAMS_END,), (_To.ACTIVE,), _Do.PARAMS_END, S.STDIN),
+    ((S.STDIN,), (_In.STDIN,), (_To.ACTIVE,), _Do.STDIN, None),
+    ((S.STDIN,), (_In.STDIN_END,), (_To.ACTIVE,), _Do.STDIN_END, S.RESPONDING),
+    (_OPEN, (_In.GET_VALUES,), (_To.MGMT,), _Do.GET_VALUES, None),
+    (_OPEN, (_In.UNKNOWN,), (_To.MGMT,), _Do.UNKNOWN_TYPE, None),
+    # Once closed the caller is about to drop the socket; late records change nothing.
+    ((S.CLOSED,), _PEER_INPUTS, tuple(_To), _Do.IGNORE, None),
+    ((S.IDLE, S.ABORTED, S.CLOSED), (_In.EOF,), (_To.MGMT,), _Do.EOF_IDLE, S.CLOSED),
+    ((S.PARAMS, S.STDIN, S.RESPONDING), (_In.EOF,), (_To.MGMT,), _Do.EOF_BUSY, S.CLOSED),
+    ((S.STDIN, S.RESPONDING, S.ABORTED), (_In.SEND,), (_To.ACTIVE,), _Do.SEND, None),
+    ((S.STDIN, S.RESPONDING, S.ABORTED), (_In.END_KEEP,), (_To.ACTIVE,), _Do.END, S.IDLE),
+    ((S.STDIN, S.RESPONDING, S.ABORTED), (_In.END_CLOSE,), (_To.ACTIVE,), _Do.END, S.CLOSED),
+)
+
+
+_STREAM_TYPES: dict[int, tuple[_In, _In]] = {
+    RecordType.PARAMS: (_In.PARAMS, _In.PARAMS_END),
+    RecordType.STDIN: (_In.STDIN, _In.STDIN_END),
+    RecordType.DATA: (_In.DATA, _In.DATA_END),
+}
+_INPUT_OF_TYPE: dict[int, _In] = {
+    RecordType.ABORT_REQUEST: _In.ABORT,
+    RecordType.GET_VALUES: _In.GET_VALUES,
+    RecordType.END_REQUEST: _In.APP_ONLY,
+    RecordType.STDOUT: _In.APP_ONLY,
+    RecordType.STDERR: _In.APP_ONLY,
+    RecordType.GET_VALUES_RESULT: _In.APP_ONLY,
+    RecordType.UNKNOWN_TYPE: _In.APP_ONLY,
+}
+_KNOWN_ROLES = frozenset({Role.RESPONDER.value, Role.AUTHORIZER.value})
+
+
+_Handler = Callable[["ServerConnection", int, int, bytes], None]
+
+
+class ServerConnection:
+    """One FastCGI connection seen from the application side."""
+
+    def __init__(
+        self,
+        *,
+        max_conns: int = 1,
+        max_reqs: int = 1,
+        max_params_size: int = DEFAULT_MAX_PARAMS_SIZE,
+    ) -> None:
+        self._reader = RecordReader()
+        self._events: deque[Event] = deque()
+        self._outbox: list[bytes] = []
+        self._max_params_size = max_params_size
+        self._values = {
+            FCGI_MAX_CONNS: str(max_conns).encode("ascii"),
+            FCGI_MAX_REQS: str(max_reqs).encode("ascii"),
+            FCGI_MPXS_CONNS: b"0",
+        }
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self._params: list[bytes] = []
+        self._params_size = 0
+        self._role = Role.RESPONDER
+        self._stderr_used = False
+        self.state = ConnState.IDLE
+        self.request_id: int | None = None
+        self.keep_conn = False
+
+    @property
+    def should_close(self) -> bool:
+        return self.state >= ConnState.CLOSED  # CLOSED and ERROR are the last two states
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the peer; b"" means the peer closed its end."""
+        if self._eof:
+            if data:
+                raise LocalProtocolError("data received after end of file")
+            return
+        if data:
+            self._reader.feed(data)
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | NeedData:
+        if self._error is not None:
+            raise self._error
+        events = self._events
+        if not events:
+            next_raw = self._reader.next_raw
+            try:
+                while not events:
+                    raw = next_raw()
+                    if raw is None:
+                        if not self._eof:
+                            return NEED_DATA
+                        if self._reader.pending():
+                            raise RemoteProtocolError("connection closed inside a record")
+                        self._apply(_In.EOF, _To.MGMT, 0, 0, b"")
+                        break
+                    rtype, rid, content = raw
+                    self._apply(
+                        self._classify(rtype, content),
+                        _To.MGMT if not rid else _To.ACTIVE if rid == self.request_id else _To.OTHER,
+                        rtype,
+                        rid,
+                        content,
+                    )
+            except RemoteProtocolError as exc:
+                self._fail(exc)
+                raise
+        event = events.popleft()
+        if type(event) is ConnectionClosed:
+            # Asked again after the end, the answer stays the same.
+            events.append(event)
+        return event
+
+    def data_to_send(self) -> bytes:
+        """Replies the connection made on its own since the last call."""
+        if not self._outbox:
+            return b""
+        out = b"".join(self._outbox)
+        self._outbox.clear()
+        return out
+
+    # -- output --------------------------------------------------------------
+
+    def send_stdout(self, data: bytes | bytearray | memoryview) -> bytes:
+        self._apply(_In.SEND, _To.ACTIVE, 0, 0, b"")
+        assert self.request_id is not None
+        return encode_stream(RecordType.STDOUT, self.request_id, data)
+
+    def send_stderr(self, data: bytes | bytearray | memoryview) -> bytes:
+        self._apply(_In.SEND, _To.ACTIVE, 0, 0, b"")
+        assert self.request_id is not None
+        if data:
+            self._stderr_used = True
+        return encode_stream(RecordType.STDERR, self.request_id, data)
+
+    def end_request(
+        self,
+        app_status: int = 0,
+        protocol_status: ProtocolStatus = ProtocolStatus.REQUEST_COMPLETE,
+    ) -> bytes:
+        """Close the output streams and end the request."""
+        request_id = self.request_id
+        if not 0 <= app_status <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"app_status {app_status} does not fit in 32 bits")
+        stderr_used = self._stderr_used
+        self._apply(_In.END_KEEP if self.keep_conn else _In.END_CLOSE, _To.ACTIVE, 0, 0, b"")
+        assert request_id is not None
+        end = encode_record(RecordType.END_REQUEST, request_id, _END_BODY.pack(app_status, protocol_status))
+        if stderr_used:
+            return (
+                encode_record(RecordType.STDOUT, request_id)
+                + encode_record(RecordType.STDERR, request_id)
+                + end
+            )
+        return encode_record(RecordType.STDOUT, request_id) + end
+
+    # -- the machine ---------------------------------------------------------
+
+    @staticmethod
+    def _classify(rtype: int, content: bytes) -> _In:
+        stream = _STREAM_TYPES.get(rtype)
+        if stream is not None:
+            return stream[not content]  # an empty record closes the stream
+        inp = _INPUT_OF_TYPE.get(rtype)
+        if inp is not None:
+            return inp
+        if rtype == RecordType.BEGIN_REQUEST:
+            if len(content) != _BEGIN_BODY.size:
+                raise RemoteProtocolError(f"BEGIN_REQUEST body of {len(content)} bytes, expected 8")
+            role, flags = _BEGIN_BODY.unpack(content)
+            if role in _KNOWN_ROLES:
+                return _In.BEGIN
+            return _In.BEGIN_BAD_ROLE_KEEP if flags & FCGI_KEEP_CONN else _In.BEGIN_BAD_ROLE_CLOSE
+        return _In.UNKNOWN
+
+    def _apply(self, inp: _In, target: _To, rtype: int, request_id: int, content: bytes) -> None:
+        rule = _TRANSITIONS.get((self.state, inp, target))
+        if rule is None:
+            self._refuse(inp, rtype, request_id)
+        handler, next_state = rule
+        if handler is not None:
+            handler(self, rtype, request_id, content)
+        if next_state is not None:
+            self.state = next_state
+
+    def _refuse(self, inp: _In, rtype: int, request_id: int) -> NoReturn:
+        state = self.state
+        if inp in (_In.SEND, _In.END_KEEP, _In.END_CLOSE):
+            raise LocalProtocolError(f"cannot {inp.name.lower()} in state {state.name}")
+        if self._error is not None:
+            raise self._error
+        raise RemoteProtocolError(
+            f"record type {rtype} ({inp.name}) for request {request_id} is not allowed in state {state.name}"
+        )
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        self._error = exc
+        self.state = ConnState.ERROR
+        self.request_id = None
+
+    # -- actions (named in _ACTIONS; the table decides when they run) -----------
+
+    def _do_params(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._params_size += len(content)
+        if self._params_size > self._max_params_size:
+            raise RemoteProtocolError(f"params exceed {self._max_params_size} bytes")
+        self._params.append(content)
+
+    def _do_params_end(self, rtype: int, request_id: int, content: bytes) -> None:
+        raw = b"".join(self._params) if len(self._params) != 1 else self._params[0]
+        self._params = []
+        self._events.append(RequestStarted(request_id, self._role, self.keep_conn, decode_params_latin1(raw)))
+
+    def _do_stdin(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._events.append(StdinData(request_id, content))
+
+    def _do_stdin_end(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._events.append(StdinEnd(request_id))
+
+    def _do_begin(self, rtype: int, request_id: int, content: bytes) -> None:
+        role, flags = _BEGIN_BODY.unpack(content)
+        self.request_id = request_id
+        self._role = Role(role)
+        self.keep_conn = bool(flags & FCGI_KEEP_CONN)
+        self._params = []
+        self._params_size = 0
+        self._stderr_used = False
+
+    def _do_end(self, rtype: int, request_id: int, content: bytes) -> None:
+        self.request_id = None
+
+    def _do_reject_role(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._reply_end(request_id, ProtocolStatus.UNKNOWN_ROLE)
+
+    def _do_cant_mpx(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._reply_end(request_id, ProtocolStatus.CANT_MPX_CONN)
+
+    def _do_abort(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._events.append(RequestAborted(request_id))
+
+    def _do_get_values(self, rtype: int, request_id: int, content: bytes) -> None:
+        values = self._values
+        known = [
+            (name, values[key])
+            for name, _ in decode_params(content)
+            if (key := name.decode("latin-1")) in values
+        ]
+        body = encode_params(known)
+        self._outbox.append(encode_record(RecordType.GET_VALUES_RESULT, NULL_REQUEST_ID, body))
+
+    def _do_unknown_type(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._outbox.append(
+            encode_record(RecordType.UNKNOWN_TYPE, NULL_REQUEST_ID, _UNKNOWN_TYPE_BODY.pack(rtype))
+        )
+
+    def _do_eof_busy(self, rtype: int, request_id: int, content: bytes) -> None:
+        assert self.request_id is not None
+        self._events.append(RequestAborted(self.request_id))
+        self._events.append(ConnectionClosed())
+
+    def _do_eof_idle(self, rtype: int, request_id: int, content: bytes) -> None:
+        self._events.append(ConnectionClosed())
+
+    def _reply_end(self, request_id: int, status: ProtocolStatus) -> None:
+        self._outbox.append(encode_record(RecordType.END_REQUEST, request_id, _END_BODY.pack(0, status)))
+
+
+_ACTIONS: dict[_Do, _Handler | None] = {
+    _Do.IGNORE: None,
+    _Do.SEND: None,
+    _Do.BEGIN: ServerConnection._do_begin,
+    _Do.REJECT_ROLE: ServerConnection._do_reject_role,
+    _Do.CANT_MPX: ServerConnection._do_cant_mpx,
+    _Do.ABORT: ServerConnection._do_abort,
+    _Do.PARAMS: ServerConnection._do_params,
+    _Do.PARAMS_END: ServerConnection._do_params_end,
+    _Do.STDIN: ServerConnection._do_stdin,
+    _Do.STDIN_END: ServerConnection._do_stdin_end,
+    _Do.GET_VALUES: ServerConnection._do_get_values,
+    _Do.UNKNOWN_TYPE: ServerConnection._do_unknown_type,
+    _Do.EOF_IDLE: ServerConnection._do_eof_idle,
+    _Do.EOF_BUSY: ServerConnection._do_eof_busy,
+    _Do.END: ServerConnection._do_end,
+}
+
+
+def _build_table() -> dict[tuple[ConnState, _In, _To], tuple[_Handler | None, ConnState | None]]:
+    table: dict[tuple[ConnState, _In, _To], tuple[_Handler | None, ConnState | None]] = {}
+    for states, inputs, targets, action, next_state in _RULES:
+        for state in states:
+            for inp in inputs:
+                for target in targets:
+                    key = (state, inp, target)
+                    if key in table:
+                        raise AssertionError(f"transition {key} listed twice")
+                    table[key] = (_ACTIONS[action], next_state)
+    return table
+
+
+_TRANSITIONS = _build_table()

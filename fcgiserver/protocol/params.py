@@ -1,0 +1,81 @@
+"""Name-value pair codec (FastCGI 1.0 section 3.4)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import TypeVar
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+_LONG = struct.Struct("!I")
+_unpack_long = _LONG.unpack_from
+_MAX_LEN = 0x7FFFFFFF
+_S = TypeVar("_S", bytes, str)
+
+
+def _encode_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n > _MAX_LEN:
+        raise LocalProtocolError(f"name or value of {n} bytes is too long to encode")
+    return _LONG.pack(n | 0x80000000)
+
+
+def encode_params(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Pairs as one byte string; lengths take 1 byte below 128, else 4."""
+    parts: list[bytes] = []
+    for name, value in pairs:
+        parts.append(_encode_length(len(name)))
+        parts.append(_encode_length(len(value)))
+        parts.append(name)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_params(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The pairs in `data`, in order; RemoteProtocolError when truncated."""
+    return _split_pairs(data, data)
+
+
+def decode_params_latin1(data: bytes) -> dict[str, str]:
+    """The pairs as latin-1 strings (PEP 3333's bytes-as-str); a repeated name keeps its last value."""
+    # Latin-1 maps byte i to code point i, so one decode of the whole block can be sliced
+    # at the byte offsets: far cheaper than decoding every name and value on its own.
+    return dict(_split_pairs(data, data.decode("latin-1")))
+
+
+def _split_pairs(data: bytes, source: _S) -> list[tuple[_S, _S]]:
+    """Pairs cut from `source` at the offsets the lengths in `data` give (same length)."""
+    pairs: list[tuple[_S, _S]] = []
+    append = pairs.append
+    size = len(data)
+    pos = 0
+    try:
+        while pos < size:
+            name_len = data[pos]
+            if name_len & 0x80:
+                if pos + 4 > size:
+                    raise RemoteProtocolError("name-value pair truncated in a 4-byte length")
+                name_len = _unpack_long(data, pos)[0] & _MAX_LEN
+                pos += 4
+            else:
+                pos += 1
+            value_len = data[pos]
+            if value_len & 0x80:
+                if pos + 4 > size:
+                    raise RemoteProtocolError("name-value pair truncated in a 4-byte length")
+                value_len = _unpack_long(data, pos)[0] & _MAX_LEN
+                pos += 4
+            else:
+                pos += 1
+            mid = pos + name_len
+            end = mid + value_len
+            if end > size:
+                raise RemoteProtocolError("name-value pair longer than the data holding it")
+            append((source[pos:mid], source[mid:end]))
+            pos = end
+    except IndexError:
+        # Only `data[pos]` past the end can raise it: a pair cut inside its lengths.
+        raise RemoteProtocolError("name-value pair truncated in a length") from None
+    return pairs

@@ -1,0 +1,415 @@
+"""One worker process: accept a connection, serve it to the end, go back to accepting.
+
+Every wait is a poll() that also watches a signal wakeup pipe: Python 3.11 retries a
+system call interrupted by a signal whose handler returns (PEP 475), so only a wakeup fd
+makes a waiting worker notice SIGTERM. Sockets stay blocking in Python's eyes; reads and
+writes pass MSG_DONTWAIT and fall back to poll() with the read timeout, so the common
+request costs one recv and one send.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import time
+from types import FrameType
+
+from fcgiserver.config import Config
+from fcgiserver.protocol import (
+    NEED_DATA,
+    ConnectionClosed,
+    ConnState,
+    ProtocolStatus,
+    RemoteProtocolError,
+    RequestAborted,
+    RequestStarted,
+    Role,
+    ServerConnection,
+    StdinData,
+    StdinEnd,
+)
+from fcgiserver.scoreboard import Slot
+from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
+from fcgiserver.wsgi_input import EMPTY_INPUT, BadContentLength, RequestBody, WSGIInput, parse_content_length
+
+log = logging.getLogger("fcgiserver.worker")
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3
+EXIT_APP_LOAD_ERROR = 4
+
+RECV_SIZE = 256 * 1024
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_RECV_FLAGS = socket.MSG_DONTWAIT
+# MSG_NOSIGNAL: a gone peer must be an EPIPE error, never a SIGPIPE, whatever the app did
+# to the signal's disposition.
+_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+# accept() errors that concern only the connection being accepted.
+_ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                               errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                               errno.EOPNOTSUPP, errno.ENETUNREACH})
+_IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
+
+
+class PeerAborted(Exception):
+    """The front sent FCGI_ABORT_REQUEST for the request being answered."""
+
+
+class _Quit(BaseException):
+    """SIGQUIT: leave at once, from wherever the worker is."""
+
+
+class _Close(Exception):
+    """Stop serving this connection (the reason has been dealt with)."""
+
+
+def send_all(sock: socket.socket, data: bytes, timeout_ms: int | None) -> None:
+    """sendall() with a timeout: a peer that stops reading cannot hold the worker forever."""
+    try:
+        sent = sock.send(data, _SEND_FLAGS)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return
+    view = memoryview(data)[sent:]
+    poller = select.poll()
+    poller.register(sock.fileno(), _POLLOUT)
+    while view:
+        if not poller.poll(timeout_ms):
+            raise TimeoutError("the peer stopped reading")
+        try:
+            sent = sock.send(view, _SEND_FLAGS)
+        except BlockingIOError:
+            continue
+        view = view[sent:]
+
+
+class _Channel:
+    """The bridge's way out: STDOUT/STDERR records for the connection's active request."""
+
+    __slots__ = ("conn", "sock", "streaming", "timeout_ms", "worker")
+
+    def __init__(self, worker: Worker, sock: socket.socket, conn: ServerConnection) -> None:
+        self.worker = worker
+        self.sock = sock
+        self.conn = conn
+        self.timeout_ms = worker.timeout_ms
+        self.streaming = False
+
+    def send(self, data: bytes, last: bool) -> None:
+        conn = self.conn
+        # A response that goes out whole in this one write has nothing left to abort;
+        # otherwise look for an ABORT_REQUEST (or a hang-up) before every piece.
+        if self.streaming or not last:
+            self.check_peer()
+        self.streaming = True
+        out = conn.send_stdout(data) if data else b""
+        if last:
+            out = out + conn.end_request() if out else conn.end_request()
+        send_all(self.sock, out, self.timeout_ms)
+
+    def send_stderr(self, data: bytes) -> None:
+        if data and self.conn.request_id is not None:
+            send_all(self.sock, self.conn.send_stderr(data), self.timeout_ms)
+
+    def check_peer(self) -> None:
+        """Takes what the peer sent so far, without waiting; raises if it gave up."""
+        worker = self.worker
+        try:
+            n = self.sock.recv_into(worker.buf, RECV_SIZE, _RECV_FLAGS)
+        except BlockingIOError:
+            return
+        conn = self.conn
+        conn.receive_data(worker.view[:n].tobytes())
+        aborted = closed = False
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                break
+            if isinstance(event, RequestAborted):
+                aborted = True
+            elif isinstance(event, ConnectionClosed):
+                closed = True
+                break
+        out = conn.data_to_send()
+        if out:
+            send_all(self.sock, out, self.timeout_ms)
+        if closed:
+            raise ConnectionResetError(errno.ECONNRESET, "the peer closed the connection")
+        if aborted:
+            raise PeerAborted()
+
+
+class Worker:
+    """Serves connections from `listeners`, one at a time, until told to stop."""
+
+    def __init__(self, app: WSGIApp, listeners: list[socket.socket], config: Config, slot: Slot,
+                 generation: int) -> None:
+        self.app = app
+        self.listeners = listeners
+        self.config = config
+        self.slot = slot
+        self.generation = generation
+        read_timeout = getattr(config, "read_timeout", 30.0)
+        self.timeout_ms: int | None = int(read_timeout * 1000) if read_timeout > 0 else None
+        self.buf = bytearray(RECV_SIZE)
+        self.view = memoryview(self.buf)
+        self.stopping = False
+        self.served = 0
+        self.limit = 0
+        self._wake_r = -1
+        self._wake_w = -1
+        # The request in progress on the current connection.
+        self._body: RequestBody | None = None
+        self._started: RequestStarted | None = None
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self._setup()
+        except Exception:
+            log.exception("worker %d failed to start", os.getpid())
+            return EXIT_BOOT_ERROR
+        try:
+            self.slot.ready()
+            self._accept_loop()
+        except _Quit:
+            pass
+        finally:
+            self.slot.exiting()
+            self._teardown()
+        return EXIT_OK
+
+    def _setup(self) -> None:
+        self.slot.booting(os.getpid(), self.generation)
+        config = self.config
+        max_requests = getattr(config, "max_requests", 0)
+        if max_requests > 0:
+            self.limit = max_requests + random.randint(0, getattr(config, "max_requests_jitter", 0))
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGQUIT, self._on_quit)
+        for name in _IGNORED_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        # The supervisor's child handler must not run in here, and the app's own
+        # subprocesses need the default to be reaped.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for listener in self.listeners:
+            listener.setblocking(False)
+
+    def _teardown(self) -> None:
+        # Never back to the inherited fd: that pipe is the supervisor's, and a signal
+        # written into it from here would look like one sent to the supervisor.
+        signal.set_wakeup_fd(-1)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _on_quit(self, signum: int, frame: FrameType | None) -> None:
+        raise _Quit()
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- accepting ---------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        poller = select.poll()
+        by_fd: dict[int, socket.socket] = {}
+        for listener in self.listeners:
+            by_fd[listener.fileno()] = listener
+            poller.register(listener, _POLLIN)
+        poller.register(self._wake_r, _POLLIN)
+        wake_r = self._wake_r
+        while not self.stopping:
+            for fd, _mask in poller.poll():
+                if fd == wake_r:
+                    self._drain_wakeup()
+                    continue
+                if self.stopping:
+                    break
+                try:
+                    sock, _addr = by_fd[fd].accept()
+                except (BlockingIOError, InterruptedError):
+                    continue  # another worker took it
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_TRANSIENT:
+                        continue
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.error("accept failed: %s", exc)
+                        time.sleep(0.1)  # let a descriptor or some memory free up
+                        continue
+                    raise
+                self._serve(sock)
+
+    # -- one connection ----------------------------------------------------------------
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = ServerConnection(max_params_size=getattr(self.config, "max_params_size", 1 << 20))
+        channel = _Channel(self, sock, conn)
+        try:
+            while True:
+                data = self._recv(sock, conn.state is ConnState.IDLE)
+                if data is None:
+                    return
+                conn.receive_data(data)
+                self._handle_events(conn, channel)
+                out = conn.data_to_send()
+                if out:
+                    send_all(sock, out, self.timeout_ms)
+                if conn.should_close or (self.stopping and conn.state is ConnState.IDLE):
+                    return
+        except _Close:
+            pass
+        except RemoteProtocolError as exc:
+            log.warning("closing connection after a protocol error: %s", exc)
+        except TimeoutError:
+            log.warning("closing connection: no data from the peer for %s s",
+                        getattr(self.config, "read_timeout", 30.0))
+        except OSError as exc:
+            log.debug("connection lost: %s", exc)
+        except Exception:
+            # A bug, not the peer's doing: this connection's state is unknown, so drop it,
+            # but keep the worker (and the requests that come after) going.
+            log.exception("unexpected error while serving a connection; closing it")
+        finally:
+            self._end_request()
+            sock.close()
+
+    def _recv(self, sock: socket.socket, idle: bool) -> bytes | None:
+        """The next bytes (b"" at EOF), or None when a stop was asked while idle."""
+        try:
+            n = sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
+        except BlockingIOError:
+            n = self._wait_and_recv(sock, idle)
+            if n < 0:
+                return None
+        return self.view[:n].tobytes()
+
+    def _wait_and_recv(self, sock: socket.socket, idle: bool) -> int:
+        poller = select.poll()
+        poller.register(sock, _POLLIN)
+        if idle:
+            # Between requests a graceful stop may close the connection.
+            poller.register(self._wake_r, _POLLIN)
+        timeout_ms = self.timeout_ms
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            if idle and self.stopping:
+                return -1
+            wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = poller.poll(wait)
+            if not ready:
+                raise TimeoutError("read timeout")
+            for fd, _mask in ready:
+                if fd == self._wake_r:
+                    self._drain_wakeup()
+            try:
+                return sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
+            except BlockingIOError:
+                continue
+
+    def _handle_events(self, conn: ServerConnection, channel: _Channel) -> None:
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, StdinData):
+                if self._body is not None:
+                    self._body.append(event.data)
+            elif isinstance(event, RequestStarted):
+                self._start_request(event, conn, channel)
+            elif isinstance(event, StdinEnd):
+                self._stdin_end(conn, channel)
+            elif isinstance(event, RequestAborted):
+                # Aborted before the app was called: nothing to stop, only to answer.
+                self._end_request()
+                if conn.state is ConnState.ABORTED:
+                    send_all(channel.sock, conn.end_request(), self.timeout_ms)
+            elif isinstance(event, ConnectionClosed):
+                raise _Close()
+
+    def _start_request(self, event: RequestStarted, conn: ServerConnection, channel: _Channel) -> None:
+        params = event.params
+        self.slot.busy(params.get("REQUEST_METHOD", ""), params.get("REQUEST_URI", "")
+                       or params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", ""))
+        self._started = event
+        if event.role is Role.AUTHORIZER:
+            # An authorizer gets no body to wait for: answer at once.
+            self._respond(conn, channel, EMPTY_INPUT)
+            return
+        try:
+            declared = parse_content_length(params.get("CONTENT_LENGTH"))
+        except BadContentLength:
+            log.warning("bad CONTENT_LENGTH %r: answering 400", params.get("CONTENT_LENGTH"))
+            self._send_simple(conn, channel, "400 Bad Request", b"Bad Request\n")
+            return
+        self._body = RequestBody(declared, getattr(self.config, "spool_threshold", 1 << 20))
+
+    def _stdin_end(self, conn: ServerConnection, channel: _Channel) -> None:
+        body = self._body
+        if body is None:
+            return
+        self._body = None
+        if not body.is_complete():
+            body.discard()
+            assert self._started is not None
+            log.warning("request body cut short (%d of %s bytes): closing the connection",
+                        body.size, self._started.params.get("CONTENT_LENGTH"))
+            raise _Close()
+        self._respond(conn, channel, body.finish())
+
+    def _send_simple(self, conn: ServerConnection, channel: _Channel, status: str, body: bytes) -> None:
+        send_all(channel.sock, conn.send_stdout(simple_response(status, body)) + conn.end_request(),
+                 self.timeout_ms)
+        self._end_request()
+
+    def _respond(self, conn: ServerConnection, channel: _Channel, wsgi_input: WSGIInput) -> None:
+        started = self._started
+        assert started is not None
+        config = self.config
+        environ = build_environ(started.params, started.role, wsgi_input, ErrorStream(channel),
+                                getattr(config, "script_name", None), getattr(config, "extra_environ", ()))
+        channel.streaming = False
+        try:
+            completed = run_app(self.app, environ, channel)
+        except PeerAborted:
+            completed = True
+            send_all(channel.sock, conn.end_request(0, ProtocolStatus.REQUEST_COMPLETE), self.timeout_ms)
+        finally:
+            if wsgi_input is not EMPTY_INPUT:
+                wsgi_input.close()
+            self._end_request()
+        if not completed:
+            # The head is out and the body is broken: only a closed connection tells the
+            # front that this response is incomplete.
+            raise _Close()
+
+    def _end_request(self) -> None:
+        """Bookkeeping once a request is over, however it ended."""
+        if self._started is None:
+            return
+        self._started = None
+        if self._body is not None:
+            self._body.discard()
+            self._body = None
+        self.slot.done()
+        self.served += 1
+        if self.limit and self.served >= self.limit:
+            self.stopping = True

@@ -1,0 +1,331 @@
+"""The PEP 3333 bridge: FastCGI params in, a WSGI call, a CGI response out.
+
+The bridge knows nothing of records or sockets. It writes the response to a Channel:
+``send(data, last)`` carries STDOUT bytes (the worker wraps them in records; ``last``
+also ends the request, so a small response goes out in a single write) and
+``send_stderr`` carries ``wsgi.errors`` text.
+
+Whatever the Channel raises (the peer aborted, the peer went away) stops the response:
+the app's iterable is closed and the exception goes on to the worker, which decides what
+the connection does next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, Protocol
+from urllib.parse import unquote_to_bytes
+
+from fcgiserver.protocol import Role
+from fcgiserver.response import ResponseHead
+from fcgiserver.wsgi_input import WSGIInput
+
+log = logging.getLogger("fcgiserver.wsgi")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], object]]], Iterable[bytes]]
+
+FILE_BLOCK = 64 * 1024
+# Body pieces of a list or tuple response are gathered up to this size before a write:
+# they are already in memory, so gathering costs nothing and saves system calls.
+GATHER_LIMIT = 64 * 1024
+
+ERROR_BODY = b"Internal Server Error\n"
+_ERROR_HEAD = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(ERROR_BODY)
+)
+_ROLE_NAMES = {Role.RESPONDER: "RESPONDER", Role.AUTHORIZER: "AUTHORIZER", Role.FILTER: "FILTER"}
+_EMPTY = b""
+
+
+class Channel(Protocol):
+    def send(self, data: bytes, last: bool) -> None: ...
+
+    def send_stderr(self, data: bytes) -> None: ...
+
+
+def simple_response(status: str, body: bytes) -> bytes:
+    """A complete CGI response for answers the server gives without calling the app."""
+    return b"Status: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (
+        status.encode("latin-1"), len(body), body)
+
+
+# -- environ ------------------------------------------------------------------------------
+
+class ErrorStream:
+    """``wsgi.errors``: whole lines go to FCGI_STDERR and to the error log."""
+
+    __slots__ = ("_channel", "_pending")
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._pending = ""
+
+    def write(self, s: str) -> int:
+        if type(s) is not str:
+            raise TypeError(f"wsgi.errors.write() takes str, not {type(s).__name__}")
+        text = self._pending + s
+        cut = text.rfind("\n") + 1
+        self._pending = text[cut:]
+        if cut:
+            self._emit(text[:cut])
+        return len(s)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            text, self._pending = self._pending, ""
+            self._emit(text + "\n")
+
+    def _emit(self, text: str) -> None:
+        for line in text.splitlines():
+            log.error("app: %s", line)
+        # The log has the text; a peer that is gone cannot take it, and the app's own
+        # output path will find that out.
+        with contextlib.suppress(Exception):
+            self._channel.send_stderr(text.encode("utf-8", "backslashreplace"))
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: a file-like object read in blocks."""
+
+    __slots__ = ("blksize", "filelike")
+
+    def __init__(self, filelike: IO[bytes], blksize: int = FILE_BLOCK) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        size = self.blksize
+        while True:
+            block = read(size)
+            if not block:
+                return
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+def _is_on(value: str) -> bool:
+    return value.lower() in ("on", "1", "yes", "true")
+
+
+def _uri_path(uri: str) -> str:
+    """The percent-decoded path of REQUEST_URI, as a PEP 3333 (latin-1) string."""
+    path = uri.partition("?")[0]
+    if "%" not in path:
+        return path
+    return unquote_to_bytes(path).decode("latin-1")
+
+
+def fix_script_name(env: dict[str, Any], script_name: str | None) -> None:
+    """Sets SCRIPT_NAME and PATH_INFO.
+
+    With a configured mount prefix the path comes from REQUEST_URI, ignoring what the
+    front computed. Otherwise the front's values stand, except for the lighttpd "/"
+    mount without fix-root-scriptname, which puts the whole path in SCRIPT_NAME.
+    """
+    if script_name is not None:
+        uri = env.get("REQUEST_URI")
+        path = _uri_path(uri) if uri is not None else env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")
+        prefix = script_name.rstrip("/")
+        if path == prefix or path.startswith(prefix + "/"):
+            env["SCRIPT_NAME"] = prefix
+            env["PATH_INFO"] = path[len(prefix):]
+        else:
+            # Outside the mount: serve it from the root rather than invent a path.
+            env["SCRIPT_NAME"] = ""
+            env["PATH_INFO"] = path
+        return
+    script = env.setdefault("SCRIPT_NAME", "")
+    if not env.get("PATH_INFO"):
+        env["PATH_INFO"] = ""
+        uri = env.get("REQUEST_URI")
+        if script and uri is not None:
+            raw = uri.partition("?")[0]
+            if script == raw or script == _uri_path(uri):
+                env["SCRIPT_NAME"] = ""
+                env["PATH_INFO"] = script
+
+
+def build_environ(
+    params: dict[str, str],
+    role: Role,
+    wsgi_input: WSGIInput,
+    errors: ErrorStream,
+    script_name: str | None = None,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> dict[str, Any]:
+    """The WSGI environ; `params` becomes it (the caller hands it over)."""
+    env: dict[str, Any] = params
+    for key, value in extra:
+        env.setdefault(key, value)
+    https = env.get("HTTPS")
+    if https is not None:
+        scheme = "https" if _is_on(https) else "http"
+    else:
+        scheme = env.get("REQUEST_SCHEME", "http")
+        if scheme != "https":
+            scheme = "http"
+    env.setdefault("REQUEST_METHOD", "GET")
+    env.setdefault("QUERY_STRING", "")
+    env.setdefault("SERVER_NAME", "localhost")
+    env.setdefault("SERVER_PORT", "80" if scheme == "http" else "443")
+    env.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
+    fix_script_name(env, script_name)
+    env["FCGI_ROLE"] = _ROLE_NAMES[role]
+    env["wsgi.version"] = (1, 0)
+    env["wsgi.url_scheme"] = scheme
+    env["wsgi.input"] = wsgi_input
+    env["wsgi.input_terminated"] = True
+    env["wsgi.errors"] = errors
+    env["wsgi.multithread"] = False
+    env["wsgi.multiprocess"] = True
+    env["wsgi.run_once"] = False
+    env["wsgi.file_wrapper"] = FileWrapper
+    return env
+
+
+# -- the call -----------------------------------------------------------------------------
+
+class _Stop(Exception):
+    """Raised into the app by write() once the channel has failed."""
+
+
+class _Call:
+    """One app call: start_response, write() and the body loop share this state."""
+
+    __slots__ = ("channel", "errors", "failure", "head", "remaining")
+
+    def __init__(self, channel: Channel, errors: object) -> None:
+        self.channel = channel
+        # Text the app left without a newline still goes out before the request ends.
+        self.errors = errors if isinstance(errors, ErrorStream) else None
+        self.failure: BaseException | None = None
+        self.head = ResponseHead(self.write)
+        self.remaining: int | None = None
+
+    def emit(self, data: bytes, last: bool) -> None:
+        """Sends body bytes, with the header block in front of the first ones."""
+        if self.failure is not None:
+            raise _Stop from self.failure
+        head = self.head
+        if not head.sent:
+            if not head.started:
+                raise RuntimeError("the app sent body bytes before calling start_response")
+            head.sent = True
+            self.remaining = head.content_length
+            if self.remaining is not None:
+                data = data[:self.remaining]
+                self.remaining -= len(data)
+            data = head.block + data
+        elif self.remaining is not None:
+            # PEP 3333: never send more than the app's own Content-Length.
+            data = data[:self.remaining]
+            self.remaining -= len(data)
+            if not data and not last:
+                return
+        if last and self.errors is not None:
+            self.errors.flush()
+        try:
+            self.channel.send(data, last)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def emit_error(self) -> None:
+        """The 500 for an app that failed before sending anything."""
+        self.head.sent = True
+        if self.errors is not None:
+            self.errors.flush()
+        try:
+            self.channel.send(_ERROR_HEAD + ERROR_BODY, True)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def write(self, data: bytes) -> None:
+        """The write() callable start_response returns (for legacy apps)."""
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if data:
+            self.emit(data, False)
+
+
+def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
+    """Calls the app and streams its response to `channel`.
+
+    Returns True when the response is complete and the request ended, False when the app
+    failed after the headers went out (the request cannot be completed: the caller closes
+    the connection). Channel failures propagate after the app's iterable is closed.
+    """
+    call = _Call(channel, environ.get("wsgi.errors"))
+    result: Iterable[bytes] | None = None
+    try:
+        result = app(environ, call.head.start_response)
+        if type(result) is list or type(result) is tuple:
+            _send_gathered(call, result)
+        else:
+            _send_streamed(call, result)
+        return True
+    except BaseException as exc:
+        if call.failure is not None:
+            raise call.failure from None
+        if not isinstance(exc, Exception):
+            raise
+        log.exception("error in app: %s %s", environ.get("REQUEST_METHOD"), environ.get("REQUEST_URI", ""))
+        if call.head.sent:
+            return False
+        call.emit_error()
+        return True
+    finally:
+        if result is not None:
+            _close(result)
+        if call.errors is not None:
+            call.errors.flush()
+
+
+def _send_gathered(call: _Call, result: list[bytes] | tuple[bytes, ...]) -> None:
+    pending: list[bytes] = []
+    size = 0
+    for chunk in result:
+        if type(chunk) is not bytes:
+            raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
+        if chunk:
+            if size and size + len(chunk) > GATHER_LIMIT:
+                call.emit(_EMPTY.join(pending), False)
+                pending = []
+                size = 0
+            pending.append(chunk)
+            size += len(chunk)
+    call.emit(pending[0] if len(pending) == 1 else _EMPTY.join(pending), True)
+
+
+def _send_streamed(call: _Call, result: Iterable[bytes]) -> None:
+    # Each piece goes out as soon as the app produced it (PEP 3333 forbids holding one
+    # back while the next is computed); the end of the request follows on its own.
+    for chunk in result:
+        if type(chunk) is not bytes:
+            raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
+        if chunk:
+            call.emit(chunk, False)
+    call.emit(_EMPTY, True)
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:
+        log.exception("error in the close() of the app's response")

@@ -1,0 +1,1 @@
+"""The image upload service: a plain WSGI app (``handlers.upload:application``)."""

@@ -1,0 +1,167 @@
+"""Read a multipart/form-data request body into spooled temp files, never into memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import multipart  # type: ignore[import-untyped]
+
+from handlers.storage import Storage, unlink_quietly
+
+FILE_FIELD = "file"
+CHUNK = 64 * 1024
+# Other form fields are ignored, but may not be used to smuggle in large bodies.
+MAX_OTHER_FIELD = 64 * 1024
+MAX_FILENAME_SHOWN = 120
+
+
+class FormError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    path: Path
+    size: int
+    sha256: str
+    filename: str  # as the client sent it: for messages only, never for paths
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    max_request_bytes: int
+    max_files: int
+
+
+def content_length(environ: dict[str, Any], limit: int) -> int:
+    raw = environ.get("CONTENT_LENGTH", "") or ""
+    if not raw.strip():
+        raise FormError(411, "length_required", "The upload needs a Content-Length header.")
+    if not raw.strip().isdigit():
+        raise FormError(400, "bad_length", "The Content-Length header is not a number.")
+    length = int(raw)
+    if length > limit:
+        raise FormError(413, "request_too_large", f"The upload is larger than {limit:,} bytes.")
+    return length
+
+
+def boundary_of(environ: dict[str, Any]) -> str:
+    kind, options = multipart.parse_options_header(environ.get("CONTENT_TYPE", "") or "")
+    boundary = options.get("boundary", "")
+    if kind != "multipart/form-data" or not boundary:
+        raise FormError(415, "not_multipart", "Send the pictures as multipart/form-data, field 'file'.")
+    return str(boundary)
+
+
+def read_files(environ: dict[str, Any], storage: Storage, limits: Limits) -> list[SpooledFile]:
+    """Spool every ``file`` part to .tmp/; on any error remove what was spooled and raise."""
+    boundary = boundary_of(environ)
+    length = content_length(environ, limits.max_request_bytes)
+    body = _Body(environ["wsgi.input"], length)
+    spooled: list[SpooledFile] = []
+    current: _Spool | None = None
+    other_bytes = 0
+    try:
+        parser = multipart.PushMultipartParser(
+            boundary, content_length=length, max_segment_count=limits.max_files + 16
+        )
+        for event in parser.parse_blocking(body.read, CHUNK):
+            if isinstance(event, multipart.MultipartSegment):
+                if event.name == FILE_FIELD:
+                    if len(spooled) >= limits.max_files:
+                        message = f"At most {limits.max_files} pictures at once."
+                        raise FormError(413, "too_many_files", message)
+                    current = _Spool(storage, event.filename, limits.max_bytes)
+                else:
+                    current, other_bytes = None, 0
+            elif event is None:
+                if current is not None:
+                    done = current.finish()
+                    current = None
+                    # A browser sends an empty nameless part when no file was chosen.
+                    if done.size or done.filename:
+                        spooled.append(done)
+                    else:
+                        os.unlink(done.path)
+            elif current is not None:
+                current.write(event)
+            else:
+                other_bytes += len(event)
+                if other_bytes > MAX_OTHER_FIELD:
+                    raise FormError(413, "field_too_large", "A form field other than 'file' is too large.")
+        # The parser stops at the closing boundary; what the client declared beyond it must
+        # still arrive, or the request was cut short (or its Content-Length lied).
+        if not body.drain():
+            raise FormError(400, "incomplete_body", "The request body is shorter than its Content-Length.")
+    except multipart.MultipartError as e:
+        _discard(spooled, current)
+        raise FormError(400, "malformed_multipart", f"The form data could not be read: {e}") from None
+    except BaseException:
+        _discard(spooled, current)
+        raise
+    if not spooled:
+        raise FormError(400, "no_file", "No picture was sent (form field 'file').")
+    return spooled
+
+
+def _discard(spooled: list[SpooledFile], current: _Spool | None) -> None:
+    if current is not None:
+        current.abandon()
+    for item in spooled:
+        unlink_quietly(item.path)
+
+
+class _Body:
+    """wsgi.input, counted, so the end of the declared length can be checked."""
+
+    def __init__(self, stream: IO[bytes], length: int) -> None:
+        self.stream = stream
+        self.left = length
+
+    def read(self, size: int) -> bytes:
+        data = self.stream.read(min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+    def drain(self) -> bool:
+        while self.left > 0:
+            if not self.read(CHUNK):
+                return False
+        return True
+
+
+class _Spool:
+    def __init__(self, storage: Storage, filename: str | None, max_bytes: int) -> None:
+        self.file, self.path = storage.temp_file()
+        self.filename = (filename or "")[:MAX_FILENAME_SHOWN]
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise FormError(
+                413, "file_too_large", f"A picture may have at most {self.max_bytes:,} bytes."
+            )
+        self.hash.update(chunk)
+        self.file.write(chunk)
+
+    def finish(self) -> SpooledFile:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return SpooledFile(self.path, self.size, self.hash.hexdigest(), self.filename)
+
+    def abandon(self) -> None:
+        self.file.close()
+        unlink_quietly(self.path)

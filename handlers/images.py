@@ -1,0 +1,188 @@
+"""Pillow work: decide what an upload is, prove it decodes, make the thumbnail and the public copy."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from handlers.metadata import NullSink, StripError, strip_metadata
+
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
+MIME_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
+# An animation may decode this many times the single-picture pixel limit, all frames together.
+ANIMATION_BUDGET = 10
+_ORIENTATION = 0x0112
+_GPS_IFD = 0x8825
+_UNSUPPORTED = "Only JPEG, PNG, GIF and WebP pictures are accepted."
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
+
+
+class ImageError(Exception):
+    """An upload we refuse; status is the HTTP status, code a stable machine-readable word."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int  # as displayed, after the EXIF orientation
+    height: int
+    frames: int
+    orientation: int
+
+    @property
+    def ext(self) -> str:
+        return EXTENSIONS[self.format]
+
+    @property
+    def mime(self) -> str:
+        return MIME_TYPES[self.ext]
+
+
+def _open(fp: BinaryIO) -> Image.Image:
+    return Image.open(fp, formats=list(FORMATS))
+
+
+def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
+    """Identify by content only and decode every frame, so truncated or corrupt files fail here."""
+    with warnings.catch_warnings(), _open_file(path) as fp:
+        # Pillow only raises at twice MAX_IMAGE_PIXELS; below that it merely warns.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with _open(fp) as im:
+                fmt = im.format or ""
+                width, height = im.size
+                if fmt not in FORMATS:
+                    raise ImageError(415, "unsupported_type", _UNSUPPORTED)
+                if width * height > max_pixels:
+                    raise _too_many_pixels(width, height, max_pixels)
+                frames = int(getattr(im, "n_frames", 1))
+                if frames * width * height > ANIMATION_BUDGET * max_pixels:
+                    raise ImageError(413, "too_many_pixels", "The animation has too many frames.")
+                for frame in range(frames):
+                    im.seek(frame)
+                    im.load()
+                im.seek(0)
+                orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError(415, "unsupported_type", _UNSUPPORTED) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_many_pixels(0, 0, max_pixels) from None
+        except _DECODE_ERRORS as e:
+            message = f"The picture is damaged or cut short ({type(e).__name__})."
+            raise ImageError(400, "corrupt_image", message) from None
+    if orientation not in range(1, 9):
+        orientation = 1
+    if orientation >= 5:
+        width, height = height, width
+    return ImageInfo(fmt, width, height, frames, orientation)
+
+
+def _too_many_pixels(width: int, height: int, limit: int) -> ImageError:
+    size = f" ({width} x {height})" if width else ""
+    message = f"The picture has too many pixels{size}; the limit is {limit:,}."
+    return ImageError(413, "too_many_pixels", message)
+
+
+def _open_file(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+
+def make_thumbnail(path: Path, size: int) -> tuple[bytes, int, int]:
+    """A JPEG of the first frame, longest side ``size``, right way up, with no metadata at all."""
+    with _open_file(path) as fp, _open(fp) as im:
+        # Shrinking before exif_transpose() (which decodes fully) keeps JPEG's scaled decode.
+        im.draft("RGB", (size, size))
+        if im.mode not in ("RGB", "L", "CMYK", "RGBA"):
+            im = im.convert("RGBA")
+        im.thumbnail((size, size))
+        upright = ImageOps.exif_transpose(im)
+        out = _flatten(upright)
+    # Pillow would carry a JPEG comment or other info over into the new file.
+    out.info = {}
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=85, optimize=True)
+    return buf.getvalue(), out.width, out.height
+
+
+def _flatten(im: Image.Image) -> Image.Image:
+    if im.mode == "RGBA":
+        white = Image.new("RGB", im.size, (255, 255, 255))
+        white.paste(im, mask=im.getchannel("A"))
+        return white
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def has_trailing_data(src: BinaryIO, info: ImageInfo) -> bool:
+    """True when something other than zero padding follows the image's end marker: another
+    file glued on (a ZIP, a script, a video)."""
+    try:
+        trailing = strip_metadata(src, NullSink(), info.format, info.orientation)
+    except StripError:
+        return False  # unusual structure: the public copy is re-encoded, which drops any tail
+    if not trailing:
+        return False
+    src.seek(-trailing, os.SEEK_END)
+    while chunk := src.read(1 << 16):
+        if chunk.strip(b"\0"):
+            return True
+    return False
+
+
+def write_public_copy(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> None:
+    """Copy the picture without metadata: losslessly when its structure allows, else re-encoded."""
+    try:
+        strip_metadata(src, dst, info.format, info.orientation)
+        dst.flush()
+        dst.seek(0)
+        if _is_clean(dst, info):
+            dst.seek(0, os.SEEK_END)
+            return
+    except StripError:
+        pass
+    dst.seek(0)
+    dst.truncate()
+    src.seek(0)
+    _reencode(src, dst, info)
+
+
+def _is_clean(fp: BinaryIO, info: ImageInfo) -> bool:
+    try:
+        with _open(fp) as im:
+            im.load()
+            exif = im.getexif()
+            upright = im.size if info.orientation < 5 else im.size[::-1]
+            return (
+                upright == (info.width, info.height)
+                and set(exif) <= {_ORIENTATION}
+                and not exif.get_ifd(_GPS_IFD)
+                and not any(k in im.info for k in ("xmp", "XML:com.adobe.xmp", "comment", "photoshop"))
+            )
+    except _DECODE_ERRORS:
+        return False
+
+
+def _reencode(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> None:
+    with _open(src) as im:
+        upright = ImageOps.exif_transpose(im)
+        if info.format == "JPEG":
+            _flatten(upright).save(dst, "JPEG", quality=92)
+        else:
+            upright.save(dst, info.format)
+    dst.flush()

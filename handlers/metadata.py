@@ -1,0 +1,249 @@
+"""Lossless removal of metadata (EXIF, GPS, XMP, IPTC, comments) from the four allowed formats.
+
+The pixels are copied byte for byte; only metadata containers are dropped. When the picture
+carries an EXIF orientation other than 1, a fresh EXIF block holding that single tag is written
+back, so browsers still show the picture the right way up. Bytes after the format's end marker
+(a ZIP appended to a JPEG, say) are dropped too.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import zlib
+from typing import BinaryIO, Protocol
+
+from PIL import Image
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def tell(self) -> int: ...
+    def seek(self, pos: int, whence: int = 0, /) -> int: ...
+
+
+class StripError(ValueError):
+    """The file's structure is not what its format promises."""
+
+
+def orientation_exif(orientation: int, *, jpeg_header: bool) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = exif.tobytes()  # starts with b"Exif\0\0"
+    return data if jpeg_header else data[6:]
+
+
+def strip_metadata(src: BinaryIO, dst: Sink, fmt: str, orientation: int) -> int:
+    """Copy ``src`` (a real file) to ``dst`` without metadata; raise StripError on bad structure.
+
+    Returns how many bytes followed the format's end marker (they are not copied).
+    """
+    keep = orientation if orientation in range(2, 9) else None
+    with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        try:
+            if fmt == "JPEG":
+                end = _strip_jpeg(m, dst, keep)
+            elif fmt == "PNG":
+                end = _strip_png(m, dst, keep)
+            elif fmt == "GIF":
+                end = _strip_gif(m, dst)
+            elif fmt == "WEBP":
+                end = _strip_webp(m, dst, keep)
+            else:
+                raise StripError(f"no stripper for {fmt}")
+            return len(m) - end
+        except (IndexError, struct.error) as e:
+            raise StripError(f"truncated {fmt} structure") from e
+
+
+def _u16(m: mmap.mmap, pos: int) -> int:
+    value: int = struct.unpack_from(">H", m, pos)[0]
+    return value
+
+
+# APPn segments worth keeping: colour (ICC, Adobe transform) and the JFIF header.
+_JPEG_KEEP = {0xE0: (b"JFIF\0",), 0xE2: (b"ICC_PROFILE\0",), 0xEE: (b"Adobe",)}
+
+
+def _strip_jpeg(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
+    if m[0:2] != b"\xff\xd8":
+        raise StripError("no JPEG start marker")
+    dst.write(b"\xff\xd8")
+    exif = None
+    if orientation is not None:
+        payload = orientation_exif(orientation, jpeg_header=True)
+        exif = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    pos, size = 2, len(m)
+    while True:
+        if pos >= size or m[pos] != 0xFF:
+            raise StripError("JPEG marker expected")
+        while pos < size and m[pos] == 0xFF:
+            pos += 1
+        marker = m[pos]
+        pos += 1
+        if exif is not None and marker != 0xE0:
+            dst.write(exif)
+            exif = None
+        if marker == 0xD9:
+            dst.write(b"\xff\xd9")
+            return pos
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            dst.write(bytes((0xFF, marker)))
+            continue
+        length = _u16(m, pos)
+        if length < 2 or pos + length > size:
+            raise StripError("JPEG segment runs past the end")
+        segment = bytes((0xFF, marker)) + m[pos : pos + length]
+        pos += length
+        if 0xE0 <= marker <= 0xEF or marker == 0xFE:
+            if any(segment.startswith(p, 4) for p in _JPEG_KEEP.get(marker, ())):
+                dst.write(segment)
+            continue
+        dst.write(segment)
+        if marker == 0xDA:
+            pos = _copy_entropy(m, pos, dst)
+
+
+def _copy_entropy(m: mmap.mmap, pos: int, dst: Sink) -> int:
+    """Copy entropy-coded data up to the next real marker; return that marker's position."""
+    start, size = pos, len(m)
+    while True:
+        ff = m.find(b"\xff", pos)
+        if ff < 0 or ff + 1 >= size:
+            raise StripError("JPEG scan data has no end")
+        nxt = m[ff + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+            pos = ff + 1 if nxt == 0xFF else ff + 2
+            continue
+        dst.write(m[start:ff])
+        return ff
+
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_KEEP = {
+    b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT",
+    b"pHYs", b"bKGD", b"cICP", b"acTL", b"fcTL", b"fdAT",
+}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _strip_png(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
+    if m[0:8] != _PNG_SIG:
+        raise StripError("no PNG signature")
+    dst.write(_PNG_SIG)
+    pos, size = 8, len(m)
+    while pos + 12 <= size:
+        length: int = struct.unpack_from(">I", m, pos)[0]
+        kind = m[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > size:
+            raise StripError("PNG chunk runs past the end")
+        if kind in (b"IDAT", b"fdAT", b"acTL") and orientation is not None:
+            dst.write(_png_chunk(b"eXIf", orientation_exif(orientation, jpeg_header=False)))
+            orientation = None
+        if kind in _PNG_KEEP:
+            dst.write(m[pos:end])
+        pos = end
+        if kind == b"IEND":
+            return pos
+    raise StripError("PNG has no IEND chunk")
+
+
+_GIF_APPS_KEPT = (b"NETSCAPE2.0", b"ANIMEXTS1.0")
+
+
+def _gif_sub_blocks_end(m: mmap.mmap, pos: int) -> int:
+    while True:
+        n = m[pos]
+        pos += 1 + n
+        if n == 0:
+            return pos
+
+
+def _strip_gif(m: mmap.mmap, dst: Sink) -> int:
+    if m[0:6] not in (b"GIF87a", b"GIF89a"):
+        raise StripError("no GIF signature")
+    packed = m[10]
+    pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+    dst.write(m[0:pos])
+    while True:
+        block = m[pos]
+        if block == 0x3B:
+            dst.write(b"\x3b")
+            return pos + 1
+        if block == 0x21:
+            label = m[pos + 1]
+            end = _gif_sub_blocks_end(m, pos + 2)
+            app_id = m[pos + 3 : pos + 14] if label == 0xFF else b""
+            if label in (0xF9, 0x01) or (label == 0xFF and app_id in _GIF_APPS_KEPT):
+                dst.write(m[pos:end])
+            pos = end
+        elif block == 0x2C:
+            flags = m[pos + 9]
+            data = pos + 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            end = _gif_sub_blocks_end(m, data + 1)
+            dst.write(m[pos:end])
+            pos = end
+        else:
+            raise StripError("unknown GIF block")
+
+
+_WEBP_KEEP = {b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF", b"ICCP"}
+_VP8X_EXIF, _VP8X_XMP = 0x08, 0x04
+
+
+def _strip_webp(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
+    if m[0:4] != b"RIFF" or m[8:12] != b"WEBP":
+        raise StripError("no WebP RIFF header")
+    riff_size: int = struct.unpack_from("<I", m, 4)[0]
+    riff_end = min(8 + riff_size, len(m))
+    start = dst.tell()
+    dst.write(b"RIFF\0\0\0\0WEBP")
+    pos, has_vp8x = 12, False
+    while pos + 8 <= riff_end:
+        kind = m[pos : pos + 4]
+        length: int = struct.unpack_from("<I", m, pos + 4)[0]
+        end = pos + 8 + length + (length & 1)
+        if pos + 8 + length > riff_end:
+            raise StripError("WebP chunk runs past the end")
+        if kind == b"VP8X":
+            has_vp8x = True
+            flags = m[pos + 8] & ~(_VP8X_EXIF | _VP8X_XMP)
+            if orientation is not None:
+                flags |= _VP8X_EXIF
+            dst.write(m[pos : pos + 8] + bytes((flags,)) + m[pos + 9 : end])
+        elif kind in _WEBP_KEEP:
+            dst.write(m[pos:end])
+        pos = end
+    if orientation is not None and has_vp8x:
+        payload = orientation_exif(orientation, jpeg_header=False)
+        pad = b"\0" if len(payload) & 1 else b""
+        dst.write(b"EXIF" + struct.pack("<I", len(payload)) + payload + pad)
+    end_pos = dst.tell()
+    dst.seek(start + 4)
+    dst.write(struct.pack("<I", end_pos - start - 8))
+    dst.seek(end_pos)
+    return riff_end
+
+
+class NullSink:
+    """A write-only file that keeps nothing: for a structure scan without a copy."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.end = 0
+
+    def write(self, data: bytes) -> int:
+        self.pos += len(data)
+        self.end = max(self.end, self.pos)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else self.end + pos if whence == 2 else self.pos + pos
+        return self.pos

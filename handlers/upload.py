@@ -1,0 +1,409 @@
+"""Routes and responses of the upload service: ``handlers.upload:application``.
+
+    GET  /                      upload page
+    POST /upload                multipart/form-data, field "file" (one or several)
+    GET  /<id>[,<id>...]        picture page (JSON record for JSON clients)
+    POST /<id>/delete           form field "token" or header X-Delete-Token
+    GET  /l/<id>.<ext>?e=&s=    signed link to a large picture (the web server sends the bytes)
+    GET  /pictures/..., /thumbs/..., /static/...   served here only when no web server is in front
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookies
+import json
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from handlers import templates
+from handlers.forms import FormError, Limits, SpooledFile, read_files
+from handlers.images import MIME_TYPES, ImageError
+from handlers.service import store_picture
+from handlers.settings import Settings, load_settings
+from handlers.signing import LinkState, load_or_create_secret, signed_query, verify
+from handlers.storage import (
+    IdSource,
+    Published,
+    Record,
+    Storage,
+    StorageError,
+    is_disk_full,
+    random_id,
+    unlink_quietly,
+)
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charset=utf-8"}
+MAX_IDS_PER_PAGE = 20
+MAX_DELETE_BODY = 4096
+COOKIE_MAX_AGE = 30 * 24 * 3600
+HTML_TYPE = "text/html; charset=utf-8"
+JSON_TYPE = "application/json"
+CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+_PAGE_RE = re.compile(rf"/([A-Za-z]{{8}}(?:,[A-Za-z]{{8}}){{0,{MAX_IDS_PER_PAGE - 1}}})")
+_DELETE_RE = re.compile(r"/([A-Za-z]{8})/delete")
+_LARGE_RE = re.compile(r"/l/([A-Za-z]{8})\.(jpg|png|gif|webp)")
+_PICTURE_RE = re.compile(r"/pictures/([A-Za-z]{8})\.(jpg|png|gif|webp)")
+_THUMB_RE = re.compile(r"/thumbs/([A-Za-z]{8})\.jpg")
+_STATIC_RE = re.compile(r"/static/([a-z0-9_-]+)\.(css|js)")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: Iterable[bytes] = ()
+
+    def start(self, start_response: StartResponse) -> Iterable[bytes]:
+        reason = HTTPStatus(self.status).phrase
+        start_response(f"{self.status} {reason}", self.headers)
+        return self.body
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or []
+
+
+def wants_json(environ: Environ) -> bool:
+    accept = environ.get("HTTP_ACCEPT", "") or ""
+    return "application/json" in accept and "text/html" not in accept
+
+
+def json_response(status: int, data: object, headers: list[tuple[str, str]] | None = None) -> Response:
+    body = json.dumps(data, indent=1).encode() + b"\n"
+    return Response(
+        status,
+        [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+         ("X-Content-Type-Options", "nosniff"), *(headers or [])],
+        [body],
+    )
+
+
+def html_response(status: int, page: str, headers: list[tuple[str, str]] | None = None,
+                  cache: str = "no-store") -> Response:
+    body = page.encode()
+    return Response(
+        status,
+        [("Content-Type", HTML_TYPE), ("Content-Length", str(len(body))), ("Cache-Control", cache),
+         ("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"),
+         ("Referrer-Policy", "same-origin"), *(headers or [])],
+        [body],
+    )
+
+
+def error_response(environ: Environ, status: int, code: str, message: str,
+                   headers: list[tuple[str, str]] | None = None) -> Response:
+    if wants_json(environ):
+        return json_response(status, {"error": {"status": status, "code": code, "message": message}}, headers)
+    title = HTTPStatus(status).phrase
+    return html_response(status, templates.message_page(status, title, message), headers)
+
+
+def request_path(environ: Environ) -> str:
+    # Mounted at the root, a front end may put the whole path in SCRIPT_NAME (lighttpd does
+    # unless fix-root-scriptname is on); the app owns the whole URL space either way.
+    path = (environ.get("SCRIPT_NAME", "") or "") + (environ.get("PATH_INFO", "") or "")
+    return path or "/"
+
+
+class UploadApp:
+    def __init__(self, settings: Settings, *, id_source: IdSource = random_id,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.storage = Storage(settings.root, id_source, settings.id_tries)
+        self.storage.ensure_layout()
+        self.secret = settings.secret or load_or_create_secret(settings.root)
+        self.clock = clock
+        self.limits = Limits(settings.max_bytes, settings.max_request_bytes, settings.max_files)
+        # Pillow's own guard warns above this and refuses above twice this.
+        Image.MAX_IMAGE_PIXELS = settings.max_pixels
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        head = method == "HEAD"
+        try:
+            response = self.route("GET" if head else method, request_path(environ), environ)
+        except HTTPError as e:
+            response = error_response(environ, e.status, e.code, e.message, e.headers)
+        except (FormError, ImageError, StorageError) as e:
+            response = error_response(environ, e.status, e.code, e.message)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            response = error_response(environ, 507, "disk_full", "The server has no room for the picture.")
+        if head:
+            _close(response.body)
+            response.body = ()
+        return response.start(start_response)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def route(self, method: str, path: str, environ: Environ) -> Response:
+        if path == "/":
+            self._allow(method, "GET")
+            return html_response(200, templates.upload_page(self.settings.max_bytes, self.settings.max_files),
+                                 cache="public, max-age=300")
+        if path == "/upload":
+            self._allow(method, "POST")
+            return self.upload(environ)
+        if m := _DELETE_RE.fullmatch(path):
+            self._allow(method, "POST")
+            return self.delete(m[1], environ)
+        if m := _PAGE_RE.fullmatch(path):
+            self._allow(method, "GET")
+            return self.page(m[1].split(","), environ)
+        if m := _LARGE_RE.fullmatch(path):
+            self._allow(method, "GET")
+            return self.large(m[1], m[2], environ)
+        if m := _PICTURE_RE.fullmatch(path):
+            self._allow(method, "GET")
+            return self.small_file(m[1], m[2], environ)
+        if m := _THUMB_RE.fullmatch(path):
+            self._allow(method, "GET")
+            return self.thumbnail(m[1], environ)
+        if m := _STATIC_RE.fullmatch(path):
+            self._allow(method, "GET")
+            return self.static(m[1], m[2], environ)
+        raise HTTPError(404, "not_found", "There is nothing here.")
+
+    @staticmethod
+    def _allow(method: str, allowed: str) -> None:
+        if method != allowed:
+            allow = "GET, HEAD" if allowed == "GET" else allowed
+            raise HTTPError(405, "method_not_allowed", f"Use {allowed} here.", [("Allow", allow)])
+
+    # -- upload -------------------------------------------------------------------------------
+
+    def upload(self, environ: Environ) -> Response:
+        spooled = read_files(environ, self.storage, self.limits)
+        done: list[Published] = []
+        try:
+            for item in spooled:
+                done.append(self._store_one(item, len(spooled)))
+        except BaseException:
+            # One request, one outcome: pictures stored earlier in a failed request are rolled back.
+            for result in done:
+                if not result.duplicate:
+                    self.storage.remove(result.record, forget=True)
+            raise
+        finally:
+            for item in spooled:
+                unlink_quietly(item.path)
+        cookies = [self._token_cookie(r, environ) for r in done if r.token]
+        if wants_json(environ):
+            files = [self._describe(r.record, r.token, r.duplicate) for r in done]
+            headers = cookies if environ.get("HTTP_X_UPLOAD_PAGE") else []
+            return json_response(201, {"files": files}, headers)
+        target = "/" + ",".join(r.record.id for r in done)
+        return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
+                              *cookies])
+
+    def _store_one(self, item: SpooledFile, count: int) -> Published:
+        try:
+            return store_picture(item, self.storage, self.settings)
+        except (ImageError, StorageError) as e:
+            if count > 1 and item.filename:
+                e.message = f"{item.filename}: {e.message}"
+            raise
+
+    def _token_cookie(self, result: Published, environ: Environ) -> tuple[str, str]:
+        secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""
+        pid = result.record.id
+        return ("Set-Cookie", f"dt_{pid}={result.token}; Path=/{pid}; Max-Age={COOKIE_MAX_AGE}; "
+                              f"HttpOnly; SameSite=Strict{secure}")
+
+    def _picture_url(self, record: Record) -> tuple[str, int | None]:
+        if not record.large:
+            return f"/pictures/{record.filename}", None
+        query = signed_query(self.secret, record.filename, self.clock(), self.settings.link_lifetime)
+        expiry = int(urllib.parse.parse_qs(query)["e"][0])
+        return f"/l/{record.filename}?{query}", expiry
+
+    def _describe(self, record: Record, token: str | None, duplicate: bool) -> dict[str, object]:
+        url, expires = self._picture_url(record)
+        return {
+            "id": record.id,
+            "url": url,
+            "url_expires": expires,
+            "thumbnail_url": f"/thumbs/{record.id}.jpg",
+            "page_url": f"/{record.id}",
+            "delete_url": f"/{record.id}/delete",
+            "delete_token": token,
+            "duplicate": duplicate,
+            "width": record.width,
+            "height": record.height,
+            "bytes": record.size,
+            "format": record.format,
+            "large": record.large,
+        }
+
+    # -- pages --------------------------------------------------------------------------------
+
+    def page(self, ids: list[str], environ: Environ) -> Response:
+        records = [self.storage.lookup(pid) for pid in ids]
+        found = [r for r in records if r is not None]
+        if not found:
+            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+        cookies = http.cookies.SimpleCookie()
+        with contextlib.suppress(http.cookies.CookieError):
+            cookies.load(environ.get("HTTP_COOKIE", "") or "")
+        if wants_json(environ):
+            described = [self._describe(r, None, False) for r in found]
+            return json_response(200, described[0] if len(ids) == 1 else {"files": described})
+        views = []
+        for record in found:
+            morsel = cookies.get(f"dt_{record.id}")
+            token = morsel.value if morsel and self.storage.check_token(record, morsel.value) else None
+            info = self._describe(record, token, False)
+            views.append(templates.PictureView(
+                id=record.id, url=str(info["url"]), thumbnail_url=str(info["thumbnail_url"]),
+                page_url=str(info["page_url"]), delete_url=str(info["delete_url"]), width=record.width,
+                height=record.height, size=record.size, format=record.format, large=record.large,
+                expires=info["url_expires"] if isinstance(info["url_expires"], int) else None,
+                delete_token=token,
+            ))
+        origin = _origin(environ)
+        has_token = any(v.delete_token for v in views)
+        return html_response(200, templates.picture_page(views, origin),
+                             cache="no-store" if has_token else "private, max-age=60")
+
+    # -- delete -------------------------------------------------------------------------------
+
+    def delete(self, pid: str, environ: Environ) -> Response:
+        token = environ.get("HTTP_X_DELETE_TOKEN") or self._form_token(environ)
+        record = self.storage.lookup(pid)
+        if record is None:
+            raise HTTPError(404, "not_found", "No such picture (it may have been deleted already).")
+        if not token or not self.storage.check_token(record, token):
+            raise HTTPError(403, "bad_token", "The delete key does not match this picture.")
+        if not self.storage.remove(record):
+            raise HTTPError(404, "not_found", "The picture was deleted already.")
+        expire = ("Set-Cookie", f"dt_{pid}=; Path=/{pid}; Max-Age=0; HttpOnly; SameSite=Strict")
+        if wants_json(environ):
+            return json_response(200, {"deleted": pid}, [expire])
+        return html_response(200, templates.deleted_page(pid), [expire])
+
+    @staticmethod
+    def _form_token(environ: Environ) -> str:
+        kind = (environ.get("CONTENT_TYPE", "") or "").split(";")[0].strip().lower()
+        raw = (environ.get("CONTENT_LENGTH", "") or "0").strip()
+        if kind != "application/x-www-form-urlencoded" or not raw.isdigit():
+            return ""
+        length = int(raw)
+        if length > MAX_DELETE_BODY:
+            raise HTTPError(413, "request_too_large", "The delete request is too large.")
+        body = environ["wsgi.input"].read(length).decode("latin-1")
+        values = urllib.parse.parse_qs(body).get("token", [""])
+        return str(values[0]).strip()
+
+    # -- files --------------------------------------------------------------------------------
+
+    def large(self, pid: str, ext: str, environ: Environ) -> Response:
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", "") or "")
+        expiry = query.get("e", [""])[0]
+        signature = query.get("s", [""])[0]
+        name = f"{pid}.{ext}"
+        state = verify(self.secret, name, expiry, signature, self.clock())
+        if state is LinkState.BAD_SIGNATURE:
+            raise HTTPError(403, "bad_signature", "This link is not valid.")
+        if state is LinkState.EXPIRED:
+            raise HTTPError(410, "link_expired", "This link has expired; open the picture page again.")
+        record = self.storage.lookup(pid)
+        if record is None or not record.large or record.ext != ext:
+            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+        path = self.storage.picture_path(record)
+        max_age = max(0, int(expiry) - int(self.clock()))
+        headers = [("Content-Type", MIME_TYPES[ext]), ("Cache-Control", f"private, max-age={max_age}"),
+                   ("X-Content-Type-Options", "nosniff")]
+        mode = self.settings.sendfile
+        if mode == "x-sendfile":
+            return Response(200, [*headers, ("X-Sendfile", str(path)), ("Content-Length", "0")], [])
+        if mode == "x-accel":
+            target = f"{self.settings.accel_prefix}{name}"
+            return Response(200, [*headers, ("X-Accel-Redirect", target), ("Content-Length", "0")], [])
+        return self._file(path, MIME_TYPES[ext], environ, cache=f"private, max-age={max_age}")
+
+    def small_file(self, pid: str, ext: str, environ: Environ) -> Response:
+        record = self.storage.lookup(pid)
+        if record is None or record.large or record.ext != ext:
+            raise HTTPError(404, "not_found", "No such picture.")
+        return self._file(self.storage.picture_path(record), MIME_TYPES[ext], environ)
+
+    def thumbnail(self, pid: str, environ: Environ) -> Response:
+        if self.storage.lookup(pid) is None:
+            raise HTTPError(404, "not_found", "No such picture.")
+        return self._file(self.storage.thumb_path(pid), "image/jpeg", environ)
+
+    def static(self, name: str, ext: str, environ: Environ) -> Response:
+        return self._file(STATIC_DIR / f"{name}.{ext}", STATIC_TYPES[ext], environ,
+                          cache="public, max-age=3600")
+
+    def _file(self, path: Path, ctype: str, environ: Environ,
+              cache: str = "public, max-age=31536000, immutable") -> Response:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, OSError):
+            raise HTTPError(404, "not_found", "No such file.") from None
+        f = os.fdopen(fd, "rb")
+        size = os.fstat(fd).st_size
+        wrapper = environ.get("wsgi.file_wrapper")
+        body: Iterable[bytes] = wrapper(f, 65536) if wrapper else _iter_file(f)
+        headers = [("Content-Type", ctype), ("Content-Length", str(size)), ("Cache-Control", cache),
+                   ("X-Content-Type-Options", "nosniff")]
+        return Response(200, headers, body)
+
+
+def _iter_file(f: Any) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(65536):
+            yield chunk
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if callable(close):
+        close()
+
+
+def _origin(environ: Environ) -> str:
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
+
+
+def make_app(settings: Settings | None = None, *, id_source: IdSource = random_id,
+             clock: Callable[[], float] = time.time) -> UploadApp:
+    return UploadApp(settings or load_settings(), id_source=id_source, clock=clock)
+
+
+_SETTINGS = load_settings()  # bad UPLOAD_* values fail at import, where the server reports them
+_app: UploadApp | None = None
+
+
+def application(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The WSGI entry point; storage is set up on the first request, in the worker."""
+    global _app
+    if _app is None:
+        _app = UploadApp(_SETTINGS)
+    return _app(environ, start_response)

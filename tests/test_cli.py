@@ -1,0 +1,88 @@
+"""The command line: usage errors, --version, TOML + CLI precedence on a running server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fcgiserver import __version__
+from fcgiserver.cli import build_parser
+from tests.support.server import fcgi_request, running_server
+
+APP = "supervisor_apps:application"
+
+
+def _run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-bb", "-m", "fcgiserver", *args], capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+
+
+def test_version_is_printed() -> None:
+    proc = _run(["--version"])
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"fcgiserver {__version__}"
+
+
+def test_help_lists_every_option() -> None:
+    text = build_parser().format_help()
+    for flag in ("--bind", "--workers", "--pidfile", "--max-requests", "--max-requests-jitter", "--timeout",
+                 "--read-timeout", "--graceful-timeout", "--preload", "--no-preload", "--socket-mode",
+                 "--socket-owner", "--backlog", "--umask", "--config", "--log-level", "--hooks",
+                 "--no-reseed", "--script-name", "--version", "--chdir", "--environ"):
+        assert flag in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--workers", "0", APP], "--workers: must be at least 1"),
+    (["--bind", "nowhere", APP], "--bind: expected unix:/path"),
+    (["--socket-mode", "rw", APP], "--socket-mode: expected octal permissions"),
+    (["--no-such-option", APP], "unrecognized arguments: --no-such-option"),
+    (["--bind", "unix:/tmp/x.sock"], "no application given"),
+    (["--bind", "unix:/tmp/x.sock", "not an app"], "--app: expected MODULE:CALLABLE"),
+])
+def test_invalid_usage_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
+    proc = _run(args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "usage: fcgiserver" in proc.stderr
+
+
+def test_nothing_to_listen_on_is_a_usage_error() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+    proc = _run([APP], env=env)
+    assert proc.returncode == 2
+    assert "no --bind given, stdin is not a listening socket" in proc.stderr
+
+
+def test_a_bad_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("wokers = 3\n")
+    proc = _run(["--config", str(toml), APP])
+    assert proc.returncode == 2
+    assert "unknown option 'wokers'" in proc.stderr
+
+
+def test_toml_values_apply_and_command_line_options_win(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'app = "{APP}"\nworkers = 3\nscript_name = "/from-toml"\n'
+                    '[environ]\nSITE_NAME = "toml-site"\n')
+    # The app comes from the file; --workers from the command line beats the file's 3.
+    with running_server("", workers=1, args=["--config", str(toml)]) as server:
+        assert len(server.worker_pids()) == 1
+        environ = fcgi_request(server.address, "GET", "/from-toml/environ").body
+        assert b'"SCRIPT_NAME": "/from-toml"' in environ
+        assert b'"SITE_NAME": "toml-site"' in environ
+
+
+def test_the_app_is_imported_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "cwd_app_mod.py").write_text(
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'from cwd']\n")
+    with running_server("cwd_app_mod:application", workers=1, args=["--chdir", str(tmp_path)]) as server:
+        assert fcgi_request(server.address).body == b"from cwd"
+    assert server.proc.returncode == 0

@@ -1,0 +1,137 @@
+"""handlers.images and handlers.metadata: what an upload is, its thumbnail, its public copy."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops
+
+from handlers.images import (
+    ImageError,
+    ImageInfo,
+    has_trailing_data,
+    inspect_image,
+    make_thumbnail,
+    write_public_copy,
+)
+from tests.support import corpus
+
+LIMIT = 40_000_000
+
+
+def write(tmp_path: Path, data: bytes, name: str = "upload.bin") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def public_copy(tmp_path: Path, data: bytes) -> tuple[bytes, ImageInfo]:
+    src = write(tmp_path, data)
+    info = inspect_image(src, LIMIT)
+    with open(src, "rb") as s, open(tmp_path / "public", "w+b") as d:
+        write_public_copy(s, d, info)
+    return (tmp_path / "public").read_bytes(), info
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp")])
+def test_content_decides_the_type(tmp_path: Path, fmt: str, ext: str) -> None:
+    info = inspect_image(write(tmp_path, corpus.picture(fmt, (30, 20)), "named.jpg"), LIMIT)
+    assert (info.format, info.ext, info.width, info.height) == (fmt, ext, 30, 20)
+
+
+# Empty files and glued-on data are refused by the upload pipeline, not by decoding.
+DECODE_FAILURES = sorted(k for k, v in corpus.bad_corpus().items()
+                         if v[2] not in ("empty_file", "trailing_data"))
+
+
+@pytest.mark.parametrize("name", DECODE_FAILURES)
+def test_bad_inputs_are_refused_with_their_status(tmp_path: Path, name: str) -> None:
+    data, status, code = corpus.bad_corpus()[name]
+    with pytest.raises(ImageError) as err:
+        inspect_image(write(tmp_path, data), LIMIT)
+    assert (err.value.status, err.value.code) == (status, code)
+
+
+def test_pixel_limit_applies_below_pillows_own(tmp_path: Path) -> None:
+    path = write(tmp_path, corpus.picture("PNG", (100, 100)))
+    assert inspect_image(path, 10_000).width == 100
+    with pytest.raises(ImageError) as err:
+        inspect_image(path, 9_999)
+    assert err.value.status == 413
+
+
+def test_corrupt_later_frame_of_an_animation_is_found(tmp_path: Path) -> None:
+    data = corpus.animated_gif(frames=4)
+    with pytest.raises(ImageError) as err:
+        inspect_image(write(tmp_path, data[: len(data) - 20]), LIMIT)
+    assert err.value.status == 400
+
+
+def test_thumbnail_is_small_upright_jpeg_without_metadata(tmp_path: Path) -> None:
+    # Stored 120x60 with orientation 6 (rotate 90 clockwise to view): displayed 60x120.
+    path = write(tmp_path, corpus.gps_jpeg(orientation=6, size=(1200, 600)))
+    info = inspect_image(path, LIMIT)
+    assert (info.width, info.height) == (600, 1200)
+    data, w, h = make_thumbnail(path, 200)
+    thumb = Image.open(io.BytesIO(data))
+    assert thumb.format == "JPEG" and thumb.size == (w, h) == (100, 200)
+    assert not thumb.getexif() and "exif" not in thumb.info and "icc_profile" not in thumb.info
+    assert b"Exif" not in data and b"secret place" not in data
+    # The yellow mark, top-left in the stored pixels, is top-right once rotated.
+    assert thumb.getpixel((90, 10))[2] < 100  # type: ignore[index]
+    assert thumb.getpixel((10, 10))[2] > 150  # type: ignore[index]
+
+
+def test_thumbnail_of_animation_and_transparency(tmp_path: Path) -> None:
+    data, w, h = make_thumbnail(write(tmp_path, corpus.animated_gif(frames=3, size=(400, 100))), 200)
+    assert (w, h) == (200, 50)
+    png = corpus.picture("PNG", (300, 300), (0, 0, 0), alpha=True)
+    data, w, h = make_thumbnail(write(tmp_path, png, "a.png"), 200)
+    im = Image.open(io.BytesIO(data))
+    assert (w, h) == (200, 200) and im.mode == "RGB"
+
+
+@pytest.mark.parametrize("make", [corpus.gps_jpeg, corpus.gps_png, corpus.gps_webp],
+                         ids=["jpeg", "png", "webp"])
+def test_public_copy_drops_gps_and_keeps_pixels_losslessly(tmp_path: Path, make: object) -> None:
+    original = make()  # type: ignore[operator]
+    served, info = public_copy(tmp_path, original)
+    before, after = Image.open(io.BytesIO(original)), Image.open(io.BytesIO(served))
+    assert after.format == before.format
+    assert ImageChops.difference(before.convert("RGB"), after.convert("RGB")).getbbox() is None
+    exif = after.getexif()
+    assert not exif.get_ifd(corpus.GPS_IFD)
+    assert set(exif) <= {corpus.ORIENTATION}
+    assert exif.get(corpus.ORIENTATION, 1) == info.orientation
+    for secret in (b"secret place", b"PhoneMaker", b"GPSLatitude"):
+        assert secret not in served
+
+
+def test_public_jpeg_keeps_only_the_orientation_tag(tmp_path: Path) -> None:
+    served, info = public_copy(tmp_path, corpus.gps_jpeg(orientation=8))
+    assert info.orientation == 8
+    assert dict(Image.open(io.BytesIO(served)).getexif()) == {corpus.ORIENTATION: 8}
+
+
+def test_public_gif_keeps_frames_and_loop_but_not_comments(tmp_path: Path) -> None:
+    original = corpus.animated_gif(frames=3)
+    served, _ = public_copy(tmp_path, original)
+    im = Image.open(io.BytesIO(served))
+    assert getattr(im, "n_frames", 1) == 3 and im.info.get("loop") == 0
+    assert b"made by a camera" in original and b"made by a camera" not in served
+
+
+def test_data_glued_after_the_picture_is_found(tmp_path: Path) -> None:
+    for data, expected in [(corpus.png_zip_polyglot(), True), (corpus.picture("PNG") + b"\0" * 10, False),
+                           (corpus.picture("JPEG") + b"PK\x03\x04zip", True), (corpus.picture("GIF"), False)]:
+        path = write(tmp_path, data)
+        info = inspect_image(path, LIMIT)
+        with open(path, "rb") as f:
+            assert has_trailing_data(f, info) is expected
+
+
+def test_public_copy_of_jpeg_drops_what_follows_the_end_marker(tmp_path: Path) -> None:
+    served, _ = public_copy(tmp_path, corpus.picture("JPEG") + b"PK\x03\x04 glued zip")
+    assert served.endswith(b"\xff\xd9")

@@ -1,0 +1,221 @@
+"""The real server (the CLI, forked workers) driven by independent FastCGI peers.
+
+flup's client and libfcgi's cgi-fcgi were written without this code in view, so what they
+accept is what other front ends will accept; fcgiserver.client covers KEEP_CONN and
+GET_VALUES, which neither of the others sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fcgiserver.client import FastCGIClient
+from tests.apps import wsgi_apps
+from tests.test_worker import WAIT, short_dir
+
+CGI_FCGI = shutil.which("cgi-fcgi")
+
+
+def _wait_connectable(path: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(path)
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError("the server never accepted connections")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """`python -m fcgiserver` with two workers; yields the socket path."""
+    directory = short_dir()
+    path = os.path.join(directory, "s.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-bb", "-m", "fcgiserver", "--bind", f"unix:{path}", "--workers", "2",
+         "--log-level", "warning", "wsgi_apps:application"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_connectable(path, proc)
+        yield path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- flup ---------------------------------------------------------------------------------
+
+def flup_call(path: str, environ: dict[str, Any]) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    # flup's client names a Python 2 type; it only needs to know what a string is.
+    types.StringTypes = (str,)  # type: ignore[attr-defined]
+    from flup.client.fcgi_app import FCGIApp  # type: ignore[import-untyped]
+
+    got: dict[str, Any] = {}
+
+    def start_response(status: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        got["status"], got["headers"] = status, headers
+
+    body = b"".join(FCGIApp(connect=path)(environ, start_response))
+    return got["status"], got["headers"], body
+
+
+def flup_environ(path_info: str, query: str = "", body: bytes = b"", method: str = "GET") -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query,
+        "REQUEST_URI": path_info + ("?" + query if query else ""),
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_HOST": "localhost",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(),
+    }
+
+
+def test_flup_client_gets_hello(server: str) -> None:
+    status, headers, body = flup_call(server, flup_environ("/hello"))
+    assert status == b"200 OK"
+    assert (b"content-length", b"14") in headers
+    assert body == wsgi_apps.HELLO
+
+
+def test_flup_client_posts_a_body_and_reads_it_back(server: str) -> None:
+    data = os.urandom(300_000)
+    status, _, body = flup_call(server, flup_environ("/echo", body=data, method="POST"))
+    assert status == b"200 OK"
+    assert body == data
+
+
+def test_flup_client_reads_a_streamed_response(server: str) -> None:
+    # flup sends an empty FCGI_DATA record after STDIN; the server must not choke on it
+    # while it is still streaming.
+    status, _, body = flup_call(server, flup_environ("/sized", "n=1000000&chunk=4096"))
+    assert status == b"200 OK"
+    assert body == wsgi_apps.pattern(1_000_000)
+
+
+def test_flup_client_sees_the_environ_it_sent(server: str) -> None:
+    env = flup_environ("/environ", "a=1&b=%C3%A9")
+    env["HTTP_X_LATIN"] = "caf\xe9"
+    _, _, body = flup_call(server, env)
+    seen = json.loads(body)
+    assert seen["QUERY_STRING"] == "a=1&b=%C3%A9"
+    assert seen["HTTP_X_LATIN"] == "caf\xe9"
+    assert seen["wsgi.version"] == [1, 0]
+    assert seen["wsgi.multiprocess"] is True
+
+
+# -- cgi-fcgi (libfcgi) -------------------------------------------------------------------
+
+def cgi_fcgi(path: str, env: dict[str, str], body: bytes = b"") -> bytes:
+    assert CGI_FCGI is not None
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    result = subprocess.run([CGI_FCGI, "-bind", "-connect", path], input=body, env={**base, **env},
+                            capture_output=True, timeout=WAIT, check=True)
+    return result.stdout
+
+
+def cgi_env(path_info: str, query: str = "", body: bytes = b"", method: str = "GET") -> dict[str, str]:
+    return {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query,
+        "REQUEST_URI": path_info + ("?" + query if query else ""),
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_LENGTH": str(len(body)),
+    }
+
+
+needs_cgi_fcgi = pytest.mark.skipif(CGI_FCGI is None, reason="cgi-fcgi (libfcgi-bin) is not installed")
+
+
+@needs_cgi_fcgi
+def test_cgi_fcgi_gets_hello(server: str) -> None:
+    out = cgi_fcgi(server, cgi_env("/hello"))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"Status: 200 OK"
+    assert body == wsgi_apps.HELLO
+
+
+@needs_cgi_fcgi
+def test_cgi_fcgi_posts_a_megabyte_and_gets_its_digest(server: str) -> None:
+    data = os.urandom(1 << 20)
+    out = cgi_fcgi(server, cgi_env("/upload", body=data, method="POST"), data)
+    result = json.loads(out.partition(b"\r\n\r\n")[2])
+    assert result == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@needs_cgi_fcgi
+def test_cgi_fcgi_reads_a_five_megabyte_response(server: str) -> None:
+    out = cgi_fcgi(server, cgi_env("/sized", "n=5242880&chunk=65536"))
+    assert out.partition(b"\r\n\r\n")[2] == wsgi_apps.pattern(5 * 1024 * 1024)
+
+
+# -- fcgiserver.client --------------------------------------------------------------------
+
+def test_our_client_keeps_one_connection_for_many_requests(server: str) -> None:
+    with FastCGIClient(f"unix:{server}", timeout=WAIT, keep_conn=True) as client:
+        pids = {client.request("GET", "/pid").body for _ in range(30)}
+    # One connection is served by one worker from start to end.
+    assert len(pids) == 1
+
+
+def test_our_client_gets_values(server: str) -> None:
+    with FastCGIClient(f"unix:{server}", timeout=WAIT) as client:
+        values = client.get_values(["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"])
+    assert values["FCGI_MPXS_CONNS"] == "0"
+
+
+def test_our_client_sees_stderr_and_a_clean_500(server: str) -> None:
+    with FastCGIClient(f"unix:{server}", timeout=WAIT) as client:
+        noted = client.request("GET", "/stderr")
+        failed = client.request("GET", "/error")
+    assert noted.stderr == b"a note for the error log\n"
+    assert failed.status == 500
+    assert wsgi_apps.SECRET_ERROR_TEXT.encode() not in failed.body
+
+
+def test_workers_survive_clients_that_hang_up_mid_response(server: str) -> None:
+    for _ in range(4):
+        with FastCGIClient(f"unix:{server}", timeout=WAIT) as client:
+            client.request("GET", "/hello")
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(server)
+        from tests.test_worker import Peer, cgi_params
+
+        sock.sendall(Peer.request_bytes(cgi_params("/sized", "n=5000000&chunk=10000")))
+        sock.recv(1000)
+        sock.close()
+    with FastCGIClient(f"unix:{server}", timeout=WAIT) as client:
+        assert client.request("GET", "/hello").body == wsgi_apps.HELLO
