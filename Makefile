@@ -31,7 +31,7 @@ test: setup
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check fcgiserver handlers tests bench
-	$(VENV)/bin/mypy --strict fcgiserver
+	$(VENV)/bin/mypy --strict fcgiserver handlers
 
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append(table(results[name]))
             write_json(results, args.output)
 
+    results["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = write_json(results, args.output)
     print()
     print("\n\n".join(tables))

@@ -19,6 +19,13 @@ def make_jpeg(path: Path, width: int = 4000, height: int = 3000, quality: int = 
     return path
 
 
+def with_comment(jpeg: bytes, text: bytes) -> bytes:
+    """The same picture with a COM segment after SOI: new bytes (and hash), same decode work."""
+    if jpeg[:2] != b"\xff\xd8" or len(text) > 65533:
+        raise ValueError("not a JPEG, or comment too long")
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
 def bare_thumbnail(path: Path, size: int = 200) -> None:
     """The floor for an upload: open and thumbnail (JPEG draft decode), nothing else."""
     with Image.open(path) as im:

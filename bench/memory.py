@@ -54,6 +54,12 @@ def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent not idle since boot; deltas show what else ran meanwhile."""
+    t = psutil.cpu_times()
+    return float(sum(t)) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time consumed so far by these processes (those that still exist)."""
     total = 0.0

@@ -103,6 +103,10 @@ def hello_table(hello: dict[str, Any]) -> str:
             goals.append(f"vs flup {r:.2f}x (goal >= 4x: {'met' if r >= 4 else 'NOT met'})")
         lines.append("fcgiserver " + ", ".join(goals))
     lines.append("CPU us/req: median CPU time the backend (master + workers) spent per request.")
+    others = [b["other_cpu_s_per_round"]["median"] for b in backends.values() if "other_cpu_s_per_round" in b]
+    if others:
+        lines.append(f"Other processes on the machine used a median {max(others):.1f} CPU s per "
+                     f"{s['seconds']:g} s round (0 on a quiet machine).")
     return "\n".join(lines)
 
 
@@ -131,7 +135,8 @@ def upload_table(upload: dict[str, Any]) -> str:
             f"(median {u['bare_open_thumbnail_ms']} ms; "
             f"full decode + thumbnail {u['full_decode_thumbnail_ms']} ms)",
             f"  overhead vs bare                    {u['overhead_vs_bare']:+.0%}  "
-            f"(goal <= +10%: {'met' if u['goal_met'] else 'NOT met'})",
+            f"(goal <= +10%: {'met' if u['goal_met'] else 'NOT met'}); "
+            f"vs full decode + thumbnail {u['overhead_vs_full_decode']:+.0%}",
             f"  CPU per upload                      worker {u['worker_cpu_ms_per_upload']} ms, "
             f"lighttpd {u['lighttpd_cpu_ms_per_upload']} ms; statuses {u['statuses']}",
         ]

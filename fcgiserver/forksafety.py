@@ -12,6 +12,8 @@ referenced from (module globals, closures, instance attributes, containers). Sca
 references from ``sys.modules`` instead would miss generators held only by closures, bound
 methods or C extension state, and costs more. Objects frozen by ``gc.freeze()`` are invisible
 to ``gc.get_objects()``, so a frozen heap is briefly unfrozen for the scan and frozen again.
+Instances of the private C type ``_random.Random`` made directly are not gc-tracked and are
+not found; ``register()`` covers them and any other generator.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ class Seedable(Protocol):
     def seed(self, a: int, /) -> None: ...
 
 
-Reseeder = Callable[[], object]
 _T = TypeVar("_T")
 
 # Custom generators and reseed callables, in registration order. Strong references: a
@@ -67,7 +68,8 @@ def register(target: _T) -> _T:
     callable taking no arguments (called as is). Returns ``target``, so this also works as
     a decorator. Registered targets belong to the automatic reseed: ``--no-reseed`` skips
     them too. An object that also has ``getstate()``, ``get_state()`` or a ``state``
-    attribute is part of the fingerprint.
+    attribute is part of the fingerprint. An exception from a target propagates: a worker
+    that cannot reseed what it was told to must not start.
     """
     if not (isinstance(target, Seedable) or callable(target)):
         raise TypeError(f"cannot reseed {target!r}: expected a seed(int) method or a callable")

@@ -13,7 +13,6 @@ memory copies.
 from __future__ import annotations
 
 import mmap
-import os
 import struct
 import time
 from dataclasses import dataclass
@@ -32,11 +31,12 @@ URI_LEN = SLOT_SIZE - _SEQ.size - _HEAD.size
 _DATA = struct.Struct(f"<iIB3xQdd{FINGERPRINT_LEN}s{METHOD_LEN}sH{URI_LEN}s")
 assert _SEQ.size + _DATA.size == SLOT_SIZE
 
-# A reader spins this often, then yields the CPU to let a writer finish, and after
-# _READ_TRIES returns what it has: a status page must never hang on a worker that died
-# in the middle of a write.
+# A reader spins this often, then sleeps a moment between tries to let a writer finish;
+# after _READ_TRIES it returns what it has: a status page must never hang on a worker
+# that died in the middle of a write.
 _READ_SPINS = 64
-_READ_TRIES = 4096
+_READ_TRIES = 1000
+_READ_PAUSE = 0.0002
 
 
 class SlotState(IntEnum):
@@ -116,14 +116,16 @@ class Slot:
 
     def _write(self, state: SlotState, busy_since: float) -> None:
         buf, off = self._buf, self._offset
-        seq = (self._seq + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(buf, off, seq)  # odd: a write is in progress
-        seq = (seq + 1) & 0xFFFFFFFF
         uri = self._uri
-        _DATA.pack_into(buf, off + 4, self._pid, self._generation, state, self._requests, busy_since,
-                        time.time(), self._fingerprint, self._method, len(uri), uri)
-        _SEQ.pack_into(buf, off, seq)
-        self._seq = seq
+        # Everything is computed first, so the slot is odd (unreadable) only for one copy.
+        fields = (self._pid, self._generation, state, self._requests, busy_since, time.time(),
+                  self._fingerprint, self._method, len(uri), uri)
+        odd = (self._seq + 1) & 0xFFFFFFFF
+        even = (odd + 1) & 0xFFFFFFFF
+        _SEQ.pack_into(buf, off, odd)
+        _DATA.pack_into(buf, off + 4, *fields)
+        _SEQ.pack_into(buf, off, even)
+        self._seq = even
         self._state = state
         self._busy_since = busy_since
 
@@ -133,13 +135,13 @@ class Slot:
         buf, off = self._buf, self._offset
         start, end = off + _SEQ.size, off + SLOT_SIZE
         unpack_seq = _SEQ.unpack_from
-        for attempt in range(1, _READ_TRIES + 1):
+        for attempt in range(_READ_TRIES):
             before = unpack_seq(buf, off)[0]
             raw = buf[start:end]
             if before & 1 == 0 and unpack_seq(buf, off)[0] == before:
                 break
-            if attempt % _READ_SPINS == 0:
-                os.sched_yield()
+            if attempt >= _READ_SPINS:
+                time.sleep(_READ_PAUSE)
         (pid, generation, state, requests, busy_since, last_change, fp, method, uri_len,
          uri) = _DATA.unpack(raw)
         return SlotInfo(

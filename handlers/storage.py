@@ -430,6 +430,43 @@ def check_consistency(root: Path, *, deep: bool = False) -> list[str]:
     return problems
 
 
+def sweep_stale(root: Path, max_age: float = 3600.0, now: float | None = None) -> list[str]:
+    """Remove what uploads killed midway left behind (temp files, claims never published, and
+    their partial files and index entries) once older than ``max_age`` seconds. Returns what
+    was removed. Safe while the service runs: live uploads are younger than ``max_age``."""
+    store = Storage(root)
+    now = time.time() if now is None else now
+    removed: list[str] = []
+
+    def old(path: Path) -> bool:
+        try:
+            return now - path.lstat().st_mtime > max_age
+        except FileNotFoundError:
+            return False
+
+    for n in sorted(os.listdir(store.tmp)):
+        if old(store.tmp / n):
+            unlink_quietly(store.tmp / n)
+            removed.append(f".tmp/{n}")
+    dead = {pid for pid in os.listdir(store.claims)
+            if not (store.meta / f"{pid}.json").exists() and not (store.gone / pid).exists()
+            and old(store.claims / pid)}
+    for pid in sorted(dead):
+        for path in store._all_paths(pid):
+            if path.exists() or path.is_symlink():
+                unlink_quietly(path)
+                removed.append(str(path.relative_to(root)))
+    for n in sorted(os.listdir(store.index)):
+        with contextlib.suppress(OSError):
+            if _read_small(store.index / n, 64).decode("ascii", "replace") in dead:
+                unlink_quietly(store.index / n)
+                removed.append(f".index/{n}")
+    for pid in sorted(dead):
+        store.release_id(pid)
+        removed.append(f".claims/{pid}")
+    return removed
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

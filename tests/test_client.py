@@ -145,14 +145,20 @@ def fcgiserver_server(short_dir: Path) -> Iterator[str]:
 class Responder:
     """A FastCGI responder thread on ServerConnection that counts the connections it accepts."""
 
-    def __init__(self, path: Path, answer: Callable[[int], bytes], max_conns: int = 5) -> None:
+    def __init__(self, path: Path | None, answer: Callable[[int], bytes], max_conns: int = 5) -> None:
         self.path = path
         self.answer = answer
         self.max_conns = max_conns
         self.accepted = 0
         self.errors: list[BaseException] = []
-        self._listener = socket.socket(socket.AF_UNIX)
-        self._listener.bind(str(path))
+        if path is None:  # TCP on a free loopback port
+            self._listener = socket.socket(socket.AF_INET)
+            self._listener.bind(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        else:
+            self._listener = socket.socket(socket.AF_UNIX)
+            self._listener.bind(str(path))
+            self.address = f"unix:{path}"
         self._listener.listen(8)
         self._listener.settimeout(0.2)
         self._stop = threading.Event()
@@ -200,12 +206,23 @@ class Responder:
             sock.sendall(out)
 
 
+def _answer(request_id: int) -> bytes:
+    return b"Status: 200 OK\r\nX-Request-Id: %d\r\n\r\nok" % request_id
+
+
 @pytest.fixture
 def responder(short_dir: Path) -> Iterator[Responder]:
-    def answer(request_id: int) -> bytes:
-        return b"Status: 200 OK\r\nX-Request-Id: %d\r\n\r\nok" % request_id
+    r = Responder(short_dir / "r.sock", _answer)
+    try:
+        yield r
+    finally:
+        r.close()
+    assert r.errors == []
 
-    r = Responder(short_dir / "r.sock", answer)
+
+@pytest.fixture
+def tcp_responder() -> Iterator[Responder]:
+    r = Responder(None, _answer)
     try:
         yield r
     finally:
@@ -333,17 +350,23 @@ def test_fcgiserver_refuses_the_filter_role(fcgiserver_server: str) -> None:
 
 
 def test_without_keep_conn_each_request_uses_a_new_connection(responder: Responder) -> None:
-    with FastCGIClient(str(responder.path), timeout=20) as client:
+    with FastCGIClient(str(responder.path), timeout=20) as client:  # a bare path is a unix socket
         for _ in range(3):
             assert client.request().body == b"ok"
     assert responder.accepted == 3
 
 
 def test_with_keep_conn_requests_share_one_connection_and_ids_match(responder: Responder) -> None:
-    with FastCGIClient(f"unix:{responder.path}", timeout=20, keep_conn=True) as client:
+    with FastCGIClient(responder.address, timeout=20, keep_conn=True) as client:
         responses = [client.request("GET", "/") for _ in range(5)]
     assert responder.accepted == 1
     assert [r.header("X-Request-Id") for r in responses] == ["1", "2", "3", "4", "5"]
+
+
+def test_tcp_addresses_work_with_keep_conn(tcp_responder: Responder) -> None:
+    with FastCGIClient(tcp_responder.address, timeout=20, keep_conn=True) as client:
+        assert [client.request().header("x-request-id") for _ in range(2)] == ["1", "2"]
+    assert tcp_responder.accepted == 1
 
 
 def test_get_values_returns_the_values_the_application_gives(responder: Responder) -> None:

@@ -252,6 +252,33 @@ def test_random_made_in_a_closure_only_is_reseeded() -> None:
     assert run_in_child(child) != draw()
 
 
+def test_the_generators_searched_for_are_tracked_by_the_gc() -> None:
+    # The heap scan relies on this; a Python or numpy release that stopped tracking them
+    # would silently turn reseeding off.
+    for obj in (random.Random(), SubRandom(), np.random.RandomState(), np.random.default_rng(),
+                np.random.default_rng().bit_generator):
+        assert gc.is_tracked(obj), type(obj)
+
+
+class PickySeed(random.Random):
+    """A subclass whose seed() refuses large integers."""
+
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        if isinstance(a, int) and a.bit_length() > 64:
+            raise ValueError("seed too large for this generator")
+        super().seed(a, version)
+
+
+def test_subclass_whose_seed_refuses_still_gets_fresh_state() -> None:
+    picky = PickySeed(1)
+
+    def child() -> float:
+        forksafety.reseed_after_fork(True)
+        return picky.random()
+
+    assert run_in_child(child) != picky.random()
+
+
 def test_system_random_is_left_alone() -> None:
     sysrand = random.SystemRandom()
 

@@ -12,6 +12,8 @@ import json
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -24,7 +26,7 @@ from tests.support.frontends import (
     wait_for,
 )
 from tests.support.server import running_server
-from tests.support.stack import UploadStackChecks
+from tests.support.stack import UploadStackChecks, http_request, make_media_root
 
 MIB = 1 << 20
 
@@ -163,3 +165,28 @@ class TestUploadServiceBehindLighttpd(UploadStackChecks):
     """The upload service as deployed: conf/lighttpd.conf in front of fcgiserver."""
 
     FRONT = "lighttpd"
+
+
+@pytest.fixture(scope="module")
+def plain_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Front, Path]]:
+    """conf/lighttpd.conf exactly as shipped, in front of front_apps."""
+    work = tmp_path_factory.mktemp("lighttpd-plain")
+    media = make_media_root(work.resolve() / "media")
+    with running_server("front_apps:application", workers=1) as server:
+        assert server.socket_path is not None
+        with running_lighttpd(work, socket_path=server.socket_path, upload_root=media) as front:
+            yield front, media
+
+
+def test_x_sendfile_is_honoured_only_inside_the_large_folder(plain_site: tuple[Front, Path]) -> None:
+    front, media = plain_site
+    inside = media / "large" / "ok.bin"
+    inside.write_bytes(b"large picture bytes" * 100)
+    outside = media / "pictures" / "secret.bin"
+    outside.write_bytes(b"not for X-Sendfile")
+    reply = http_request(front.base_url, "GET", f"/sendfile?{quote(str(inside))}")
+    assert reply.status == 200 and reply.body == inside.read_bytes(), front.logs()
+    for path in (str(outside), "/etc/passwd", f"{media}/large/../pictures/secret.bin", f"{media}/large"):
+        reply = http_request(front.base_url, "GET", f"/sendfile?{quote(path)}")
+        assert reply.status >= 400, path
+        assert reply.body != outside.read_bytes() and b"root:" not in reply.body, path

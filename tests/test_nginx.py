@@ -15,7 +15,7 @@ import pytest
 
 from tests.apps.front_apps import SECRET_ERROR_TEXT, STREAM_CHUNK, STREAM_CHUNKS
 from tests.support.frontends import Front, connected_unix_sockets, running_nginx, wait_for
-from tests.support.server import ServerProcess, running_server
+from tests.support.server import ServerProcess, fcgi_request, running_server
 from tests.support.stack import Reply, UploadStackChecks, http_request
 
 MIB = 1 << 20
@@ -89,13 +89,15 @@ def test_keep_conn_serves_many_requests_over_one_backend_connection(site: Site) 
 def test_kept_connection_is_released_when_nginx_stops(tmp_path_factory: pytest.TempPathFactory) -> None:
     work = tmp_path_factory.mktemp("nginx-stop")
     with running_server("front_apps:application", workers=1) as server:
-        assert server.socket_path is not None
-        with running_nginx(work, socket_path=server.socket_path, keepalive=1) as front:
+        path = server.socket_path
+        assert path is not None
+        with running_nginx(work, socket_path=path, keepalive=1) as front:
             assert http_request(front.base_url, "GET", "/env").status == 200
-            assert connected_unix_sockets(server.socket_path)
-        # With the front end gone the worker sees EOF on the kept connection and is free
-        # again: the socket closes and a direct request is answered.
-        assert wait_for(lambda: not connected_unix_sockets(server.socket_path)), server.log_text()
+            assert connected_unix_sockets(path)
+        # With the front end gone the only worker sees EOF on the kept connection and is
+        # free again: the socket closes and a direct request is answered.
+        assert wait_for(lambda: not connected_unix_sockets(path)), server.log_text()
+        assert fcgi_request(server.address, "GET", "/env", timeout=30).status == 200
 
 
 class TestUploadServiceBehindNginx(UploadStackChecks):

@@ -93,7 +93,9 @@ def end_body(record: Record) -> tuple[int, int]:
 # DATA stream after STDIN on every request.
 # ---------------------------------------------------------------------------
 
-COLUMNS = "BEGIN ABORT ENDREQ PARAMS PARAMS0 STDIN STDIN0 STDOUT STDERR DATA DATA0 GETV GETVR UNKT T0 T12 T255"
+COLUMNS = (
+    "BEGIN ABORT ENDREQ PARAMS PARAMS0 STDIN STDIN0 STDOUT STDERR DATA DATA0 GETV GETVR UNKT T0 T12 T255"
+)
 
 MATRIX_TEXT = """
 IDLE        mgmt    ERR  ERR  ERR  ERR  ERR  ERR  ERR  ERR  ERR  ERR  ERR  VALS ERR  ERR  UNKT UNKT UNKT
@@ -345,6 +347,20 @@ def test_a_second_request_while_busy_gets_cant_mpx_conn_and_its_records_are_igno
     assert conn.request_id == 1
 
 
+def test_an_empty_data_stream_after_stdin_is_accepted_as_flup_sends_it() -> None:
+    conn = ServerConnection()
+    conn.receive_data(begin(1) + params(1) + stdin(1, b"x") + encode_record(RT.DATA, 1))
+    assert [type(e) for e in drain(conn)] == [RequestStarted, StdinData, StdinEnd]
+    assert conn.state is ConnState.RESPONDING
+
+
+def test_data_with_content_for_the_active_request_is_a_remote_error() -> None:
+    conn = ServerConnection()
+    conn.receive_data(begin(1) + params(1) + stdin(1) + encode_record(RT.DATA, 1, b"filter input"))
+    with pytest.raises(RemoteProtocolError):
+        drain(conn)
+
+
 def test_begin_request_reusing_the_active_id_is_a_remote_error() -> None:
     conn = ServerConnection()
     conn.receive_data(begin(1) + params(1) + begin(1))
@@ -550,6 +566,7 @@ VALID_STREAMS = {
     "cant-mpx": begin(1) + begin(2) + params(2) + params(1) + stdin(1, b"x" * 70000),
     "abort": begin(1) + params(1) + encode_record(RT.STDIN, 1, b"a") + encode_record(RT.ABORT_REQUEST, 1),
     "filter": begin(1, role=Role.FILTER) + params(1),
+    "flup-empty-data": begin(1) + params(1) + stdin(1, b"in") + encode_record(RT.DATA, 1),
     "eof-mid-request": begin(1) + params(1) + encode_record(RT.STDIN, 1, b"a"),
 }
 

@@ -132,7 +132,8 @@ def test_tcp_ipv6_bind() -> None:
 def test_several_binds_serve_the_same_workers(short_dir: str) -> None:
     port = free_port()
     path = os.path.join(short_dir, "b.sock")
-    with running_server(APP, workers=1, args=["--bind", f"127.0.0.1:{port}", "--bind", f"unix:{path}"]) as srv:
+    binds = ["--bind", f"127.0.0.1:{port}", "--bind", f"unix:{path}"]
+    with running_server(APP, workers=1, args=binds) as srv:
         # The fixture's own --bind comes first; all three answer.
         pids = {int(fcgi_request(a).body) for a in (srv.address, f"127.0.0.1:{port}", f"unix:{path}")}
         assert pids == set(srv.worker_pids())

@@ -18,6 +18,7 @@ from handlers.storage import (
     StorageError,
     check_consistency,
     random_id,
+    sweep_stale,
 )
 
 
@@ -189,3 +190,23 @@ def test_signing_secret_is_made_once_for_all_processes(tmp_path: Path) -> None:
     assert secrets == {load_or_create_secret(tmp_path)}
     assert sorted(os.listdir(tmp_path)) == [".secret"]
     assert (tmp_path / ".secret").stat().st_mode & 0o077 == 0
+
+
+def test_sweep_removes_what_a_killed_upload_left_and_nothing_else(tmp_path: Path) -> None:
+    store = make_storage(tmp_path, ids("KeepThis", "HalfDone", "YoungOne"))
+    publish(store, b"kept")
+    # A worker killed after claiming, linking the picture and the index entry.
+    assert store.claim_id() == "HalfDone"
+    (tmp_path / "pictures/HalfDone.jpg").write_bytes(b"partial")
+    (tmp_path / ".index/abc").write_bytes(b"HalfDone")
+    f, tmp = store.temp_file()
+    f.close()
+    for path in (tmp_path / ".claims/HalfDone", tmp_path / "pictures/HalfDone.jpg", tmp):
+        os.utime(path, (1, 1))
+    assert store.claim_id() == "YoungOne"  # an upload still in progress
+    removed = sweep_stale(tmp_path, max_age=60)
+    assert sorted(removed) == sorted([".claims/HalfDone", "pictures/HalfDone.jpg", ".index/abc",
+                                      f".tmp/{tmp.name}"])
+    assert (tmp_path / ".claims/YoungOne").exists()
+    store.release_id("YoungOne")
+    assert check_consistency(tmp_path, deep=True) == []

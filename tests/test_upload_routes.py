@@ -8,7 +8,11 @@ import hashlib
 import io
 import os
 import re
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +30,8 @@ from handlers.storage import check_consistency
 from handlers.upload import UploadApp
 from tests.support import corpus
 from tests.support.corpus import Part, request, upload
+
+APPS = Path(__file__).resolve().parent / "apps"
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -107,6 +113,13 @@ def test_unknown_path_and_wrong_method(site: Site) -> None:
     reply = request(site.base, "GET", "/missingX", headers={"Accept": "application/json"})
     assert reply.status == 404 and reply.json()["error"]["code"] == "not_found"
     assert request(site.base, "GET", "/static/../../etc/passwd").status == 404
+
+
+def test_head_answers_headers_without_a_body(site: Site) -> None:
+    f = upload_one(site, corpus.picture())
+    reply = request(site.base, "HEAD", f["url"])
+    assert reply.status == 200 and reply.body == b"" and reply.header("content-type") == "image/jpeg"
+    assert request(site.base, "HEAD", "/").status == 200
 
 
 # -- upload -------------------------------------------------------------------------------------
@@ -315,7 +328,8 @@ def test_malformed_multipart_is_400_and_leaves_nothing(site: Site, name: str) ->
 
 
 def test_not_multipart_and_no_file(site: Site) -> None:
-    reply = request(site.base, "POST", "/upload", b"x=1", {"Content-Type": "application/x-www-form-urlencoded"})
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    reply = request(site.base, "POST", "/upload", b"x=1", form)
     assert reply.status == 415
     body, ctype = corpus.multipart([Part(b"hello", name="other", filename=None)])
     assert request(site.base, "POST", "/upload", body, {"Content-Type": ctype}).status == 400
@@ -388,3 +402,29 @@ def test_planted_symlink_is_not_followed(site: Site, tmp_path: Path) -> None:
     picture.symlink_to(secret)
     reply = request(site.base, "GET", f["url"])
     assert reply.status == 404 and b"private" not in reply.body
+
+
+def _limit_file_size() -> None:
+    # Any file write past 256 KB fails with EFBIG, as a full disk fails with ENOSPC.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def test_full_disk_is_507_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    env = {**os.environ, "UPLOAD_ROOT": str(root), "UPLOAD_SECRET": "x" * 32}
+    proc = subprocess.Popen([sys.executable, "-bb", str(APPS / "upload_apps.py"), "0", "plain", "1"],
+                            stdout=subprocess.PIPE, env=env, preexec_fn=_limit_file_size)
+    try:
+        assert proc.stdout is not None
+        base = f"http://127.0.0.1:{int(proc.stdout.readline())}"
+        assert proc.stdout.readline().strip() == b"ready"
+        reply = upload(base, [Part(corpus.large_png((9, 9, 9), side=400))])
+        assert reply.status == 507 and reply.json()["error"]["code"] == "disk_full"
+        assert [p for d in ("pictures", "large", "thumbs", ".tmp", ".claims", ".index", ".meta")
+                for p in (root / d).iterdir()] == []
+        assert upload(base, [Part(corpus.picture())]).status == 201
+        assert check_consistency(root) == []
+    finally:
+        proc.terminate()
+        proc.wait(30)

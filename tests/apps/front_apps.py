@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -70,11 +71,21 @@ def _boom(environ: Environ, start_response: StartResponse) -> list[bytes]:
     raise RuntimeError(SECRET_ERROR_TEXT)
 
 
+def _sendfile(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    # Asks the front end to send whatever file the query names: the front end's config
+    # alone decides whether it may.
+    path = urllib.parse.unquote(environ.get("QUERY_STRING", ""))
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("X-Sendfile", path),
+                              ("Content-Length", "0")])
+    return []
+
+
 ROUTES = {
     "env": _env,
     "echo": _echo_sha256,
     "stream": _stream,
     "boom": _boom,
+    "sendfile": _sendfile,
 }
 
 

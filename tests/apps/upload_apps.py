@@ -73,6 +73,8 @@ def serve(sock: socket.socket, app: Callable[..., Iterable[bytes]], workers: int
             server = WSGIServer(sock.getsockname(), _QuietHandler, bind_and_activate=False)
             server.socket.close()
             server.socket = sock
+            server.server_name, server.server_port = sock.getsockname()[:2]
+            server.setup_environ()
             server.set_app(app)
             server.serve_forever()
             os._exit(0)

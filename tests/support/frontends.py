@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 LIGHTTPD_CONF = CONF / "lighttpd.conf"
@@ -71,6 +73,25 @@ class Front:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def open_temp_files(self) -> list[str]:
+        """Files under the body buffer folder that the daemon holds open (deleted or not)."""
+        prefix = str(self.upload_tmp) + os.sep
+        found = []
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for proc in procs:
+            fd_dir = f"/proc/{proc.pid}/fd"
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(fd_dir):
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(f"{fd_dir}/{fd}")
+                        if target.startswith(prefix):
+                            found.append(target)
+        return sorted(found)
 
     def logs(self) -> str:
         """Every log the daemon wrote so far, for assertion messages."""
@@ -249,11 +270,15 @@ def running_nginx(
     socket_path: str,
     upload_root: Path | None = None,
     static_dir: Path = STATIC_DIR,
-    keepalive: int = 2,
+    keepalive: int = 1,
     template: Path = NGINX_TEMPLATE,
     start_timeout: float = START_TIMEOUT,
 ) -> Iterator[Front]:
-    """nginx (daemon off) rendered from conf/nginx.conf on a free port, stopped on exit."""
+    """nginx (daemon off) rendered from conf/nginx.conf on a free port, stopped on exit.
+
+    `keepalive` idle backend connections are kept; each holds a worker, so it stays below
+    the server's worker count (the stacks run 2 workers).
+    """
     binary = find_binary("nginx")
     log_dir, run_dir, _ = _dirs(workdir)
     conf = workdir / "nginx.conf"
