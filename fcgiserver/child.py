@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from fcgiserver import forksafety
+from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
 from fcgiserver.logs import flush_logs
 from fcgiserver.scoreboard import Slot
@@ -20,12 +21,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("fcgiserver.worker")
 
 
-def run_child(server: Supervisor, info: WorkerInfo, slot: Slot) -> NoReturn:
+def run_child(server: Supervisor, info: WorkerInfo, slot: Slot, *, force_reseed: bool = False) -> NoReturn:
     code = EXIT_BOOT_ERROR
     try:
-        code = _child_main(server, info, slot)
+        code = _child_main(server, info, slot, force_reseed)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except HookError as exc:
+        # The message names the hook and its error; the traceback shows where it raised.
+        log.error("worker %d: %s", os.getpid(), exc, exc_info=True)
+        code = EXIT_BOOT_ERROR
     except BaseException:
         log.exception("worker %d failed", os.getpid())
         code = EXIT_BOOT_ERROR
@@ -35,12 +40,12 @@ def run_child(server: Supervisor, info: WorkerInfo, slot: Slot) -> NoReturn:
         os._exit(code)
 
 
-def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot) -> int:
+def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: bool) -> int:
     info.pid = os.getpid()
     server.signals.reset_in_child()
     slot.booting(info.pid, info.generation)
     config = server.config
-    forksafety.reseed_after_fork(config.reseed)
+    forksafety.reseed_after_fork(config.reseed or force_reseed)
     slot.set_fingerprint(forksafety.rng_fingerprint())
     # A worker aborted for a hung request (SIGABRT) writes every thread's stack to the log.
     faulthandler.enable(file=sys.stderr, all_threads=True)

@@ -21,6 +21,7 @@ from wsgiref.types import WSGIApplication
 
 from fcgiserver import forksafety, sdnotify
 from fcgiserver.config import Config
+from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
 from fcgiserver.loader import AppLoader, AppLoadError
 from fcgiserver.logs import flush_logs
@@ -63,6 +64,8 @@ class _Child:
     ready: bool = False
     stopping: bool = False
     timed_out: bool = False
+    # Reseed in the child even with --no-reseed (it replaces a worker with a duplicate stream).
+    force_reseed: bool = False
     kill_at: float | None = None  # time.monotonic() after which it gets SIGKILL
 
 
@@ -99,6 +102,8 @@ class Supervisor:
         self._next_spawn_at = 0.0
         self._next_watchdog = 0.0
         self._thread_warning: list[str] = []
+        self._fingerprints = FingerprintRegistry()
+        self._reseed_replacements = 0
 
     # ---- public view (for hooks and status pages) --------------------------------------------
 
@@ -143,6 +148,7 @@ class Supervisor:
             if self.state is not State.RUNNING and not self._children:
                 return
             self._check_ready()
+            self._check_fingerprints()
             if self.state is State.RUNNING:
                 self._manage()
             self._check_timeouts()
@@ -289,15 +295,18 @@ class Supervisor:
         self._warn_threads()
         slot = self.scoreboard.slot(index)
         slot.clear()
+        force_reseed = self._reseed_replacements > 0
         flush_logs()
         pid = os.fork()
         if pid == 0:
             # Imported here: the child module pulls in the worker stack the parent never runs.
             from fcgiserver.child import run_child
 
-            run_child(self, info, slot)  # never returns
+            run_child(self, info, slot, force_reseed=force_reseed)  # never returns
+        if force_reseed:
+            self._reseed_replacements -= 1
         info.pid = pid
-        self._children[pid] = _Child(info=info, born=time.monotonic())
+        self._children[pid] = _Child(info=info, born=time.monotonic(), force_reseed=force_reseed)
         log.debug("started worker %d (slot %d, generation %d)", pid, index, info.generation)
         return True
 
@@ -325,6 +334,23 @@ class Supervisor:
                 if info.pid == child.info.pid and info.state in READY_STATES:
                     child.ready = True
                     log.debug("worker %d ready", child.info.pid)
+
+    def _check_fingerprints(self) -> None:
+        """Two workers with one RNG fingerprint would hand out the same random streams."""
+        for child in self._children.values():
+            if child.stopping:
+                continue
+            info = self.scoreboard.slot(child.info.index).read()
+            if info.pid != child.info.pid or not info.fingerprint:
+                continue
+            dup = self._fingerprints.check(child.info.pid, info.fingerprint)
+            if dup is None:
+                continue
+            log.error("workers %d and %d started with the same RNG state (fingerprint %s); "
+                      "replacing worker %d", dup, child.info.pid, info.fingerprint.hex(), child.info.pid)
+            # Forked from the same unreseeded state, a plain replacement would repeat it.
+            self._reseed_replacements += 1
+            self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
 
     def _check_timeouts(self) -> None:
         if self.config.timeout <= 0:
@@ -375,6 +401,7 @@ class Supervisor:
         slot = self.scoreboard.slot(child.info.index)
         info = slot.read()
         slot.clear()
+        self._fingerprints.forget(child.info.pid)
         was_ready = child.ready or (info.pid == child.info.pid and info.state in READY_STATES)
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         try:

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -19,8 +20,10 @@ import pytest
 
 from tests.apps.front_apps import SECRET_ERROR_TEXT, STREAM_CHUNK, STREAM_CHUNKS
 from tests.support.frontends import (
+    LIGHTTPD_CONF,
     Front,
     connected_unix_sockets,
+    find_binary,
     lighttpd_overlay,
     running_lighttpd,
     wait_for,
@@ -190,3 +193,12 @@ def test_x_sendfile_is_honoured_only_inside_the_large_folder(plain_site: tuple[F
         reply = http_request(front.base_url, "GET", f"/sendfile?{quote(path)}")
         assert reply.status >= 400, path
         assert reply.body != outside.read_bytes() and b"root:" not in reply.body, path
+
+
+def test_site_parameters_that_would_break_out_of_a_string_are_refused(tmp_path: Path) -> None:
+    lighttpd = find_binary("lighttpd")
+    env = dict(os.environ, FCGISERVER_SOCKET='/tmp/a" server.port = "1')
+    result = subprocess.run([lighttpd, "-tt", "-f", str(LIGHTTPD_CONF)], env=env, capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "FCGISERVER_SOCKET" in result.stderr or "fcgi_socket" in result.stderr, result.stderr

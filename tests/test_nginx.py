@@ -9,12 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.apps.front_apps import SECRET_ERROR_TEXT, STREAM_CHUNK, STREAM_CHUNKS
-from tests.support.frontends import Front, connected_unix_sockets, running_nginx, wait_for
+from tests.support.frontends import (
+    NGINX_TEMPLATE,
+    RENDER_CONF,
+    Front,
+    connected_unix_sockets,
+    running_nginx,
+    wait_for,
+)
 from tests.support.server import ServerProcess, fcgi_request, running_server
 from tests.support.stack import Reply, UploadStackChecks, http_request
 
@@ -104,3 +114,13 @@ class TestUploadServiceBehindNginx(UploadStackChecks):
     """The upload service behind conf/nginx.conf: X-Accel-Redirect instead of X-Sendfile."""
 
     FRONT = "nginx"
+
+
+def test_render_refuses_values_that_would_add_directives(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(RENDER_CONF), str(NGINX_TEMPLATE), str(tmp_path / "out.conf"),
+         "--set", "PORT=8080; include /etc/passwd"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "PORT" in result.stderr
+    assert not (tmp_path / "out.conf").exists()

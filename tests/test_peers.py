@@ -97,6 +97,9 @@ class _WholeRequestSocket:
             self._pending = []
         return self._sock.recv(size)
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
     def close(self) -> None:
         self._sock.close()
 
