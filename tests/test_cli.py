@@ -16,9 +16,9 @@ from tests.support.server import fcgi_request, running_server
 APP = "supervisor_apps:application"
 
 
-def _run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-bb", "-m", "fcgiserver", *args], capture_output=True,
-                          text=True, timeout=30, stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+                          text=True, timeout=30, stdin=subprocess.DEVNULL, env=env)
 
 
 def test_version_is_printed() -> None:

@@ -224,7 +224,7 @@ def test_timeout_aborts_a_hung_request_and_the_next_request_is_served(tmp_path: 
         assert "GET /hang" in log
 
 
-def test_a_crash_of_a_serving_worker_does_not_stop_the_server(tmp_path: Path) -> None:
+def test_a_crash_of_a_serving_worker_does_not_stop_the_server() -> None:
     with running_server(APP, workers=1, args=["--no-preload"]) as server:
         [pid] = server.worker_pids()
         os.kill(pid, signal.SIGSEGV)
