@@ -24,6 +24,7 @@ run: setup
 	bash scripts/run-stack.sh $(PORT)
 
 demo: $(VENV)/.stamp
+	mkdir -p var/run
 	$(VENV)/bin/fcgiserver --bind unix:var/run/demo.sock --workers 2 fcgiserver.demo:application
 
 test: setup

@@ -14,7 +14,7 @@ from bench import backends as backend_defs
 from bench.hello import HelloSettings, run_hello
 from bench.procs import short_tempdir
 from bench.reload import ReloadSettings, run_reload
-from bench.report import environment, hello_table, kv_table, upload_table, write_json
+from bench.report import environment, hello_table, reload_table, upload_table, write_json
 from bench.upload import UploadSettings, run_upload
 
 
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         plan: list[tuple[str, Callable[[Path], dict[str, Any]], Callable[[dict[str, Any]], str]]] = [
             ("hello", lambda d: run_hello(d, chosen, hello), hello_table),
             ("upload", lambda d: run_upload(d, upload), upload_table),
-            ("reload", lambda d: run_reload(d, reload),
-             lambda r: kv_table("Benchmark 3: HUP reload under load (goal: 0 lost)", r)),
+            ("reload", lambda d: run_reload(d, reload), reload_table),
         ]
         for name, run, table in plan:
             if name not in wanted:

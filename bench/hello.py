@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import sys
@@ -37,6 +38,7 @@ class Target:
     front: Managed
     port: int
     results: list[WrkResult] = field(default_factory=list)
+    round_ids: list[int] = field(default_factory=list)
     # CPU seconds per round, by part: where the machine's two cores went while this backend was timed.
     cpu: list[dict[str, float]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -125,20 +127,51 @@ def summarize_target(t: Target) -> dict[str, object]:
     return out
 
 
-def ratios(summary: dict[str, dict[str, object]]) -> dict[str, float]:
-    def median(name: str) -> float | None:
-        entry = summary.get(name, {})
-        good = entry.get("good_rps")
-        return float(good["median"]) if isinstance(good, dict) and good.get("median") else None
+def ratios(targets: list[Target]) -> dict[str, dict[str, float]]:
+    """Each backend against uWSGI and flup, three ways.
 
-    out: dict[str, float] = {}
-    for name in summary:
-        mine = median(name)
-        for base in ("uwsgi", "flup"):
-            theirs = median(base)
-            if mine is not None and theirs and name != base:
-                out[f"{name}_vs_{base}"] = round(mine / theirs, 3)
+    of_medians: ratio of the median ok req/s (the goal figure). paired: median over rounds of the
+    ratio within one round, where both ran minutes apart at most, so slow drifts in machine load
+    cancel. cpu: the base's CPU per request over this backend's: requests per CPU second,
+    relative, the figure least moved by other load on the machine.
+    """
+    bases = ("uwsgi", "flup")
+    by_name = {t.backend.name: t for t in targets}
+    out: dict[str, dict[str, float]] = {}
+    for t in targets:
+        for base_name in bases:
+            base = by_name.get(base_name)
+            if base is None or not t.results or not base.results:
+                continue
+            # Each pair once: uwsgi vs flup, never flup vs uwsgi.
+            if t.backend.name in bases and bases.index(t.backend.name) >= bases.index(base_name):
+                continue
+            mine = {r: res.good_rps for r, res in zip(t.round_ids, t.results, strict=True)}
+            theirs = {r: res.good_rps for r, res in zip(base.round_ids, base.results, strict=True)}
+            paired = [mine[r] / theirs[r] for r in mine if r in theirs and theirs[r] > 0]
+            entry: dict[str, float] = {}
+            med_theirs = statistics.median(theirs.values())
+            if med_theirs > 0:
+                entry["of_medians"] = round(statistics.median(mine.values()) / med_theirs, 3)
+            if paired:
+                entry["paired"] = round(statistics.median(paired), 3)
+            my_cpu = statistics.median(c["backend_us_per_req"] for c in t.cpu)
+            if my_cpu > 0:
+                entry["cpu"] = round(statistics.median(c["backend_us_per_req"] for c in base.cpu) / my_cpu, 3)
+            out[f"{t.backend.name}_vs_{base_name}"] = entry
     return out
+
+
+def noise(targets: list[Target], seconds: float) -> dict[str, float | bool]:
+    """How much of the machine other processes took while rounds ran."""
+    cores = os.cpu_count() or 1
+    shares = [c["other_s"] / (seconds * cores) for t in targets for c in t.cpu]
+    if not shares:
+        return {}
+    share = statistics.median(shares)
+    # Above a tenth of the machine, req/s mostly measures the neighbours; CPU per request holds up better.
+    return {"other_cpu_share_median": round(share, 3), "other_cpu_share_max": round(max(shares), 3),
+            "throughput_reliable": share <= 0.10}
 
 
 def run_hello(workdir: Path, backends: list[Backend], settings: HelloSettings) -> dict[str, object]:
@@ -180,6 +213,7 @@ def run_hello(workdir: Path, backends: list[Backend], settings: HelloSettings) -
                     log(f"[hello] round {rnd + 1} {t.backend.name}: wrk failed: {exc}")
                     continue
                 t.results.append(res)
+                t.round_ids.append(rnd)
                 t.cpu.append(cpu)
                 log(f"[hello] round {rnd + 1}/{settings.rounds} {t.backend.name:<10} "
                     f"{res.good_rps:9.0f} req/s ok, {res.errors} errors, "
@@ -194,5 +228,6 @@ def run_hello(workdir: Path, backends: list[Backend], settings: HelloSettings) -
         "settings": settings.__dict__,
         "backends": summary,
         "unavailable": unavailable,
-        "ratios": ratios(summary),
+        "ratios": ratios(targets),
+        "noise": noise(targets, settings.seconds),
     }

@@ -76,47 +76,39 @@ def hello_table(hello: dict[str, Any]) -> str:
         f"Benchmark 1: hello world behind lighttpd, {s['workers']} workers, wrk -t{s['threads']} "
         f"-c{s['connections']} -d{s['seconds']:g}s, {s['rounds']} interleaved rounds",
         "",
-        f"{'backend':<11} {'median ok req/s':>15} {'min':>8} {'max':>8} {'errors':>7} "
-        f"{'vs uwsgi':>9} {'vs flup':>8} {'CPU us/req':>10}  idle worker MiB (median USS / PSS / RSS)",
+        f"{'backend':<11} {'median ok req/s':>15} {'min':>8} {'max':>8} {'errors':>7} {'CPU us/req':>10}"
+        "  idle worker MiB (median)",
     ]
-    med = {n: b["good_rps"]["median"] for n, b in backends.items() if "good_rps" in b}
     for name, b in backends.items():
         if "good_rps" not in b:
             lines.append(f"{name:<11} no successful rounds: {'; '.join(b['failures'])}")
             continue
         g = b["good_rps"]
-        vs_u = f"{g['median'] / med['uwsgi']:.2f}x" if med.get("uwsgi") else "-"
-        vs_f = f"{g['median'] / med['flup']:.2f}x" if med.get("flup") else "-"
         lines.append(
             f"{name:<11} {g['median']:>15.0f} {g['min']:>8.0f} {g['max']:>8.0f} {b['errors_total']:>7} "
-            f"{vs_u:>9} {vs_f:>8} {b['backend_us_per_req']['median']:>10.0f}  {_mem(b['idle_worker_memory'])}"
+            f"{b['backend_us_per_req']['median']:>10.0f}  {_mem(b['idle_worker_memory'])}"
         )
     for name, why in hello.get("unavailable", {}).items():
         lines.append(f"{name:<11} not run: {_gist(why)}")
-    if "fcgiserver" in med:
-        goals = []
-        if med.get("uwsgi"):
-            r = med["fcgiserver"] / med["uwsgi"]
-            goals.append(f"vs uWSGI {r:.2f}x (goal >= 1.15x: {'met' if r >= 1.15 else 'NOT met'})")
-        if med.get("flup"):
-            r = med["fcgiserver"] / med["flup"]
-            goals.append(f"vs flup {r:.2f}x (goal >= 4x: {'met' if r >= 4 else 'NOT met'})")
-        lines.append("fcgiserver " + ", ".join(goals))
+    lines.append("")
+    goals = {"uwsgi": 1.15, "flup": 4.0}
+    for key, r in hello.get("ratios", {}).items():
+        name, _, base = key.partition("_vs_")
+        parts = [f"{r['of_medians']:.2f}x req/s (medians)" if "of_medians" in r else "",
+                 f"{r['paired']:.2f}x (paired by round)" if "paired" in r else "",
+                 f"{r['cpu']:.2f}x requests per CPU second" if "cpu" in r else ""]
+        line = f"{name} vs {base}: " + ", ".join(p for p in parts if p)
+        if name == "fcgiserver" and base in goals and "of_medians" in r:
+            met = r["of_medians"] >= goals[base]
+            line += f"; goal >= {goals[base]:g}x: {'met' if met else 'NOT met'}"
+        lines.append(line)
     lines.append("CPU us/req: median CPU time the backend (master + workers) spent per request.")
-    others = [b["other_cpu_s_per_round"]["median"] for b in backends.values() if "other_cpu_s_per_round" in b]
-    if others:
-        lines.append(f"Other processes on the machine used a median {max(others):.1f} CPU s per "
-                     f"{s['seconds']:g} s round (0 on a quiet machine).")
-    return "\n".join(lines)
-
-
-def kv_table(title: str, data: dict[str, Any]) -> str:
-    lines = [title, ""]
-    width = max((len(k) for k in data), default=0)
-    for key, value in data.items():
-        if isinstance(value, dict | list):
-            value = json.dumps(value)
-        lines.append(f"  {key:<{width}}  {value}")
+    n = hello.get("noise", {})
+    if n:
+        verdict = "" if n["throughput_reliable"] else (
+            " -- too busy for req/s to mean much: trust the CPU figures, or rerun on a quiet machine")
+        lines.append(f"Other processes took a median {n['other_cpu_share_median']:.0%} of the machine "
+                     f"during rounds (max {n['other_cpu_share_max']:.0%}){verdict}.")
     return "\n".join(lines)
 
 
@@ -150,3 +142,23 @@ def upload_table(upload: dict[str, Any]) -> str:
                 f"{b['samples']} samples)"
             )
     return "\n".join(lines)
+
+
+def reload_table(reload: dict[str, Any]) -> str:
+    title = "Benchmark 3: HUP reload of fcgiserver under load"
+    if "skipped" in reload or "error" in reload:
+        return f"{title}\n\n  not run: {_gist(str(reload.get('skipped') or reload.get('error')))}"
+    s = reload["settings"]
+    lost = reload["requests_lost"]
+    took = reload["hup_to_new_generation_serving_ms"]
+    return "\n".join([
+        title,
+        "",
+        f"  wrk -t{s['threads']} -c{s['connections']} -d{s['seconds']:g}s, "
+        f"SIGHUP after {s['hup_after']:g} s, {s['workers']} workers",
+        f"  requests lost      {lost} of {reload['requests']} (non-2xx/3xx {reload['non_2xx_3xx']}, "
+        f"socket errors {reload['socket_errors']}); goal 0: {'met' if lost == 0 else 'NOT met'}",
+        "  HUP to new workers serving  " + (f"{took:.0f} ms" if took is not None else "never seen"),
+        f"  workers replaced   {len(set(reload['old_workers']) - set(reload['workers_after']))} of "
+        f"{len(reload['old_workers'])}; supervisor alive after: {reload['server_alive_after']}",
+    ])

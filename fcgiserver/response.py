@@ -23,7 +23,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Visible latin-1, space and tab: no CR, LF, NUL or other controls.
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
-# Names seen before pass without a regex; bounded so a hostile app cannot grow it.
+_check_status = _STATUS.fullmatch
+_check_token = _TOKEN.fullmatch
+_check_value = _VALUE.fullmatch
+# Names seen before skip the regex; bounded so a hostile app cannot grow it.
 _known_names: set[str] = set()
 _KNOWN_NAMES_MAX = 512
 
@@ -32,62 +35,71 @@ class InvalidResponse(ValueError):
     """The app gave a status or header that may not be sent."""
 
 
-def _check_name(name: object) -> str:
-    if type(name) is not str:
-        raise InvalidResponse(f"header name must be str, not {type(name).__name__}")
-    if name not in _known_names:
-        if not _TOKEN.fullmatch(name):
-            raise InvalidResponse(f"invalid header name {name!r}")
-        if len(_known_names) < _KNOWN_NAMES_MAX:
-            _known_names.add(name)
-    return name
-
-
-def _check_value(name: str, value: object) -> str:
-    if type(value) is not str:
-        raise InvalidResponse(f"header {name} value must be str, not {type(value).__name__}")
-    if not _VALUE.fullmatch(value):
-        raise InvalidResponse(f"invalid characters in header {name}: {value!r}")
-    return value
+def _explain(status: object, headers: object) -> InvalidResponse:
+    """What is wrong, worked out only once something is (the checks below stay lean)."""
+    if type(status) is not str:
+        return InvalidResponse(f"status must be str, not {type(status).__name__}")
+    if not _check_status(status):
+        return InvalidResponse(f"invalid status {status!r}")
+    if type(headers) is not list:
+        return InvalidResponse(f"headers must be a list, not {type(headers).__name__}")
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            return InvalidResponse(f"each header must be a (name, value) tuple, not {item!r}")
+        name, value = item
+        if type(name) is not str or not _check_token(name):
+            return InvalidResponse(f"invalid header name {name!r}")
+        if type(value) is not str or not _check_value(value):
+            return InvalidResponse(f"invalid header value for {name}: {value!r}")
+        if name.lower() == "content-length" and not (value.strip().isdigit() and value.isascii()):
+            return InvalidResponse(f"invalid Content-Length {value!r}")
+    return InvalidResponse(f"invalid response head {status!r}")
 
 
 def header_block(status: object, headers: object) -> tuple[bytes, int | None]:
     """The CGI response head for `status` and `headers`, and the Content-Length if given."""
-    if type(status) is not str:
-        raise InvalidResponse(f"status must be str, not {type(status).__name__}")
-    if not _STATUS.fullmatch(status):
-        raise InvalidResponse(f"invalid status {status!r}")
-    if type(headers) is not list:
-        raise InvalidResponse(f"headers must be a list, not {type(headers).__name__}")
-    parts = ["Status: ", status, "\r\n"]
+    if type(status) is not str or not _check_status(status) or type(headers) is not list:
+        raise _explain(status, headers)
+    lines = ["Status: " + status]
     length: int | None = None
+    known = _known_names
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
-            raise InvalidResponse(f"each header must be a (name, value) tuple, not {item!r}")
-        name = _check_name(item[0])
-        value = _check_value(name, item[1])
-        parts += (name, ": ", value, "\r\n")
+            raise _explain(status, headers)
+        name, value = item
+        if type(value) is not str or not _check_value(value):
+            raise _explain(status, headers)
+        if type(name) is not str:
+            raise _explain(status, headers)
+        if name not in known:
+            if not _check_token(name):
+                raise _explain(status, headers)
+            if len(known) < _KNOWN_NAMES_MAX:
+                known.add(name)
         if len(name) == 14 and name.lower() == "content-length":
-            value = value.strip()
-            if not value.isdigit() or not value.isascii():
-                raise InvalidResponse(f"invalid Content-Length {value!r}")
-            length = int(value)
-    parts.append("\r\n")
-    return "".join(parts).encode("latin-1"), length
+            digits = value.strip()
+            if not digits.isdigit() or not digits.isascii():
+                raise _explain(status, headers)
+            length = int(digits)
+        lines.append(name + ": " + value)
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1"), length
 
 
 class ResponseHead:
-    """What start_response recorded for one request."""
+    """What start_response recorded for one request; subclasses supply write()."""
 
-    __slots__ = ("block", "content_length", "sent", "started", "status", "write")
+    __slots__ = ("block", "content_length", "sent", "started", "status")
 
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self.write = write
+    def __init__(self) -> None:
         self.started = False
         self.sent = False
         self.status = ""
         self.block = b""
         self.content_length: int | None = None
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None

@@ -47,6 +47,13 @@ POLL_IDLE = 1.0
 READY_STATES = (SlotState.IDLE, SlotState.BUSY, SlotState.EXITING)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # e.g. a real-time signal
+        return f"signal {number}"
+
+
 @dataclass
 class WorkerInfo:
     """What hooks see of a worker. ``started`` is a time.time() value."""
@@ -283,7 +290,9 @@ class Supervisor:
     def _spawn(self) -> bool:
         index = self._free_index()
         if index is None:
-            log.error("no free scoreboard slot; not starting a worker")
+            # Slots free up as old workers are reaped; until then, try again now and then.
+            log.error("no free scoreboard slot; not starting a worker yet")
+            self._next_spawn_at = time.monotonic() + POLL_IDLE
             return False
         info = WorkerInfo(pid=0, index=index, generation=self.generation, started=time.time())
         try:
@@ -403,7 +412,7 @@ class Supervisor:
         slot.clear()
         self._fingerprints.forget(child.info.pid)
         was_ready = child.ready or (info.pid == child.info.pid and info.state in READY_STATES)
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         try:
             self.hooks.run("child_exit", self, child.info)
         except HookError:

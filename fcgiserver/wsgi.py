@@ -201,33 +201,33 @@ class _Stop(Exception):
     """Raised into the app by write() once the channel has failed."""
 
 
-class _Call:
+class _Call(ResponseHead):
     """One app call: start_response, write() and the body loop share this state."""
 
-    __slots__ = ("channel", "errors", "failure", "head", "remaining")
+    __slots__ = ("channel", "errors", "failure", "remaining")
 
     def __init__(self, channel: Channel, errors: object) -> None:
+        ResponseHead.__init__(self)
         self.channel = channel
         # Text the app left without a newline still goes out before the request ends.
-        self.errors = errors if isinstance(errors, ErrorStream) else None
+        self.errors = errors if type(errors) is ErrorStream else None
         self.failure: BaseException | None = None
-        self.head = ResponseHead(self.write)
         self.remaining: int | None = None
 
     def emit(self, data: bytes, last: bool) -> None:
         """Sends body bytes, with the header block in front of the first ones."""
         if self.failure is not None:
             raise _Stop from self.failure
-        head = self.head
-        if not head.sent:
-            if not head.started:
+        if not self.sent:
+            if not self.started:
                 raise RuntimeError("the app sent body bytes before calling start_response")
-            head.sent = True
-            self.remaining = head.content_length
-            if self.remaining is not None:
-                data = data[:self.remaining]
-                self.remaining -= len(data)
-            data = head.block + data
+            self.sent = True
+            remaining = self.content_length
+            if remaining is not None:
+                if len(data) > remaining:
+                    data = data[:remaining]
+                self.remaining = remaining - len(data)
+            data = self.block + data
         elif self.remaining is not None:
             # PEP 3333: never send more than the app's own Content-Length.
             data = data[:self.remaining]
@@ -244,7 +244,7 @@ class _Call:
 
     def emit_error(self) -> None:
         """The 500 for an app that failed before sending anything."""
-        self.head.sent = True
+        self.sent = True
         if self.errors is not None:
             self.errors.flush()
         try:
@@ -271,7 +271,7 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
     call = _Call(channel, environ.get("wsgi.errors"))
     result: Iterable[bytes] | None = None
     try:
-        result = app(environ, call.head.start_response)
+        result = app(environ, call.start_response)
         if type(result) is list or type(result) is tuple:
             _send_gathered(call, result)
         else:
@@ -283,7 +283,7 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
         if not isinstance(exc, Exception):
             raise
         log.exception("error in app: %s %s", environ.get("REQUEST_METHOD"), environ.get("REQUEST_URI", ""))
-        if call.head.sent:
+        if call.sent:
             return False
         call.emit_error()
         return True
@@ -295,6 +295,9 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
 
 
 def _send_gathered(call: _Call, result: list[bytes] | tuple[bytes, ...]) -> None:
+    if len(result) == 1 and type(result[0]) is bytes:
+        call.emit(result[0], True)  # the usual small response: one write in all
+        return
     pending: list[bytes] = []
     size = 0
     for chunk in result:

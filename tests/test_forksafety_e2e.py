@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import rng_apps
 
@@ -90,7 +91,11 @@ class Proc:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    # Started in a session of its own: its process group holds every child it forked.
+    # Started in a session of its own, so its process group holds its children; flup's
+    # children move to groups of their own, so they are also collected by pid beforehand.
+    children: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(proc.pid).children(recursive=True)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -100,6 +105,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(STOP_TIMEOUT)
+    for child in children:
+        # psutil checks the process is still the one listed, not a reused pid.
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 @contextlib.contextmanager

@@ -306,3 +306,40 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_worker_that_reaches_max_requests_is_replaced() -> None:
+    with running_server(APP, workers=1, args=["--max-requests", "2"]) as server:
+        [first] = server.worker_pids()
+        pids = [int(fcgi_request(server.address).body) for _ in range(2)]
+        assert pids == [first, first]
+        [second] = server.wait_for_workers(1, exclude=[first])
+        assert int(fcgi_request(server.address).body) == second
+        assert f"worker {first} exited with code 0; replacing it" in server.log_text()
+
+
+RELOADABLE_MODULE = """
+    import os
+
+    def application(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(os.getpid()).encode()]
+"""
+
+
+def test_a_reload_whose_new_code_fails_keeps_the_old_workers_serving() -> None:
+    directory = short_tempdir()
+    try:
+        _write_module(directory, "reloadable_app_mod", RELOADABLE_MODULE)
+        env = {"PYTHONPATH": directory + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        with running_server("reloadable_app_mod:application", workers=2, args=["--no-preload"],
+                            env=env) as server:
+            old = server.worker_pids()
+            _write_module(directory, "reloadable_app_mod", BROKEN_MODULE)
+            server.send_signal(signal.SIGHUP)
+            assert server.wait_for_log("reload abandoned", 20), server.log_text()
+            assert wait_until(lambda: server.worker_pids() == old, 15), server.log_text()
+            assert int(fcgi_request(server.address).body) in old
+            assert server.proc.poll() is None
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
