@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -35,8 +36,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    # Unwinding (not dying) runs every finally block, so the servers started so far are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _exit_on_term)
     wanted = set(args.only or ("hello", "upload", "reload"))
     results: dict[str, Any] = {"environment": environment()}
     tables: list[str] = []

@@ -305,8 +305,10 @@ class Worker:
             pass
         except RemoteProtocolError as exc:
             log.warning("closing connection after a protocol error: %s", exc)
-        except TimeoutError:
-            log.warning("closing connection: the peer was silent for %s s", self.read_timeout)
+        except TimeoutError as exc:
+            # An idle KEEP_CONN connection timing out is routine; a request that stalls is not.
+            level = logging.DEBUG if conn.state is ConnState.IDLE else logging.WARNING
+            log.log(level, "closing connection: %s (%s s)", exc, self.read_timeout)
         except OSError as exc:
             log.debug("connection lost: %s", exc)
         except Exception:
@@ -341,7 +343,7 @@ class Worker:
             wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             ready = poller.poll(wait)
             if not ready:
-                raise TimeoutError("read timeout")
+                raise TimeoutError("the peer sent nothing")
             for fd, _mask in ready:
                 if fd == self._wake_r:
                     self._drain_wakeup()
@@ -351,23 +353,25 @@ class Worker:
                 continue
 
     def _handle_events(self, conn: ServerConnection, channel: _Channel) -> None:
+        next_event = conn.next_event
         while True:
-            event = conn.next_event()
+            event = next_event()
             if event is NEED_DATA:
                 return
-            if isinstance(event, StdinData):
+            # Exact type tests: the event classes are final, and this runs per event.
+            if type(event) is StdinData:
                 if self._body is not None:
                     self._body.append(event.data)
-            elif isinstance(event, RequestStarted):
+            elif type(event) is RequestStarted:
                 self._start_request(event, conn, channel)
-            elif isinstance(event, StdinEnd):
+            elif type(event) is StdinEnd:
                 self._stdin_end(conn, channel)
-            elif isinstance(event, RequestAborted):
+            elif type(event) is RequestAborted:
                 # Aborted before the app was called: nothing to stop, only to answer.
                 self._end_request()
                 if conn.state is ConnState.ABORTED:
                     send_all(channel.sock, conn.end_request(), self.timeout_ms)
-            elif isinstance(event, ConnectionClosed):
+            elif type(event) is ConnectionClosed:
                 raise _Close()
 
     def _start_request(self, event: RequestStarted, conn: ServerConnection, channel: _Channel) -> None:

@@ -536,3 +536,47 @@ def test_usr1_hup_ttin_ttou_are_ignored(worker: RunningWorker) -> None:
     with Peer(worker.path) as peer:
         assert peer.request("/hello").status == 200
     assert worker.alive()
+
+
+def test_disconnect_mid_upload_frees_the_worker(worker: RunningWorker) -> None:
+    peer = Peer(worker.path)
+    body = b"x" * 1_000_000
+    data = Peer.request_bytes(cgi_params("/upload", body=body, method="POST"), body)
+    peer.send(data[: len(data) // 2])
+    assert worker.wait_state(SlotState.BUSY)
+    peer.close()
+    assert worker.wait_state(SlotState.IDLE)
+    with Peer(worker.path) as after:
+        assert after.request("/hello").status == 200
+
+
+def test_body_without_content_length_is_still_delivered(worker: RunningWorker) -> None:
+    with Peer(worker.path) as peer:
+        params = cgi_params("/echo", method="POST")
+        del params["CONTENT_LENGTH"]
+        peer.send(Peer.request_bytes(params, b"undeclared body"))
+        assert peer.reply().body == b"undeclared body"
+
+
+def test_small_spool_threshold_still_delivers_the_body_intact() -> None:
+    body = os.urandom(300_000)
+    with running_worker(spool_threshold=1000) as w, Peer(w.path) as peer:
+        data = json.loads(peer.request("/upload", body=body, method="POST").body)
+        assert data == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_configured_script_name_reaches_the_app() -> None:
+    with running_worker(script_name="/app") as w, Peer(w.path) as peer:
+        front = {"REQUEST_URI": "/app/environ?x=1", "SCRIPT_NAME": "/app/environ", "PATH_INFO": ""}
+        reply = peer.request("/environ", extra=front)
+        # The app routes on PATH_INFO, so a 200 alone shows the split; check both anyway.
+        env = json.loads(reply.body)
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/environ")
+
+
+def test_write_and_file_wrapper_responses_through_the_worker(worker: RunningWorker, tmp_path: Path) -> None:
+    data = wsgi_apps.pattern(300_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    with Peer(worker.path) as peer:
+        assert peer.request("/write", keep=True).body == b"written directly, then returned\n"
+        assert peer.request("/file", f"path={tmp_path / 'f.bin'}", keep=True).body == data
