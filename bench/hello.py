@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.apps.hello_app import BODY
 from bench.backends import Backend
-from bench.http import request
+from bench.httpreq import request
 from bench.lighttpd import start_lighttpd
 from bench.memory import cpu_seconds, machine_busy_seconds, summarize, workers_of
 from bench.procs import Managed, ProcessGroup, StartError, wait_until_connectable

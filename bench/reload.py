@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.backends import FCGISERVER
-from bench.http import request
+from bench.httpreq import request
 from bench.lighttpd import start_lighttpd
 from bench.memory import workers_of
 from bench.procs import ProcessGroup, StartError, wait_until_connectable

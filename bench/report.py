@@ -22,6 +22,15 @@ def _version(argv: list[str]) -> str:
     return text[0] if text else "unknown"
 
 
+def _fcgiserver_version() -> str:
+    # A plain checkout (no pip install -e) has no package metadata; the module knows its version.
+    try:
+        import fcgiserver
+    except ImportError:
+        return "not importable"
+    return str(getattr(fcgiserver, "__version__", "unknown"))
+
+
 def environment() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -41,7 +50,7 @@ def environment() -> dict[str, Any]:
         "wrk": _version(["wrk", "--version"]),
         "uwsgi": pkg("uwsgi"),
         "flup": pkg("flup"),
-        "fcgiserver": pkg("fcgiserver"),
+        "fcgiserver": _fcgiserver_version(),
     }
 
 
@@ -92,6 +101,7 @@ def hello_table(hello: dict[str, Any]) -> str:
         lines.append(f"{name:<11} not run: {_gist(why)}")
     lines.append("")
     goals = {"uwsgi": 1.15, "flup": 4.0}
+    reliable = hello.get("noise", {}).get("throughput_reliable", True)
     for key, r in hello.get("ratios", {}).items():
         name, _, base = key.partition("_vs_")
         parts = [f"{r['of_medians']:.2f}x req/s (medians)" if "of_medians" in r else "",
@@ -101,6 +111,8 @@ def hello_table(hello: dict[str, Any]) -> str:
         if name == "fcgiserver" and base in goals and "of_medians" in r:
             met = r["of_medians"] >= goals[base]
             line += f"; goal >= {goals[base]:g}x: {'met' if met else 'NOT met'}"
+            if not reliable:
+                line += " (machine busy: unsure)"
         lines.append(line)
     lines.append("CPU us/req: median CPU time the backend (master + workers) spent per request.")
     n = hello.get("noise", {})

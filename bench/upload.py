@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from bench.backends import FCGISERVER
-from bench.http import HttpResponse, request
+from bench.httpreq import HttpResponse, request
 from bench.images import bare_thumbnail, full_decode_thumbnail, make_jpeg, with_comment
 from bench.lighttpd import start_lighttpd
 from bench.memory import cpu_seconds, workers_of
