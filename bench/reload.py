@@ -114,3 +114,105 @@ def run_reload(workdir: Path, settings: ReloadSettings) -> dict[str, object]:
         log(f"[reload] {res.requests} requests, {res.errors} lost, new generation serving after "
             f"{out['hup_to_new_generation_serving_ms']} ms")
         return out
+
+
+# ---- HUP reload over the unix socket, no front end ----------------------------------------------
+
+_VERSIONED_APP = '''import os
+
+VERSION = {version!r}
+
+
+def application(environ, start_response):
+    body = ("%s %d" % (VERSION, os.getpid())).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def measure_hup_reload(workdir: Path, *, workers: int = 4, clients: int = 8, before: float = 2.0,
+                       after: float = 3.0, preload: bool = True) -> dict[str, object]:
+    """Requests lost during a HUP reload under load, and the time from HUP to new code answering.
+
+    Starts ``python -m fcgiserver`` on a unix socket in ``workdir`` with an app file it then
+    rewrites, keeps ``clients`` FastCGI clients sending requests back to back, sends HUP after
+    ``before`` seconds and goes on for ``after`` seconds once the new code answers. "lost"
+    counts every request that failed or got no 200.
+    """
+    from fcgiserver.client import FastCGIClient
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    module = "bench_reload_target"
+    app_file = workdir / f"{module}.py"
+    app_file.write_text(_VERSIONED_APP.format(version="old"))
+    sock = workdir / "reload.sock"
+    env = dict(os.environ)
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(workdir), *inherited])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    argv = [sys.executable, "-m", "fcgiserver", "--bind", f"unix:{sock}", "--workers", str(workers),
+            "--preload" if preload else "--no-preload", f"{module}:application"]
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    counts = {"ok": 0, "lost": 0}
+    lock = threading.Lock()
+    first_new: list[float] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        client = FastCGIClient(f"unix:{sock}", timeout=30)
+        while not stop.is_set():
+            try:
+                response = client.request("GET", "/")
+                ok = response.status == 200
+            except Exception:
+                ok = False
+                response = None
+            with lock:
+                counts["ok" if ok else "lost"] += 1
+                if ok and response is not None and response.body.startswith(b"new ") and not first_new:
+                    first_new.append(time.monotonic())
+
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        time.sleep(before)
+        app_file.write_text(_VERSIONED_APP.format(version="new"))
+        hup_at = time.monotonic()
+        server.send_signal(signal.SIGHUP)
+        deadline = hup_at + 60
+        while not first_new and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(after)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+    result: dict[str, object] = {
+        "workers": workers, "clients": clients, "preload": preload,
+        "requests": counts["ok"] + counts["lost"], "requests_lost": counts["lost"],
+        "hup_to_new_code_ms": round((first_new[0] - hup_at) * 1000, 1) if first_new else None,
+        "goal_lost": 0, "goal_met": counts["lost"] == 0 and bool(first_new),
+    }
+    log(f"[reload/unix] {result['requests']} requests, {result['requests_lost']} lost, new code after "
+        f"{result['hup_to_new_code_ms']} ms")
+    return result
+
+
+if __name__ == "__main__":
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fcgi-bench-", dir="/tmp") as tmp:
+        print(json.dumps(measure_hup_reload(Path(tmp)), indent=2))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from fcgiserver import forksafety
+from fcgiserver import forksafety, privileges
+from fcgiserver.accesslog import AccessLogMiddleware, AccessLogWriter
 from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
-from fcgiserver.logs import flush_logs
+from fcgiserver.logs import flush_logs, tag_worker_records
 from fcgiserver.scoreboard import Slot
 from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, Worker
 
@@ -20,10 +22,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fcgiserver.worker")
 
+# The supervisor sends it for --slow-log-timeout; an operator may too (kill -USR2 <worker>).
+STACK_SIGNAL = signal.SIGUSR2
 
-def run_child(server: Supervisor, info: WorkerInfo, slot: Slot, *, force_reseed: bool = False) -> NoReturn:
+
+class _Worker(Worker):
+    def _setup(self) -> None:
+        super()._setup()
+        # After the worker's own signal set-up, which ignores USR2. faulthandler writes from
+        # its C-level handler, so the stack shows where the request is now, and the request
+        # goes on undisturbed.
+        faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+
+
+def run_child(server: Supervisor, info: WorkerInfo, slot: Slot, *, force_reseed: bool = False,
+              output_fd: int | None = None) -> NoReturn:
     code = EXIT_BOOT_ERROR
     try:
+        if output_fd is not None:
+            _redirect_output(server, output_fd)
         code = _child_main(server, info, slot, force_reseed)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -40,10 +57,27 @@ def run_child(server: Supervisor, info: WorkerInfo, slot: Slot, *, force_reseed:
         os._exit(code)
 
 
+def _redirect_output(server: Supervisor, output_fd: int) -> None:
+    """stdout and stderr go to this worker's pipe; the supervisor adds our pid (logs.py)."""
+    flush_logs()
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
+    os.close(output_fd)
+    # The other workers' pipes and the access log's reading end are the supervisor's.
+    for fd in server.relay.fds():
+        os.close(fd)
+    if server.access_log is not None:
+        os.close(server.access_log.read_fd)
+    tag_worker_records()
+
+
 def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: bool) -> int:
     info.pid = os.getpid()
     server.signals.reset_in_child()
     slot.booting(info.pid, info.generation)
+    if server.identity is not None:
+        # Before any hook or application code runs here.
+        privileges.drop_to(server.identity)
     config = server.config
     forksafety.reseed_after_fork(config.reseed or force_reseed)
     slot.set_fingerprint(forksafety.rng_fingerprint())
@@ -60,8 +94,10 @@ def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: 
         except Exception:
             log.exception("cannot load the application")
             return EXIT_APP_LOAD_ERROR
+    if server.access_fd is not None:
+        app = AccessLogMiddleware(app, AccessLogWriter(server.access_fd, config.log_format))
     server.hooks.run("post_worker_init", info)
     try:
-        return Worker(app, server.listeners, config, slot, info.generation).run()
+        return _Worker(app, server.listeners, config, slot, info.generation).run()
     finally:
         server.hooks.run("worker_exit", server, info)

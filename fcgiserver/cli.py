@@ -10,6 +10,7 @@ from fcgiserver import __version__
 from fcgiserver.config import DEFAULTS, ConfigError, config_from_file_and_cli
 from fcgiserver.launch import launch
 from fcgiserver.loader import loader_for
+from fcgiserver.reexec import ReexecPlan
 
 EXIT_USAGE = 2
 
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A fork-safe prefork FastCGI server for WSGI applications.",
         epilog="Options may also come from --config FILE.toml (keys as below, with underscores); "
                "the command line wins. Signals: TERM/INT graceful stop, QUIT immediate stop, "
-               "HUP reload workers, TTIN/TTOU one worker more/less.",
+               "HUP reload (new workers with freshly loaded code, then the old ones retire), "
+               "USR1 reopen log files, TTIN/TTOU one worker more/less.",
     )
     # Every default is None: "not given", so a TOML value or the built-in default applies.
     p.add_argument("app", nargs="?", metavar="MODULE:CALLABLE",
@@ -61,6 +63,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chdir", metavar="DIR", help="change to this directory before loading the app")
     p.add_argument("--environ", dest="extra_environ", action="append", metavar="NAME=VALUE",
                    help="add NAME=VALUE to every request's WSGI environ; repeatable")
+    pool = p.add_argument_group("worker pool")
+    pool.add_argument("--pool", metavar="MODE",
+                      help="static (default): always --workers workers; dynamic: --workers at start, "
+                           "then as many as keep --min-spare..--max-spare idle")
+    pool.add_argument("--min-spare", metavar="N", help="dynamic pool: fewest idle workers (default 1)")
+    pool.add_argument("--max-spare", metavar="N", help="dynamic pool: most idle workers (default 4)")
+    pool.add_argument("--max-workers", metavar="N", help="dynamic pool: most workers (default 16)")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--slow-log-timeout", metavar="SECONDS",
+                        help="log the stack of a request running this long, without stopping it "
+                             "(default 0 = off)")
+    limits.add_argument("--max-rss", metavar="MB",
+                        help="recycle a worker (after its request) once its resident memory passes "
+                             "MB MiB (default 0 = off)")
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--error-log", metavar="FILE", help="server and worker messages (default stderr)")
+    logs.add_argument("--access-log", metavar="FILE", help="one line per request (default off)")
+    logs.add_argument("--log-format", metavar="FORMAT", help="text (default) or json")
+    privileges = p.add_argument_group("privileges")
+    privileges.add_argument("-u", "--user", metavar="USER",
+                            help="run workers as this user (the supervisor binds first, as started)")
+    privileges.add_argument("-g", "--group", metavar="GROUP",
+                            help="run workers with this group (default: the user's own)")
+    privileges.add_argument("--allow-root", action="store_const", const=True, default=None,
+                            help="accept --user root")
     return p
 
 
@@ -79,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        return launch(config, loader_for(config.app), import_from_cwd=True)
+        return launch(config, loader_for(config.app), import_from_cwd=True, reexec_plan=ReexecPlan.current())
     except ConfigError as exc:
         print(f"fcgiserver: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -63,6 +63,25 @@ class Config:
     # Added to every request's WSGI environ (flup's ``environ`` argument); request values win.
     extra_environ: tuple[tuple[str, str], ...] = ()
     config_file: str | None = None
+    # "static": always `workers` workers. "dynamic": `workers` at start, then enough to keep
+    # min_spare..max_spare of them idle, never more than max_workers.
+    pool: str = "static"
+    min_spare: int = 1
+    max_spare: int = 4
+    max_workers: int = 16
+    # Seconds after which a still-running request's stack is logged (0 = off); the worker
+    # keeps serving.
+    slow_log_timeout: float = 0.0
+    # Resident memory in MiB above which a worker is recycled after its request (0 = off).
+    max_rss: int = 0
+    # Log destinations: None = stderr for the error log, no access log.
+    error_log: str | None = None
+    access_log: str | None = None
+    log_format: str = "text"
+    # Workers run as this uid/gid (None = as the supervisor); resolved from names.
+    user: int | None = None
+    group: int | None = None
+    allow_root: bool = False
 
     @property
     def log_level_number(self) -> int:
@@ -249,6 +268,46 @@ def v_script_name(name: str, value: object) -> str | None:
     raise _fail(name, value, 'expected "" or a path like /app (leading slash, no trailing slash)')
 
 
+POOL_MODES = ("static", "dynamic")
+LOG_FORMATS = ("text", "json")
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str) and value.lower() in choices:
+        return value.lower()
+    raise _fail(name, value, "expected one of " + ", ".join(choices))
+
+
+def v_pool(name: str, value: object) -> str:
+    return _choice(name, value, POOL_MODES)
+
+
+def v_log_format(name: str, value: object) -> str:
+    return _choice(name, value, LOG_FORMATS)
+
+
+def v_user(name: str, value: object) -> int | None:
+    """A user name or a numeric uid."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value:
+        return _lookup(name, value, "user")
+    raise _fail(name, value, "expected a user name or uid")
+
+
+def v_group(name: str, value: object) -> int | None:
+    """A group name or a numeric gid."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value:
+        return _lookup(name, value, "group")
+    raise _fail(name, value, "expected a group name or gid")
+
+
 def v_environ(name: str, value: object) -> tuple[tuple[str, str], ...]:
     """A mapping, or a list of "NAME=VALUE" strings (the repeatable CLI form)."""
     pairs: list[tuple[Any, Any]] = []
@@ -298,6 +357,18 @@ VALIDATORS: dict[str, Validator] = {
     "chdir": v_directory,
     "extra_environ": v_environ,
     "config_file": v_path,
+    "pool": v_pool,
+    "min_spare": v_non_negative_int,
+    "max_spare": v_positive_int,
+    "max_workers": v_positive_int,
+    "slow_log_timeout": v_seconds,
+    "max_rss": v_non_negative_int,
+    "error_log": v_path,
+    "access_log": v_path,
+    "log_format": v_log_format,
+    "user": v_user,
+    "group": v_group,
+    "allow_root": v_bool,
 }
 
 assert set(VALIDATORS) == {f.name for f in fields(Config)}
@@ -356,6 +427,17 @@ def build_config(cli: Mapping[str, object], toml: Mapping[str, object] | None = 
 def check_consistency(config: Config) -> None:
     if config.max_requests_jitter and not config.max_requests:
         raise ConfigError("--max-requests-jitter needs --max-requests")
+    if config.pool == "dynamic":
+        if config.min_spare > config.max_spare:
+            raise ConfigError(f"--min-spare ({config.min_spare}) must not exceed --max-spare "
+                              f"({config.max_spare})")
+        if config.max_spare > config.max_workers:
+            raise ConfigError(f"--max-spare ({config.max_spare}) must not exceed --max-workers "
+                              f"({config.max_workers})")
+    if config.user == 0 and not config.allow_root:
+        raise ConfigError("--user root runs every worker as root; add --allow-root if that is meant")
+    if config.group is not None and config.user is None:
+        raise ConfigError("--group needs --user")
 
 
 def config_from_file_and_cli(cli: Mapping[str, object]) -> Config:

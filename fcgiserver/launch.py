@@ -1,20 +1,25 @@
 """From a Config to a running supervisor, and back to a clean exit code.
 
 Shared by the command line and the Python API: process set-up (directory, umask, logging),
-the pidfile, the listeners and the hooks, each undone on the way out.
+the pidfile, the listeners and the hooks, each undone on the way out. A supervisor that
+re-exec'd itself for a reload (reexec.py) comes through here again and takes its listening
+sockets and workers over from the previous image instead of binding.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
+from fcgiserver import reexec
 from fcgiserver.config import Config
 from fcgiserver.hooks import load_hooks
 from fcgiserver.loader import AppLoader
 from fcgiserver.logs import configure_logging
 from fcgiserver.pidfile import Pidfile, PidfileError
+from fcgiserver.privileges import PrivilegeError
 from fcgiserver.sockets import BindError, close_listeners, open_listeners
 
 log = logging.getLogger("fcgiserver")
@@ -24,7 +29,7 @@ EXIT_STARTUP_ERROR = 1
 
 
 def prepare_process(config: Config, *, import_from_cwd: bool) -> None:
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format, config.error_log)
     if config.chdir:
         os.chdir(config.chdir)
     if import_from_cwd and os.getcwd() not in sys.path:
@@ -34,14 +39,30 @@ def prepare_process(config: Config, *, import_from_cwd: bool) -> None:
         os.umask(config.umask)
 
 
-def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = False) -> int:
+def _listeners(config: Config, inherited: reexec.ReexecState | None) -> list[socket.socket]:
+    if inherited is None:
+        return open_listeners(config)
+    listeners = reexec.adopt_listeners(inherited)
+    if config.bind and len(config.bind) != len(listeners):
+        log.warning("reload keeps the listening sockets it has; a change of --bind needs a restart")
+    return listeners
+
+
+def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = False,
+           reexec_plan: reexec.ReexecPlan | None = None) -> int:
     """Runs the server until it stops; returns the process exit code.
 
+    ``reexec_plan`` (the command line's) lets HUP reload by restarting the program in place.
     ConfigError (e.g. nothing to listen on) propagates: it is the caller's usage error.
     """
     from fcgiserver.supervisor import Supervisor
 
-    prepare_process(config, import_from_cwd=import_from_cwd)
+    inherited = reexec.take_state() if reexec_plan is not None else None
+    try:
+        prepare_process(config, import_from_cwd=import_from_cwd)
+    except OSError as exc:
+        print(f"fcgiserver: error: cannot open the error log: {exc}", file=sys.stderr)
+        return EXIT_STARTUP_ERROR
     pidfile = Pidfile(config.pidfile) if config.pidfile else None
     try:
         hooks = load_hooks(config.hooks)
@@ -51,7 +72,7 @@ def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = Fal
     try:
         if pidfile is not None:
             pidfile.create()
-        listeners = open_listeners(config)
+        listeners = _listeners(config, inherited)
     except (PidfileError, BindError) as exc:
         log.error("%s", exc)
         if pidfile is not None:
@@ -62,8 +83,18 @@ def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = Fal
             pidfile.remove()
         raise
     try:
-        return Supervisor(config, app_loader, listeners, hooks).run()
+        supervisor = Supervisor(config, app_loader, listeners, hooks, reexec_plan=reexec_plan,
+                                inherited=inherited)
+    except (PrivilegeError, OSError) as exc:
+        log.error("%s", exc)
+        close_listeners(listeners, config)
+        if pidfile is not None:
+            pidfile.remove()
+        return EXIT_STARTUP_ERROR
+    try:
+        return supervisor.run()
     finally:
         close_listeners(listeners, config)
         if pidfile is not None:
             pidfile.remove()
+

@@ -12,7 +12,7 @@ import os
 import select
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -21,6 +21,8 @@ HANDLED = (
     signal.SIGINT,
     signal.SIGQUIT,
     signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
     signal.SIGTTIN,
     signal.SIGTTOU,
     signal.SIGCHLD,
@@ -50,15 +52,25 @@ class SignalQueue:
             out.append(self._queue.popleft())
         return out
 
-    def wait(self, timeout: float) -> None:
-        """Sleeps until a signal arrives or ``timeout`` seconds pass."""
+    def wait(self, timeout: float, fds: Sequence[int] = ()) -> list[int]:
+        """Sleeps until a signal arrives, one of ``fds`` is readable or ``timeout`` seconds
+        pass; returns the readable ``fds``."""
         if self._queue:
-            return
-        readable, _, _ = select.select([self._read_fd], [], [], max(0.0, timeout))
-        if readable:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._read_fd, 4096):
-                    pass
+            timeout = 0.0
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        ready = poller.poll(max(0.0, timeout) * 1000)
+        out = []
+        for fd, _mask in ready:
+            if fd == self._read_fd:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._read_fd, 4096):
+                        pass
+            else:
+                out.append(fd)
+        return out
 
     def uninstall(self) -> None:
         for sig, previous in self._previous.items():

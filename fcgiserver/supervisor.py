@@ -3,8 +3,14 @@
 It never touches a request. It sees workers only through waitpid() and the shared
 scoreboard, which tells it when a worker is ready and how long it has been busy.
 
-Signals: TERM/INT = graceful stop, QUIT = immediate stop, HUP = replace every worker (the new
-generation first, then the old one drains), TTIN/TTOU = one worker more/less.
+Signals: TERM/INT = graceful stop, QUIT = immediate stop, HUP (or USR2) = reload: a new
+generation of workers with freshly loaded code, then the old one drains (see reexec.py),
+USR1 = reopen the log files, TTIN/TTOU = one worker more/less (static pool).
+
+Besides keeping the pool full it enforces the limits that need an outside view of a worker:
+--timeout (SIGABRT, then SIGKILL), --slow-log-timeout (SIGUSR2: the worker writes its stack
+and goes on), --max-rss (SIGTERM: the worker finishes its request first), and relays what
+workers write to stdout/stderr into the error log (logs.py).
 """
 
 from __future__ import annotations
@@ -15,18 +21,23 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from wsgiref.types import WSGIApplication
 
-from fcgiserver import forksafety, sdnotify
+import psutil
+
+from fcgiserver import forksafety, privileges, reexec, sdnotify
+from fcgiserver.accesslog import AccessLogSink, access_pipe
 from fcgiserver.config import Config
 from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
 from fcgiserver.loader import AppLoader, AppLoadError
-from fcgiserver.logs import flush_logs
+from fcgiserver.logs import LogRelay, flush_logs, reopen_error_log, worker_pipe
+from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
+from fcgiserver.poolstats import PoolInfo, PoolStats
 from fcgiserver.scoreboard import Scoreboard, SlotState
-from fcgiserver.signals import SignalQueue
+from fcgiserver.signals import HANDLED, SignalQueue
 from fcgiserver.sockets import describe
 from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
 
@@ -41,9 +52,16 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 10.0
 # A worker that served this long before crashing ends a crash streak.
 HEALTHY_AFTER = 5.0
-# Main-loop sleep: short while a worker is booting (readiness is polled), long otherwise.
+# From this many crashes in a row on, each one is logged as a crash loop (CRITICAL).
+CRASH_LOOP = 3
+# Main-loop sleep: short while a worker is booting (readiness is polled), long otherwise;
+# a dynamic pool looks at its idle workers often, so a burst gets more workers quickly.
 POLL_BOOTING = 0.05
 POLL_IDLE = 1.0
+POLL_DYNAMIC = 0.1
+# Seconds between two --max-rss checks of every worker.
+RSS_INTERVAL = 1.0
+MIB = 1 << 20
 READY_STATES = (SlotState.IDLE, SlotState.BUSY, SlotState.EXITING)
 
 
@@ -71,6 +89,11 @@ class _Child:
     ready: bool = False
     stopping: bool = False
     timed_out: bool = False
+    # busy_since of the request whose stack --slow-log-timeout already asked for.
+    slow_logged: float = 0.0
+    # A worker of an earlier program image (reload by re-exec): no slot in our scoreboard.
+    inherited: bool = False
+    process: psutil.Process | None = None
     # Reseed in the child even with --no-reseed (it replaces a worker with a duplicate stream).
     force_reseed: bool = False
     kill_at: float | None = None  # time.monotonic() after which it gets SIGKILL
@@ -84,19 +107,27 @@ class State(Enum):
 
 class Supervisor:
     def __init__(self, config: Config, app_loader: AppLoader, listeners: list[socket.socket],
-                 hooks: HookSet) -> None:
+                 hooks: HookSet, *, reexec_plan: reexec.ReexecPlan | None = None,
+                 inherited: reexec.ReexecState | None = None) -> None:
         self.config = config
         self.app_loader = app_loader
         self.listeners = listeners
         self.hooks = hooks
         self.pid = os.getpid()
         self.app: WSGIApplication | None = None
-        self.num_workers = config.workers
+        self.dynamic = config.pool == "dynamic"
+        self.num_workers = (max(1, config.min_spare, min(config.workers, config.max_workers))
+                            if self.dynamic else config.workers)
         self.generation = 1
         self.state = State.RUNNING
         self.exit_code = 0
-        self.scoreboard = Scoreboard(max(64, 4 * config.workers))
+        most = max(config.workers, config.max_workers) if self.dynamic else config.workers
+        self.scoreboard = Scoreboard(max(64, 4 * most))
         self.signals = SignalQueue()
+        # Who workers run as (PrivilegeError when that cannot be).
+        self.identity = privileges.check_identity(config, warn=inherited is None)
+        self.reexec_plan = reexec_plan
+        self._kept_env = {k: os.environ[k] for k in reexec.KEPT_ENV if k in os.environ}
         self.notifier = sdnotify.Notifier.from_environ(unset=True)
         self._watchdog_interval = sdnotify.watchdog_interval()
         for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):
@@ -111,6 +142,23 @@ class Supervisor:
         self._thread_warning: list[str] = []
         self._fingerprints = FingerprintRegistry()
         self._reseed_replacements = 0
+        self._check_pid: int | None = None  # the import check before a re-exec
+        self._next_retire = 0.0
+        self._at_max = False
+        self._next_rss_check = 0.0
+        self.relay = LogRelay(config.log_format)
+        self.access_log: AccessLogSink | None = None
+        self.access_fd: int | None = None  # write end, for workers
+        access = inherited.access_pipe if inherited is not None else None
+        if config.access_log is not None:
+            read_fd, self.access_fd = access or access_pipe()
+            self.access_log = AccessLogSink(config.access_log, read_fd)
+        stats = PoolInfo(mode=config.pool, min_spare=config.min_spare, max_spare=config.max_spare,
+                         max_workers=config.max_workers if self.dynamic else self.num_workers,
+                         workers=self.num_workers)
+        self.poolstats = PoolStats(stats)
+        if inherited is not None:
+            self._adopt(inherited)
 
     # ---- public view (for hooks and status pages) --------------------------------------------
 
@@ -118,34 +166,78 @@ class Supervisor:
         return [c.info for c in self._children.values()]
 
     @property
-    def max_workers(self) -> int:
+    def slot_limit(self) -> int:
         # HUP runs two generations side by side, so only half the slots can be one generation.
         return len(self.scoreboard) // 2
+
+    def _adopt(self, state: reexec.ReexecState) -> None:
+        """A re-exec'd image takes over the previous image's workers as an older generation."""
+        now = time.monotonic()
+        for w in state.workers:
+            info = WorkerInfo(pid=w.pid, index=w.index, generation=w.generation, started=w.started)
+            self._children[w.pid] = _Child(info=info, born=now, ready=True, inherited=True)
+            if w.output_fd is not None:
+                self.relay.add(w.output_fd, w.pid)
+        known = {f.name for f in fields(PoolInfo)}
+        carried = {k: v for k, v in state.stats.items() if k in known and k not in (
+            "mode", "min_spare", "max_spare", "max_workers", "workers")}
+        self.poolstats.update(**carried)
+        self._last_generation = self.generation = state.generation + 1
+        self.poolstats.update(generation=self.generation)
+        # Readiness was announced by the first image; this one announces the reload's end.
+        self._announced_ready = True
+        self._reloading = True
+        log.info("reloading: new program image (pid %d) starts generation %d; %d workers of the "
+                 "previous generation serve until it is ready", self.pid, self.generation,
+                 len(state.workers))
 
     # ---- main loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        log.info("fcgiserver supervisor starting (pid %d) on %s with %d workers", self.pid,
-                 ", ".join(describe(s) for s in self.listeners), self.num_workers)
-        if self.config.preload and self.app is None:
-            try:
-                self.app = self.app_loader()
-            except AppLoadError as exc:
-                log.error("%s", exc)
-                return EXIT_APP_LOAD_ERROR
-            except Exception:
-                log.exception("cannot load the application")
-                return EXIT_APP_LOAD_ERROR
+        pool = (f"a dynamic pool of {self.num_workers} workers ({self.config.min_spare}.."
+                f"{self.config.max_spare} spare, at most {self.config.max_workers})"
+                if self.dynamic else f"{self.num_workers} workers")
+        log.info("fcgiserver supervisor starting (pid %d) on %s with %s", self.pid,
+                 ", ".join(describe(s) for s in self.listeners), pool)
         self.signals.install()
+        # A re-exec'd image starts with these blocked (reexec.py); a TERM that came meanwhile
+        # is delivered now, to the handler.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         try:
+            if not self._preload():
+                if not self._children:
+                    self.exit_code = EXIT_APP_LOAD_ERROR
+                    return self.exit_code
+                # Re-exec'd, and the code that loaded in the check a moment ago no longer
+                # does: nothing can replace the old workers, so stop while they finish.
+                log.critical("reload failed after the program restarted: the application does not "
+                             "load; stopping")
+                self.exit_code = EXIT_APP_LOAD_ERROR
+                self.stop(graceful=True)
             self.notifier.notify(f"STATUS=starting {self.num_workers} workers")
             self._loop()
         finally:
             self.signals.uninstall()
             self._kill_all_now()
             self.scoreboard.close()
+            self.relay.close_all()
+            if self.access_log is not None:
+                self.access_log.close()
         log.info("fcgiserver supervisor exiting (code %d)", self.exit_code)
         return self.exit_code
+
+    def _preload(self) -> bool:
+        if not self.config.preload or self.app is not None:
+            return True
+        try:
+            self.app = self.app_loader()
+        except AppLoadError as exc:
+            log.error("%s", exc)
+            return False
+        except Exception:
+            log.exception("cannot load the application")
+            return False
+        return True
 
     def _loop(self) -> None:
         while True:
@@ -157,11 +249,27 @@ class Supervisor:
             self._check_ready()
             self._check_fingerprints()
             if self.state is State.RUNNING:
+                if self.dynamic:
+                    self._check_pool()
                 self._manage()
+                self._check_rss()
             self._check_timeouts()
             self._check_kill_deadlines()
             self._watchdog()
-            self.signals.wait(self._sleep_time())
+            self._relay(self.signals.wait(self._sleep_time(), self._output_fds()))
+
+    def _output_fds(self) -> list[int]:
+        fds = self.relay.fds()
+        if self.access_log is not None:
+            fds.append(self.access_log.read_fd)
+        return fds
+
+    def _relay(self, readable: list[int]) -> None:
+        for fd in readable:
+            if self.access_log is not None and fd == self.access_log.read_fd:
+                self.access_log.read()
+            else:
+                self.relay.read(fd)
 
     def _sleep_time(self) -> float:
         now = time.monotonic()
@@ -173,8 +281,13 @@ class Supervisor:
             deadlines.append(self._next_spawn_at)
         if self._watchdog_interval:
             deadlines.append(self._next_watchdog)
-        if self.config.timeout > 0:
-            wait = min(wait, max(0.1, self.config.timeout / 4))
+        if self.dynamic and self.state is State.RUNNING:
+            wait = min(wait, POLL_DYNAMIC)
+        for limit in (self.config.timeout, self.config.slow_log_timeout):
+            if limit > 0:
+                wait = min(wait, max(0.1, limit / 4))
+        if self.config.max_rss > 0:
+            deadlines.append(self._next_rss_check)
         for deadline in deadlines:
             wait = min(wait, deadline - now)
         return max(0.0, wait)
@@ -192,14 +305,28 @@ class Supervisor:
             self.stop(graceful=self.state is State.RUNNING)
         elif sig == signal.SIGQUIT:
             self.stop(graceful=False)
+        elif sig == signal.SIGUSR1:
+            self.reopen_logs()
         elif self.state is not State.RUNNING:
             return
-        elif sig == signal.SIGHUP:
+        elif sig in (signal.SIGHUP, signal.SIGUSR2):
             self.reload()
         elif sig == signal.SIGTTIN:
             self.resize(self.num_workers + 1)
         elif sig == signal.SIGTTOU:
             self.resize(self.num_workers - 1)
+
+    def reopen_logs(self) -> None:
+        """USR1 (logrotate): the supervisor is the only writer of both files (see logs.py)."""
+        try:
+            if self.config.error_log is not None:
+                reopen_error_log(self.config.error_log)
+            if self.access_log is not None:
+                self.access_log.reopen()
+        except OSError as exc:
+            log.error("cannot reopen the log files: %s", exc)
+            return
+        log.info("log files reopened")
 
     def stop(self, *, graceful: bool) -> None:
         if self.state is State.RUNNING:
@@ -215,7 +342,9 @@ class Supervisor:
             self._stop_child(child, sig, grace)
 
     def reload(self) -> None:
-        log.info("reloading: starting worker generation %d", self._last_generation + 1)
+        if self._reloading or self._check_pid is not None:
+            log.warning("a reload is already in progress; HUP ignored")
+            return
         # MONOTONIC_USEC lets a Type=notify-reload unit match this reload to its own request.
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
@@ -224,17 +353,72 @@ class Supervisor:
             self.hooks.run("on_reload", self)
         except HookError:
             log.exception("on_reload hook failed; reloading anyway")
+        if self.reexec_plan is not None and self.config.app is not None:
+            log.info("reloading: checking that the new code loads")
+            self._check_pid = reexec.spawn_check(self.config.app, self.config.hooks, self.config.log_format,
+                                                 HANDLED)
+            return
+        # The API's server with an application object: new workers from this process (fresh
+        # code only without --preload).
+        log.info("reloading: starting worker generation %d", self._last_generation + 1)
         self._last_generation += 1
         self.generation = self._last_generation
+        self.poolstats.update(generation=self.generation)
         self._reloading = True
 
+    def _check_done(self, code: int) -> None:
+        self._check_pid = None
+        if code != 0:
+            self.poolstats.add("reload_failures")
+            log.error("reload abandoned: the new code does not load (see above); generation %d keeps "
+                      "serving", self.generation)
+            self.notifier.notify("READY=1")
+            self.notifier.notify(f"STATUS=reload failed; running generation {self.generation}")
+            return
+        if self.state is not State.RUNNING or self.reexec_plan is None:
+            return
+        self._reexec(self.reexec_plan)
+
+    def _reexec(self, plan: reexec.ReexecPlan) -> None:
+        workers = [reexec.InheritedWorker(pid=c.info.pid, index=c.info.index, generation=c.info.generation,
+                                          started=c.info.started, output_fd=self.relay.fd_of(c.info.pid))
+                   for c in self._children.values()]
+        access = None
+        if self.access_log is not None and self.access_fd is not None:
+            access = (self.access_log.read_fd, self.access_fd)
+        state = reexec.ReexecState(
+            listeners=[s.fileno() for s in self.listeners], workers=workers,
+            generation=self._last_generation, access_pipe=access,
+            stats={k: v for k, v in asdict(self.poolstats.info).items() if k != "mode"},
+            env=self._kept_env)
+        log.info("reloading: restarting the program (pid %d stays) with %d workers serving meanwhile",
+                 self.pid, len(workers))
+        if self.access_log is not None:
+            self.access_log.read()
+        flush_logs()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        # Signals the handler queued but the loop has not seen yet: pending again, so the
+        # new image (or this one, if exec fails) gets them.
+        for sig in self.signals.pop_all():
+            if sig != signal.SIGCHLD:
+                os.kill(self.pid, sig)
+        reexec.execute(plan, state, HANDLED)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        self.poolstats.add("reload_failures")
+        log.error("reload abandoned: generation %d keeps serving", self.generation)
+        self.notifier.notify("READY=1")
+
     def resize(self, count: int) -> None:
-        count = max(1, min(count, self.max_workers))
+        if self.dynamic:
+            log.warning("TTIN/TTOU do not apply to a dynamic pool; ignored")
+            return
+        count = max(1, min(count, self.slot_limit))
         if count == self.num_workers:
-            log.warning("worker count stays at %d (limits 1..%d)", count, self.max_workers)
+            log.warning("worker count stays at %d (limits 1..%d)", count, self.slot_limit)
             return
         log.info("worker count %d -> %d", self.num_workers, count)
         self.num_workers = count
+        self.poolstats.update(workers=count, max_workers=count)
         self.notifier.notify(f"STATUS=running {count} workers")
 
     # ---- workers -----------------------------------------------------------------------------
@@ -266,6 +450,48 @@ class Supervisor:
         if len(current) >= self.num_workers and all(c.ready for c in current):
             self._generation_ready()
 
+    def _check_pool(self) -> None:
+        """A dynamic pool: more workers when idle ones run short, fewer when too many idle."""
+        current = self._current()
+        # Workers not started yet (e.g. the first generation) count as booting.
+        idle, busy, booting = 0, 0, max(0, self.num_workers - len(current))
+        for child in current:
+            info = self.scoreboard.slot(child.info.index).read()
+            if info.pid != child.info.pid or not child.ready:
+                booting += 1
+            elif info.state == SlotState.IDLE:
+                idle += 1
+            else:
+                busy += 1
+        config = self.config
+        now = time.monotonic()
+        view = PoolView(idle=idle, busy=busy, booting=booting, min_spare=config.min_spare,
+                        max_spare=config.max_spare, max_workers=config.max_workers)
+        decision = decide(view, may_retire=now >= self._next_retire and not self._reloading)
+        if decision.at_max and not self._at_max:
+            stats = self.poolstats.max_reached()
+            log.warning("max-workers (%d) reached: all workers are busy and requests wait in the "
+                        "listen queue (%d times so far)", config.max_workers, stats.max_reached_count)
+        self._at_max = decision.at_max
+        if decision.start:
+            self.num_workers = view.total + decision.start
+            log.info("%d idle of %d workers: starting %d more", idle, view.total, decision.start)
+        elif decision.retire:
+            # The longest-idle one: its process has been least useful lately.
+            candidates = [c for c in self._current() if c.ready]
+            slots = {c.info.pid: self.scoreboard.slot(c.info.index).read() for c in candidates}
+            idle_children = [c for c in candidates if slots[c.info.pid].pid == c.info.pid
+                             and slots[c.info.pid].state == SlotState.IDLE]
+            if idle_children:
+                victim = min(idle_children, key=lambda c: slots[c.info.pid].last_change)
+                self.num_workers = view.total - 1
+                log.info("%d idle of %d workers: retiring worker %d", idle, view.total, victim.info.pid)
+                self._stop_child(victim, signal.SIGTERM, self.config.graceful_timeout)
+                self.poolstats.add("retired")
+                self._next_retire = now + RETIRE_INTERVAL
+        if self.poolstats.info.workers != self.num_workers:
+            self.poolstats.update(workers=self.num_workers)
+
     def _generation_ready(self) -> None:
         """The current generation is complete: retire older workers and announce readiness."""
         for child in self._children.values():
@@ -279,7 +505,8 @@ class Supervisor:
             self.notifier.notify(status)
         elif self._reloading:
             log.info("reload complete: %d workers (generation %d)", self.num_workers, self.generation)
-            self.notifier.notify("READY=1")
+            self.poolstats.update(reloads=self.poolstats.info.reloads + 1, generation=self.generation)
+            self.notifier.notify(f"READY=1\nMAINPID={self.pid}")
             self.notifier.notify(status)
         self._reloading = False
 
@@ -305,17 +532,22 @@ class Supervisor:
         slot = self.scoreboard.slot(index)
         slot.clear()
         force_reseed = self._reseed_replacements > 0
+        output_r, output_w = worker_pipe()
         flush_logs()
         pid = os.fork()
         if pid == 0:
             # Imported here: the child module pulls in the worker stack the parent never runs.
             from fcgiserver.child import run_child
 
-            run_child(self, info, slot, force_reseed=force_reseed)  # never returns
+            os.close(output_r)
+            run_child(self, info, slot, force_reseed=force_reseed, output_fd=output_w)  # never returns
+        os.close(output_w)
+        self.relay.add(output_r, pid)
         if force_reseed:
             self._reseed_replacements -= 1
         info.pid = pid
         self._children[pid] = _Child(info=info, born=time.monotonic(), force_reseed=force_reseed)
+        self.poolstats.add("spawned")
         log.debug("started worker %d (slot %d, generation %d)", pid, index, info.generation)
         return True
 
@@ -362,22 +594,56 @@ class Supervisor:
             self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
 
     def _check_timeouts(self) -> None:
-        if self.config.timeout <= 0:
+        timeout, slow = self.config.timeout, self.config.slow_log_timeout
+        if timeout <= 0 and slow <= 0:
             return
         now = time.time()
         for child in self._children.values():
-            if child.timed_out:
+            if child.timed_out or child.inherited:
                 continue
             info = self.scoreboard.slot(child.info.index).read()
-            if (info.pid == child.info.pid and info.state == SlotState.BUSY and info.busy_since > 0
-                    and now - info.busy_since > self.config.timeout):
+            if info.pid != child.info.pid or info.state != SlotState.BUSY or info.busy_since <= 0:
+                continue
+            running = now - info.busy_since
+            if 0 < slow < running and child.slow_logged != info.busy_since and (
+                    timeout <= 0 or running <= timeout):
+                child.slow_logged = info.busy_since
+                self.poolstats.add("slow_requests")
+                log.warning("worker %d: slow request, %s %s running for %.1f s; its stack follows",
+                            child.info.pid, info.method, info.uri, running)
+                # The worker's faulthandler writes its stack to its stderr; it keeps serving.
+                self._kill(child.info.pid, signal.SIGUSR2)
+            if timeout > 0 and running > timeout:
                 log.error("worker %d timed out after %.1f s on %s %s; aborting it", child.info.pid,
-                          now - info.busy_since, info.method, info.uri)
+                          running, info.method, info.uri)
                 child.timed_out = True
+                self.poolstats.add("timeouts")
                 # SIGABRT first: faulthandler in the worker writes the stuck traceback to the log.
                 kill_at = time.monotonic() + ABORT_GRACE
                 child.kill_at = kill_at if child.kill_at is None else min(child.kill_at, kill_at)
                 self._kill(child.info.pid, signal.SIGABRT)
+
+    def _check_rss(self) -> None:
+        """--max-rss: a worker past the limit gets TERM, so it finishes its request first."""
+        limit = self.config.max_rss
+        now = time.monotonic()
+        if limit <= 0 or now < self._next_rss_check:
+            return
+        self._next_rss_check = now + RSS_INTERVAL
+        for child in list(self._children.values()):
+            if child.stopping or not child.ready:
+                continue
+            try:
+                if child.process is None:
+                    child.process = psutil.Process(child.info.pid)
+                rss = child.process.memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit * MIB:
+                log.warning("worker %d uses %.0f MiB, above --max-rss %d MiB: replacing it after its "
+                            "current request", child.info.pid, rss / MIB, limit)
+                self.poolstats.add("rss_recycled")
+                self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
 
     def _check_kill_deadlines(self) -> None:
         now = time.monotonic()
@@ -402,6 +668,10 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if pid == self._check_pid:
+                self._check_done(os.waitstatus_to_exitcode(status))
+                continue
+            self.relay.drain(pid)
             child = self._children.pop(pid, None)
             if child is not None:
                 self._on_exit(child, os.waitstatus_to_exitcode(status))
@@ -433,7 +703,12 @@ class Supervisor:
         self._failures = 1 if was_ready and lived >= HEALTHY_AFTER else self._failures + 1
         delay = self._backoff()
         self._next_spawn_at = max(self._next_spawn_at, time.monotonic() + delay)
-        log.error("worker %d %s; replacing it in %.1f s", child.info.pid, how, delay)
+        if self._failures >= CRASH_LOOP:
+            log.critical("crash loop: %d workers in a row failed (the last, %d, %s); replacing it in "
+                         "%.1f s, the delay doubles with every further crash (at most %.0f s)",
+                         self._failures, child.info.pid, how, delay, BACKOFF_MAX)
+        else:
+            log.error("worker %d %s; replacing it in %.1f s", child.info.pid, how, delay)
 
     def _backoff(self) -> float:
         return float(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, self._failures - 1)))

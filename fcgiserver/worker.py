@@ -289,9 +289,12 @@ class Worker:
     def _serve(self, sock: _socket.socket) -> None:
         conn = ServerConnection(max_params_size=self.max_params_size)
         channel = _Channel(self, sock, conn)
+        # A stop may close a connection only between requests: one accepted but not yet
+        # sent its first request is a request the front already handed over.
+        served_before = self.served
         try:
             while True:
-                data = self._recv(sock, conn.state is ConnState.IDLE)
+                data = self._recv(sock, conn.state is ConnState.IDLE and self.served > served_before)
                 if data is None:
                     return
                 conn.receive_data(data)

@@ -25,7 +25,7 @@ import pytest
 
 from fcgiserver.client import FastCGIClient
 from tests.apps import wsgi_apps
-from tests.test_worker import WAIT, short_dir
+from tests.test_worker import WAIT, Peer, cgi_params, running_worker, short_dir
 
 CGI_FCGI = shutil.which("cgi-fcgi")
 
@@ -251,10 +251,67 @@ def test_workers_survive_clients_that_hang_up_mid_response(server: str) -> None:
             client.request("GET", "/hello")
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(server)
-        from tests.test_worker import Peer, cgi_params
-
         sock.sendall(Peer.request_bytes(cgi_params("/sized", "n=5000000&chunk=10000")))
         sock.recv(1000)
         sock.close()
     with FastCGIClient(f"unix:{server}", timeout=WAIT) as client:
         assert client.request("GET", "/hello").body == wsgi_apps.HELLO
+
+
+# -- lighttpd without fix-root-scriptname -------------------------------------------------
+
+LIGHTTPD = shutil.which("lighttpd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _http_get(port: int, target: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
+        conn.sendall(f"GET {target} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.skipif(LIGHTTPD is None, reason="lighttpd is not installed")
+def test_lighttpd_root_mount_without_fix_root_scriptname_gets_the_path_in_path_info() -> None:
+    # lighttpd mounted at "/" puts the whole path in SCRIPT_NAME unless told otherwise;
+    # the default (auto) SCRIPT_NAME handling must move it to PATH_INFO.
+    assert LIGHTTPD is not None
+    with running_worker(read_timeout=10.0) as worker:
+        directory = os.path.dirname(worker.path)
+        port = _free_port()
+        conf = os.path.join(directory, "lighttpd.conf")
+        with open(conf, "w") as fh:
+            fh.write(
+                f'server.document-root = "{directory}"\n'
+                f'server.port = {port}\n'
+                'server.bind = "127.0.0.1"\n'
+                'server.modules = ("mod_fastcgi")\n'
+                f'server.errorlog = "{directory}/error.log"\n'
+                f'fastcgi.server = ("/" => (("socket" => "{worker.path}", "check-local" => "disable")))\n'
+            )
+        front = subprocess.Popen([LIGHTTPD, "-D", "-f", conf], stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + WAIT
+            while True:
+                try:
+                    reply = _http_get(port, "/environ?q=%C3%A9")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "lighttpd never answered"
+                    time.sleep(0.05)
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200"), head
+            env = json.loads(body)
+            assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/environ")
+            assert env["QUERY_STRING"] == "q=%C3%A9"
+        finally:
+            front.terminate()
+            front.wait(WAIT)

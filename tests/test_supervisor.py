@@ -202,6 +202,9 @@ def test_a_worker_crash_loop_is_throttled() -> None:
         # Without back-off this is hundreds in 3 s; doubling delays from 0.1 s allow about 6.
         assert 2 <= crashes <= 12, text
         assert "replacing it in" in text
+        # From the third crash in a row the log says what is going on, at CRITICAL.
+        assert "[CRITICAL] fcgiserver.supervisor: crash loop: " in text
+        assert "the delay doubles with every further crash" in text
         assert proc.returncode == 0
     finally:
         shutil.rmtree(directory, ignore_errors=True)
