@@ -10,6 +10,7 @@ from typing import IO, Any
 
 import multipart  # type: ignore[import-untyped]
 
+from handlers.errors import UploadError
 from handlers.storage import Storage, unlink_quietly
 
 FILE_FIELD = "file"
@@ -19,12 +20,8 @@ MAX_OTHER_FIELD = 64 * 1024
 MAX_FILENAME_SHOWN = 120
 
 
-class FormError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class FormError(UploadError):
+    """The multipart body or its framing is refused."""
 
 
 @dataclass(frozen=True)

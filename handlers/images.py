@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from handlers.errors import UploadError
 from handlers.metadata import NullSink, StripError, strip_metadata
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
@@ -26,14 +27,8 @@ _UNSUPPORTED = "Only JPEG, PNG, GIF and WebP pictures are accepted."
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 
 
-class ImageError(Exception):
-    """An upload we refuse; status is the HTTP status, code a stable machine-readable word."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class ImageError(UploadError):
+    """The picture itself is refused."""
 
 
 @dataclass(frozen=True)

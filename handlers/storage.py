@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from handlers.errors import UploadError
+
 ID_LENGTH = 8
 ID_ALPHABET = string.ascii_letters
 ID_RE = re.compile(r"[A-Za-z]{8}")
@@ -51,12 +53,8 @@ def random_id() -> str:
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
 
 
-class StorageError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class StorageError(UploadError):
+    """Storing failed: no free id, a full disk, a planted link."""
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -26,8 +26,9 @@ from typing import Any
 from PIL import Image
 
 from handlers import templates
-from handlers.forms import FormError, Limits, SpooledFile, read_files
-from handlers.images import MIME_TYPES, ImageError
+from handlers.errors import UploadError
+from handlers.forms import Limits, SpooledFile, read_files
+from handlers.images import MIME_TYPES
 from handlers.service import store_picture
 from handlers.settings import Settings, load_settings
 from handlers.signing import LinkState, load_or_create_secret, signed_query, verify
@@ -36,7 +37,6 @@ from handlers.storage import (
     Published,
     Record,
     Storage,
-    StorageError,
     is_disk_full,
     random_id,
     unlink_quietly,
@@ -147,7 +147,7 @@ class UploadApp:
             response = self.route("GET" if head else method, request_path(environ), environ)
         except HTTPError as e:
             response = error_response(environ, e.status, e.code, e.message, e.headers)
-        except (FormError, ImageError, StorageError) as e:
+        except UploadError as e:
             response = error_response(environ, e.status, e.code, e.message)
         except OSError as e:
             if not is_disk_full(e):
@@ -223,7 +223,7 @@ class UploadApp:
     def _store_one(self, item: SpooledFile, count: int) -> Published:
         try:
             return store_picture(item, self.storage, self.settings)
-        except (ImageError, StorageError) as e:
+        except UploadError as e:
             if count > 1 and item.filename:
                 e.message = f"{item.filename}: {e.message}"
             raise
