@@ -13,7 +13,7 @@ from fcgiserver import forksafety, privileges
 from fcgiserver.accesslog import AccessLogMiddleware, AccessLogWriter
 from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
-from fcgiserver.logs import flush_logs, tag_worker_records
+from fcgiserver.logs import flush_logs, tag_worker_records, use_worker_output
 from fcgiserver.scoreboard import Slot
 from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, Worker
 
@@ -68,6 +68,7 @@ def _redirect_output(server: Supervisor, output_fd: int) -> None:
         os.close(fd)
     if server.access_log is not None:
         os.close(server.access_log.read_fd)
+    use_worker_output()
     tag_worker_records()
 
 

@@ -88,10 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run workers with this group (default: the user's own)")
     privileges.add_argument("--allow-root", action="store_const", const=True, default=None,
                             help="accept --user root")
+    pages = p.add_argument_group("status pages (answered by the workers, before the app)")
+    pages.add_argument("--status-path", metavar="PATH",
+                       help="serve the status page here, e.g. /fcgiserver-status (JSON; "
+                            "?format=prometheus, ?full); see also `fcgiserver status --help`")
+    pages.add_argument("--ping-path", metavar="PATH", help='answer "pong" here, e.g. /fcgiserver-ping')
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["status"]:
+        from fcgiserver.statuscli import main as status_main
+
+        return status_main(words[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

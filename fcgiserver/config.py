@@ -82,6 +82,9 @@ class Config:
     user: int | None = None
     group: int | None = None
     allow_root: bool = False
+    # URL paths a worker answers itself, before the app: the status page and "pong".
+    status_path: str | None = None
+    ping_path: str | None = None
 
     @property
     def log_level_number(self) -> int:
@@ -268,6 +271,14 @@ def v_script_name(name: str, value: object) -> str | None:
     raise _fail(name, value, 'expected "" or a path like /app (leading slash, no trailing slash)')
 
 
+def v_url_path(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith("/") and not any(c in value for c in "?# \t\r\n"):
+        return value
+    raise _fail(name, value, "expected a URL path starting with /, e.g. /fcgiserver-status")
+
+
 POOL_MODES = ("static", "dynamic")
 LOG_FORMATS = ("text", "json")
 
@@ -369,6 +380,8 @@ VALIDATORS: dict[str, Validator] = {
     "user": v_user,
     "group": v_group,
     "allow_root": v_bool,
+    "status_path": v_url_path,
+    "ping_path": v_url_path,
 }
 
 assert set(VALIDATORS) == {f.name for f in fields(Config)}
@@ -438,6 +451,8 @@ def check_consistency(config: Config) -> None:
         raise ConfigError("--user root runs every worker as root; add --allow-root if that is meant")
     if config.group is not None and config.user is None:
         raise ConfigError("--group needs --user")
+    if config.status_path is not None and config.status_path == config.ping_path:
+        raise ConfigError("--status-path and --ping-path must differ")
 
 
 def config_from_file_and_cli(cli: Mapping[str, object]) -> Config:

@@ -17,11 +17,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 _MARK = "_fcgiserver_handler"
@@ -119,6 +124,44 @@ def tag_worker_records() -> None:
         handler.setFormatter(_TaggedFormatter(handler.formatter))
 
 
+class _DroppingWriter(io.RawIOBase):
+    """A non-blocking fd that drops what does not fit instead of raising into the app."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: ReadableBuffer) -> int:
+        view = memoryview(data)
+        try:
+            return os.write(self._fd, view)
+        except (BlockingIOError, BrokenPipeError):
+            # The supervisor is behind (or gone): a lost line beats a stalled request.
+            self.dropped += len(view)
+            return len(view)
+
+
+def use_worker_output() -> None:
+    """In a worker, after fd 1 and 2 became its pipe: print() and logging never block or
+    raise when the pipe is full."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        encoding = getattr(old, "encoding", None) or "utf-8"
+        stream = io.TextIOWrapper(io.BufferedWriter(_DroppingWriter(fd)), encoding=encoding,
+                                  errors="backslashreplace", line_buffering=True)
+        setattr(sys, name, stream)
+    handler = _our_handler()
+    if isinstance(handler, logging.StreamHandler):
+        handler.setStream(sys.stderr)
+
+
 def flush_logs() -> None:
     for handler in logging.getLogger("fcgiserver").handlers:
         handler.flush()
@@ -171,15 +214,17 @@ class LogRelay:
     def fd_of(self, pid: int) -> int | None:
         return next((fd for fd, p in self._pids.items() if p == pid), None)
 
-    def read(self, fd: int) -> None:
-        """Passes on what ``fd`` holds now; at EOF, the rest, then forgets the pipe."""
+    def read(self, fd: int) -> bool:
+        """Passes on what ``fd`` holds now; at EOF, the rest, then forgets the pipe.
+
+        Returns False when there was nothing more to read now (or the pipe is gone)."""
         pid = self._pids.get(fd)
         if pid is None:
-            return
+            return False
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             if exc.errno != errno.EBADF:
                 raise
@@ -188,7 +233,7 @@ class LogRelay:
         if not data:
             self._emit(pid, [buffered] if buffered else [])
             self._forget(fd)
-            return
+            return False
         lines = buffered.split(b"\n")
         rest = lines.pop()
         if len(rest) > MAX_LINE:
@@ -196,12 +241,20 @@ class LogRelay:
             rest = b""
         self._partial[fd] = rest
         self._emit(pid, lines)
+        return True
 
     def drain(self, pid: int) -> None:
-        """After ``pid`` exited: everything it left in its pipe, then the pipe is closed."""
+        """After ``pid`` exited: everything it left in its pipe, then the pipe is closed (even
+        if a process the worker started still holds the write end)."""
         fd = self.fd_of(pid)
-        while fd is not None and fd in self._pids:
-            self.read(fd)
+        if fd is None:
+            return
+        while self.read(fd):
+            pass
+        rest = self._partial.get(fd)
+        if rest:
+            self._emit(pid, [rest])
+        self._forget(fd)
 
     def close_all(self) -> None:
         for fd in list(self._pids):

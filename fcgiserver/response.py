@@ -56,20 +56,39 @@ def _explain(status: object, headers: object) -> InvalidResponse:
     return InvalidResponse(f"invalid response head {status!r}")
 
 
+# Heads built before, keyed by (status, *headers): an app that answers alike every time (a
+# fixed content type and length, a static page) skips the checks and the building. Only
+# exact str keys get here, so a lookup never compares bytes with str (BytesWarning under
+# -b) nor trusts a str subclass. Cleared when full, so it follows what the app sends now.
+_heads: dict[tuple[object, ...], tuple[bytes, int | None]] = {}
+_HEADS_MAX = 256
+
+
 def header_block(status: object, headers: object) -> tuple[bytes, int | None]:
     """The CGI response head for `status` and `headers`, and the Content-Length if given."""
-    if type(status) is not str or not _check_status(status) or type(headers) is not list:
+    if type(status) is not str or type(headers) is not list:
+        raise _explain(status, headers)
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str or type(item[1]) is not str:
+            raise _explain(status, headers)
+    key = (status, *headers)
+    head = _heads.get(key)
+    if head is None:
+        head = _build(status, headers)
+        if len(_heads) >= _HEADS_MAX:
+            _heads.clear()
+        _heads[key] = head
+    return head
+
+
+def _build(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
+    if not _check_status(status):
         raise _explain(status, headers)
     lines = ["Status: " + status]
     length: int | None = None
     known = _known_names
-    for item in headers:
-        if type(item) is not tuple or len(item) != 2:
-            raise _explain(status, headers)
-        name, value = item
-        if type(value) is not str or not _check_value(value):
-            raise _explain(status, headers)
-        if type(name) is not str:
+    for name, value in headers:
+        if not _check_value(value):
             raise _explain(status, headers)
         if name not in known:
             if not _check_token(name):

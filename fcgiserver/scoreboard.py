@@ -1,4 +1,4 @@
-"""Shared-memory scoreboard: one fixed-size slot per worker.
+"""Shared-memory scoreboard: a header of pool totals, then one fixed-size slot per worker.
 
 The supervisor creates the Scoreboard before forking; every worker then writes only its own
 slot and the supervisor (and the status page) read all of them. The map is anonymous and
@@ -8,28 +8,51 @@ Each slot is guarded by a sequence counter (a seqlock): the writer makes it odd 
 writes and even when done, and a reader retries until it sees the same even value on both
 sides of its copy. Writers never wait, which keeps the per-request cost to a few small
 memory copies.
+
+The header holds what outlives a worker: the requests and connections of workers already
+reaped (folded in when the supervisor clears their slot) and worker restarts by cause. Only
+the supervisor writes it, under a sequence counter of its own; clearing a slot happens inside
+that counter too, so `read_all()` never counts a departed worker twice or not at all.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 import time
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fcgiserver.poolstats import PoolStats
 
 SLOT_SIZE = 256
+HEADER_SIZE = 256
 FINGERPRINT_LEN = 16
 METHOD_LEN = 16
+
+# Why the supervisor replaced a worker. "crash": an unexpected exit with an error code or a
+# signal (kill -9 included); "timeout": aborted by --timeout; "max_requests": left by itself
+# with code 0 after its --max-requests; "max_rss": stopped for passing --max-rss;
+# "rng_duplicate": stopped because it shared another worker's RNG state.
+RESTART_CAUSES = ("crash", "timeout", "max_requests", "max_rss", "rng_duplicate")
 
 # The sequence counter, then the fields. They are packed separately because pack_into
 # zeroes its whole target before filling it: the counter must stay odd meanwhile.
 _SEQ = struct.Struct("<I")
-# pid, generation, state, requests, busy_since, last_change, fingerprint, method, uri length
-_HEAD = struct.Struct(f"<iIB3xQdd{FINGERPRINT_LEN}s{METHOD_LEN}sH")
+# pid, generation, state, requests, accepted, busy_since, last_change, fingerprint, method,
+# uri length
+_FIELDS = f"<iIB3xQQdd{FINGERPRINT_LEN}s{METHOD_LEN}sH"
+_HEAD = struct.Struct(_FIELDS)
 URI_LEN = SLOT_SIZE - _SEQ.size - _HEAD.size
-_DATA = struct.Struct(f"<iIB3xQdd{FINGERPRINT_LEN}s{METHOD_LEN}sH{URI_LEN}s")
+_DATA = struct.Struct(f"{_FIELDS}{URI_LEN}s")
 assert _SEQ.size + _DATA.size == SLOT_SIZE
+
+# supervisor pid, started (time.time()), accepted and requests of reaped workers, restarts
+_HEADER = struct.Struct(f"<4xidQQ{len(RESTART_CAUSES)}Q")
+assert _SEQ.size + _HEADER.size <= HEADER_SIZE
 
 # A reader spins this often, then sleeps a moment between tries to let a writer finish;
 # after _READ_TRIES it returns what it has: a status page must never hang on a worker
@@ -58,28 +81,48 @@ class SlotInfo:
     fingerprint: bytes
     method: str
     uri: str
+    # Connections this worker accepted (published with its next state change).
+    accepted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BoardTotals:
+    """The header: the supervisor, and the counts of workers that are gone."""
+
+    supervisor_pid: int
+    started: float
+    accepted: int  # connections accepted by workers already reaped
+    requests: int  # requests served by workers already reaped
+    restarts: dict[str, int]
 
 
 class Slot:
     """One worker's slot. The worker is the only writer; anyone may read."""
 
-    __slots__ = ("_buf", "_busy_since", "_fingerprint", "_generation", "_method", "_offset", "_pid",
-                 "_requests", "_seq", "_state", "_uri")
+    __slots__ = ("_accepted", "_board", "_buf", "_busy_since", "_fingerprint", "_generation", "_method",
+                 "_offset", "_pid", "_requests", "_seq", "_state", "_uri")
 
-    def __init__(self, buf: mmap.mmap, offset: int) -> None:
+    def __init__(self, buf: mmap.mmap, offset: int, board: Scoreboard | None = None) -> None:
         self._buf = buf
         self._offset = offset
+        self._board = board
         # Writer-side copies: only the owning worker writes the slot, so it never has to
         # read its own fields back from shared memory.
         self._seq = _SEQ.unpack_from(buf, offset)[0] & ~1
         self._pid = 0
         self._generation = 0
         self._requests = 0
+        self._accepted = 0
         self._fingerprint = b""
         self._method = b""
         self._uri = b""
         self._state = SlotState.FREE
         self._busy_since = 0.0
+
+    @property
+    def board(self) -> Scoreboard | None:
+        """The scoreboard this slot belongs to (None for a slot made by hand)."""
+        return self._board
 
     # -- writer side (the worker) ------------------------------------------------------
 
@@ -87,6 +130,7 @@ class Slot:
         self._pid = pid
         self._generation = generation
         self._requests = 0
+        self._accepted = 0
         # The fingerprint stays: it may be set before or after this call, and clear()
         # resets it for the next worker in this slot.
         self._write(SlotState.BOOTING, 0.0)
@@ -95,6 +139,11 @@ class Slot:
         self._method = b""
         self._uri = b""
         self._write(SlotState.IDLE, 0.0)
+
+    def count_accept(self) -> None:
+        """One more accepted connection. No shared-memory write of its own (this runs per
+        connection): the count goes out with the next state change, normally busy()."""
+        self._accepted += 1
 
     def busy(self, method: str, uri: str) -> None:
         self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
@@ -118,8 +167,8 @@ class Slot:
         buf, off = self._buf, self._offset
         uri = self._uri
         # Everything is computed first, so the slot is odd (unreadable) only for one copy.
-        fields = (self._pid, self._generation, state, self._requests, busy_since, time.time(),
-                  self._fingerprint, self._method, len(uri), uri)
+        fields = (self._pid, self._generation, state, self._requests, self._accepted, busy_since,
+                  time.time(), self._fingerprint, self._method, len(uri), uri)
         odd = (self._seq + 1) & 0xFFFFFFFF
         even = (odd + 1) & 0xFFFFFFFF
         _SEQ.pack_into(buf, off, odd)
@@ -133,16 +182,8 @@ class Slot:
 
     def read(self) -> SlotInfo:
         buf, off = self._buf, self._offset
-        start, end = off + _SEQ.size, off + SLOT_SIZE
-        unpack_seq = _SEQ.unpack_from
-        for attempt in range(_READ_TRIES):
-            before = unpack_seq(buf, off)[0]
-            raw = buf[start:end]
-            if before & 1 == 0 and unpack_seq(buf, off)[0] == before:
-                break
-            if attempt >= _READ_SPINS:
-                time.sleep(_READ_PAUSE)
-        (pid, generation, state, requests, busy_since, last_change, fp, method, uri_len,
+        raw = _stable_copy(buf, off, off + _SEQ.size, off + SLOT_SIZE)
+        (pid, generation, state, requests, accepted, busy_since, last_change, fp, method, uri_len,
          uri) = _DATA.unpack(raw)
         return SlotInfo(
             pid=pid,
@@ -154,16 +195,28 @@ class Slot:
             fingerprint=fp if any(fp) else b"",
             method=method.rstrip(b"\0").decode("latin-1"),
             uri=uri[:uri_len].decode("latin-1"),
+            accepted=accepted,
         )
 
     def clear(self) -> None:
-        """Free the slot (the supervisor, after reaping its worker)."""
+        """Free the slot (the supervisor, after reaping its worker); its counts go to the header."""
+        board = self._board
+        if board is None:
+            self._clear()
+            return
+        info = self.read()
+        with board._header_write() as header:
+            header.accepted += info.accepted
+            header.requests += info.requests
+            self._clear()
+
+    def _clear(self) -> None:
         seq = ((_SEQ.unpack_from(self._buf, self._offset)[0] | 1) + 1) & 0xFFFFFFFF
         _SEQ.pack_into(self._buf, self._offset, seq - 1)
         self._buf[self._offset + _SEQ.size:self._offset + SLOT_SIZE] = bytes(SLOT_SIZE - _SEQ.size)
         _SEQ.pack_into(self._buf, self._offset, seq)
         self._seq = seq
-        self._pid = self._generation = self._requests = 0
+        self._pid = self._generation = self._requests = self._accepted = 0
         self._fingerprint = self._method = self._uri = b""
         self._state = SlotState.FREE
         self._busy_since = 0.0
@@ -172,15 +225,67 @@ class Slot:
 _STATES = frozenset(int(s) for s in SlotState)
 
 
+def _stable_copy(buf: mmap.mmap, seq_at: int, start: int, end: int) -> bytes:
+    """buf[start:end], copied while the sequence counter at `seq_at` stayed even and unchanged."""
+    unpack_seq = _SEQ.unpack_from
+    raw = b""
+    for attempt in range(_READ_TRIES):
+        before = unpack_seq(buf, seq_at)[0]
+        raw = buf[start:end]
+        if before & 1 == 0 and unpack_seq(buf, seq_at)[0] == before:
+            break
+        if attempt >= _READ_SPINS:
+            time.sleep(_READ_PAUSE)
+    return raw
+
+
+class _MutableHeader:
+    __slots__ = ("accepted", "pid", "requests", "restarts", "started")
+
+    def __init__(self, values: tuple[int | float, ...]) -> None:
+        self.pid = int(values[0])
+        self.started = float(values[1])
+        self.accepted = int(values[2])
+        self.requests = int(values[3])
+        self.restarts = [int(v) for v in values[4:]]
+
+
+class _HeaderWrite:
+    """The supervisor's write of the header: odd on entry, even again on exit."""
+
+    def __init__(self, board: Scoreboard) -> None:
+        self._board = board
+        self._header = _MutableHeader(_HEADER.unpack_from(board._buf, _SEQ.size))
+
+    def __enter__(self) -> _MutableHeader:
+        board = self._board
+        board._header_seq = (board._header_seq + 1) & 0xFFFFFFFF
+        _SEQ.pack_into(board._buf, 0, board._header_seq)
+        return self._header
+
+    def __exit__(self, *exc_info: object) -> None:
+        board, h = self._board, self._header
+        _HEADER.pack_into(board._buf, _SEQ.size, h.pid, h.started, h.accepted, h.requests, *h.restarts)
+        board._header_seq = (board._header_seq + 1) & 0xFFFFFFFF
+        _SEQ.pack_into(board._buf, 0, board._header_seq)
+
+
 class Scoreboard:
-    """A shared anonymous map of `slots` slots; create it before forking the workers."""
+    """A shared anonymous map: the header, then `slots` slots; create it before forking."""
 
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError("a scoreboard needs at least one slot")
         self._slots = slots
         # mmap(-1, n) is MAP_SHARED | MAP_ANONYMOUS: children inherit the same pages.
-        self._buf = mmap.mmap(-1, slots * SLOT_SIZE)
+        self._buf = mmap.mmap(-1, HEADER_SIZE + slots * SLOT_SIZE)
+        self._header_seq = 0
+        # The supervisor's pool counters (poolstats.py), for a status page in a worker; the
+        # supervisor sets it right after making both.
+        self.poolstats: PoolStats | None = None
+        with self._header_write() as header:
+            header.pid = os.getpid()
+            header.started = time.time()
 
     def __len__(self) -> int:
         return self._slots
@@ -188,7 +293,7 @@ class Scoreboard:
     def slot(self, i: int) -> Slot:
         if not 0 <= i < self._slots:
             raise IndexError(f"slot {i} out of range (0..{self._slots - 1})")
-        return Slot(self._buf, i * SLOT_SIZE)
+        return Slot(self._buf, HEADER_SIZE + i * SLOT_SIZE, self)
 
     def free_index(self) -> int | None:
         for i in range(self._slots):
@@ -199,5 +304,41 @@ class Scoreboard:
     def snapshot(self) -> list[SlotInfo]:
         return [self.slot(i).read() for i in range(self._slots)]
 
+    # -- the header (written by the supervisor only) -------------------------------------
+
+    def count_restart(self, cause: str) -> None:
+        """A worker was (or is being) replaced for `cause`, one of RESTART_CAUSES."""
+        index = RESTART_CAUSES.index(cause)
+        with self._header_write() as header:
+            header.restarts[index] += 1
+
+    def totals(self) -> BoardTotals:
+        raw = _stable_copy(self._buf, 0, _SEQ.size, _SEQ.size + _HEADER.size)
+        return _totals(_HEADER.unpack(raw))
+
+    def read_all(self) -> tuple[BoardTotals, list[SlotInfo]]:
+        """The header and every slot, with no worker counted twice or lost to a reap
+        happening meanwhile (retried while the supervisor clears a slot)."""
+        buf = self._buf
+        attempt = 0
+        while True:
+            before = _SEQ.unpack_from(buf, 0)[0]
+            totals = _totals(_HEADER.unpack_from(buf, _SEQ.size))
+            slots = self.snapshot()
+            attempt += 1
+            if (before & 1 == 0 and _SEQ.unpack_from(buf, 0)[0] == before) or attempt >= _READ_TRIES:
+                return totals, slots
+            if attempt >= _READ_SPINS:
+                time.sleep(_READ_PAUSE)
+
+    def _header_write(self) -> _HeaderWrite:
+        return _HeaderWrite(self)
+
     def close(self) -> None:
         self._buf.close()
+
+
+def _totals(values: tuple[int | float, ...]) -> BoardTotals:
+    h = _MutableHeader(values)
+    return BoardTotals(supervisor_pid=h.pid, started=h.started, accepted=h.accepted, requests=h.requests,
+                       restarts=dict(zip(RESTART_CAUSES, h.restarts, strict=True)))

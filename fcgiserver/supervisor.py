@@ -157,6 +157,7 @@ class Supervisor:
                          max_workers=config.max_workers if self.dynamic else self.num_workers,
                          workers=self.num_workers)
         self.poolstats = PoolStats(stats)
+        self.scoreboard.poolstats = self.poolstats  # for the workers' status page
         if inherited is not None:
             self._adopt(inherited)
 
@@ -182,6 +183,11 @@ class Supervisor:
         carried = {k: v for k, v in state.stats.items() if k in known and k not in (
             "mode", "min_spare", "max_spare", "max_workers", "workers")}
         self.poolstats.update(**carried)
+        size = state.stats.get("workers")
+        if self.dynamic and isinstance(size, int):
+            # A pool that grew under load starts its new generation at the same size.
+            self.num_workers = max(1, self.config.min_spare, min(size, self.config.max_workers))
+            self.poolstats.update(workers=self.num_workers)
         self._last_generation = self.generation = state.generation + 1
         self.poolstats.update(generation=self.generation)
         # Readiness was announced by the first image; this one announces the reload's end.
@@ -335,6 +341,8 @@ class Supervisor:
         if self.state is State.QUITTING or (self.state is State.STOPPING and graceful):
             return
         self.state = State.STOPPING if graceful else State.QUITTING
+        if self._check_pid is not None:
+            self._kill(self._check_pid, signal.SIGKILL)  # no reload to check for any more
         sig, grace = ((signal.SIGTERM, self.config.graceful_timeout) if graceful
                       else (signal.SIGQUIT, QUIT_GRACE))
         log.info("%s stop of %d workers", "graceful" if graceful else "immediate", len(self._children))
@@ -342,8 +350,8 @@ class Supervisor:
             self._stop_child(child, sig, grace)
 
     def reload(self) -> None:
-        if self._reloading or self._check_pid is not None:
-            log.warning("a reload is already in progress; HUP ignored")
+        if self._check_pid is not None:
+            log.warning("the new code is still being checked; reload signal ignored")
             return
         # MONOTONIC_USEC lets a Type=notify-reload unit match this reload to its own request.
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -368,6 +376,8 @@ class Supervisor:
 
     def _check_done(self, code: int) -> None:
         self._check_pid = None
+        if self.state is not State.RUNNING:
+            return
         if code != 0:
             self.poolstats.add("reload_failures")
             log.error("reload abandoned: the new code does not load (see above); generation %d keeps "
@@ -375,9 +385,8 @@ class Supervisor:
             self.notifier.notify("READY=1")
             self.notifier.notify(f"STATUS=reload failed; running generation {self.generation}")
             return
-        if self.state is not State.RUNNING or self.reexec_plan is None:
-            return
-        self._reexec(self.reexec_plan)
+        if self.reexec_plan is not None:
+            self._reexec(self.reexec_plan)
 
     def _reexec(self, plan: reexec.ReexecPlan) -> None:
         workers = [reexec.InheritedWorker(pid=c.info.pid, index=c.info.index, generation=c.info.generation,
@@ -591,6 +600,7 @@ class Supervisor:
                       "replacing worker %d", dup, child.info.pid, info.fingerprint.hex(), child.info.pid)
             # Forked from the same unreseeded state, a plain replacement would repeat it.
             self._reseed_replacements += 1
+            self.scoreboard.count_restart("rng_duplicate")
             self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
 
     def _check_timeouts(self) -> None:
@@ -643,6 +653,7 @@ class Supervisor:
                 log.warning("worker %d uses %.0f MiB, above --max-rss %d MiB: replacing it after its "
                             "current request", child.info.pid, rss / MIB, limit)
                 self.poolstats.add("rss_recycled")
+                self.scoreboard.count_restart("max_rss")
                 self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
 
     def _check_kill_deadlines(self) -> None:
@@ -692,13 +703,16 @@ class Supervisor:
             return
         if child.timed_out:
             log.warning("worker %d %s after its request timed out; replacing it", child.info.pid, how)
+            self.scoreboard.count_restart("timeout")
             return
         if code in (EXIT_BOOT_ERROR, EXIT_APP_LOAD_ERROR) and not was_ready:
             self._boot_failed(child, code)
             return
         if code == 0:
+            self.scoreboard.count_restart("max_requests")
             log.info("worker %d %s; replacing it", child.info.pid, how)
             return
+        self.scoreboard.count_restart("crash")
         lived = time.monotonic() - child.born
         self._failures = 1 if was_ready and lived >= HEALTHY_AFTER else self._failures + 1
         delay = self._backoff()
@@ -742,9 +756,11 @@ class Supervisor:
 
     def _kill_all_now(self) -> None:
         """Last resort on the way out (e.g. an exception in the loop): leave no worker behind."""
-        for pid in list(self._children):
+        pids = list(self._children) + ([self._check_pid] if self._check_pid is not None else [])
+        for pid in pids:
             self._kill(pid, signal.SIGKILL)
-        for pid in list(self._children):
+        self._check_pid = None
+        for pid in pids:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             self._children.pop(pid, None)

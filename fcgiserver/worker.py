@@ -36,6 +36,7 @@ from fcgiserver.protocol import (
     StdinEnd,
 )
 from fcgiserver.scoreboard import Slot
+from fcgiserver.status import request_path, status_routes
 from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import EMPTY_INPUT, BadContentLength, RequestBody, WSGIInput, parse_content_length
 
@@ -56,6 +57,11 @@ _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
                                errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
                                errno.EOPNOTSUPP, errno.ENETUNREACH})
+# Seconds a KEEP_CONN connection may sit idle between requests before we close it.
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0
+# How long an idle kept connection leaves a new connection to the free workers before taking
+# it itself: a free worker normally accepts within microseconds, so a take means there is none.
+TAKEOVER_GRACE_MS = 20
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
@@ -176,6 +182,16 @@ class Worker:
         self.spool_threshold = config.spool_threshold
         self.script_name = config.script_name
         self.extra_environ = config.extra_environ
+        # Idle time allowed on a KEEP_CONN connection between requests (0 = read_timeout).
+        keepalive = float(getattr(config, "keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
+        self.keepalive_ms: int | None = int(keepalive * 1000) if keepalive > 0 else self.timeout_ms
+        # FCGI_GET_VALUES: one connection per worker, so the pool takes this many at once.
+        self.max_conns = max(1, config.workers)
+        self._by_fd: dict[int, _Listener] = {}
+        # A connection taken while idle on a kept one (see _take_waiting), served next.
+        self._taken: _socket.socket | None = None
+        # --status-path / --ping-path: answered here, before the app (empty when unset).
+        self.routes = status_routes(config, slot, listeners)
         self.buf = bytearray(RECV_SIZE)
         self.view = memoryview(self.buf)
         self.stopping = False
@@ -186,6 +202,8 @@ class Worker:
         # The request in progress on the current connection.
         self._body: RequestBody | None = None
         self._started: RequestStarted | None = None
+        # Set when the body could not be spooled (a full disk): answered at StdinEnd.
+        self._spool_error: OSError | None = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -248,7 +266,7 @@ class Worker:
 
     def _accept_loop(self) -> None:
         poller = select.poll()
-        by_fd: dict[int, _Listener] = {}
+        by_fd = self._by_fd
         for sock in self.listeners:
             by_fd[sock.fileno()] = (sock, int(sock.family), int(sock.type), sock.proto)
             poller.register(sock, _POLLIN)
@@ -279,15 +297,22 @@ class Worker:
                 time.sleep(0.1)  # let a descriptor or some memory free up
                 return False
             raise
+        self.slot.count_accept()
         # The C-level socket type: the Python wrapper adds nothing this loop uses and
         # costs microseconds per connection.
         self._serve(_socket.socket(listener[1], listener[2], listener[3], fd))
+        # A connection taken over while idle on a kept one is served even when stopping:
+        # the front already handed it over.
+        while self._taken is not None:
+            sock, self._taken = self._taken, None
+            self._serve(sock)
         return True
 
     # -- one connection ----------------------------------------------------------------
 
     def _serve(self, sock: _socket.socket) -> None:
-        conn = ServerConnection(max_params_size=self.max_params_size)
+        conn = ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns,
+                                max_params_size=self.max_params_size)
         channel = _Channel(self, sock, conn)
         # A stop may close a connection only between requests: one accepted but not yet
         # sent its first request is a request the front already handed over.
@@ -333,27 +358,66 @@ class Worker:
         return self.view[:n].tobytes()
 
     def _wait_and_recv(self, sock: _socket.socket, idle: bool) -> int:
+        """Waits for bytes and reads them; -1 when the idle connection is to be closed."""
         poller = select.poll()
         poller.register(sock, _POLLIN)
-        if idle:
-            # Between requests a graceful stop may close the connection.
-            poller.register(self._wake_r, _POLLIN)
         timeout_ms = self.timeout_ms
+        listening: dict[int, _Listener] = {}
+        if idle:
+            # Between requests a graceful stop may close the connection, and so may a new
+            # connection no free worker takes: a front that keeps more connections than
+            # there are workers would otherwise leave it waiting for a read timeout.
+            poller.register(self._wake_r, _POLLIN)
+            listening = self._by_fd
+            for fd in listening:
+                poller.register(fd, _POLLIN)
+            timeout_ms = self.keepalive_ms
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        sock_fd = sock.fileno()
         while True:
             if idle and self.stopping:
                 return -1
             wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             ready = poller.poll(wait)
             if not ready:
+                if idle:
+                    raise TimeoutError("the kept connection stayed idle")
                 raise TimeoutError("the peer sent nothing")
+            peer_ready = False
             for fd, _mask in ready:
-                if fd == self._wake_r:
+                if fd == sock_fd:
+                    peer_ready = True
+                elif fd == self._wake_r:
                     self._drain_wakeup()
+            if not peer_ready:
+                for fd, _mask in ready:
+                    if fd in listening and self._take_waiting(sock, listening[fd]):
+                        return -1
             try:
                 return sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
             except BlockingIOError:
                 continue
+
+    def _take_waiting(self, sock: _socket.socket, listener: _Listener) -> bool:
+        """Accepts a waiting connection for this worker, idle on the kept `sock`.
+
+        False when the kept connection got a request meanwhile or another worker took the
+        new one. FastCGI lets the application close a connection between requests; the
+        front opens a new one when it needs it.
+        """
+        quiet = select.poll()
+        quiet.register(sock, _POLLIN)
+        if quiet.poll(TAKEOVER_GRACE_MS):
+            return False
+        try:
+            fd, _addr = _raw_accept(listener[0])
+        except OSError:
+            # Gone to another worker (EAGAIN), or an error the accept loop deals with.
+            return False
+        self.slot.count_accept()
+        log.debug("closing an idle kept connection for a new one no free worker took")
+        self._taken = _socket.socket(listener[1], listener[2], listener[3], fd)
+        return True
 
     def _handle_events(self, conn: ServerConnection, channel: _Channel) -> None:
         next_event = conn.next_event
@@ -364,7 +428,10 @@ class Worker:
             # Exact type tests: the event classes are final, and this runs per event.
             if type(event) is StdinData:
                 if self._body is not None:
-                    self._body.append(event.data)
+                    try:
+                        self._body.append(event.data)
+                    except OSError as exc:
+                        self._spool_failed(exc)
             elif type(event) is RequestStarted:
                 self._start_request(event, conn, channel)
             elif type(event) is StdinEnd:
@@ -394,18 +461,38 @@ class Worker:
             return
         self._body = _NO_BODY if declared == 0 else RequestBody(declared, self.spool_threshold)
 
+    def _spool_failed(self, exc: OSError) -> None:
+        # The rest of STDIN is read and dropped, so the front gets a clear answer at its end
+        # instead of a connection closed under its feet.
+        if self._body is not None:
+            self._body.discard()
+        self._body = _NO_BODY
+        self._spool_error = exc
+
     def _stdin_end(self, conn: ServerConnection, channel: _Channel) -> None:
         body = self._body
         if body is None:
             return
         self._body = None
-        if not body.is_complete():
+        complete = body.is_complete()
+        wsgi_input = EMPTY_INPUT
+        if complete and self._spool_error is None:
+            try:
+                wsgi_input = body.finish()  # flushes the spool file: the disk may be full now
+            except OSError as exc:
+                self._spool_error = exc
+        if self._spool_error is not None:
+            body.discard()
+            log.error("cannot store the request body (%s): answering 507", self._spool_error)
+            self._send_simple(conn, channel, "507 Insufficient Storage", b"Insufficient Storage\n")
+            return
+        if not complete:
             body.discard()
             assert self._started is not None
             log.warning("request body cut short (%d of %s bytes): closing the connection",
                         body.size, self._started.params.get("CONTENT_LENGTH"))
             raise _Close()
-        self._respond(conn, channel, body.finish())
+        self._respond(conn, channel, wsgi_input)
 
     def _send_simple(self, conn: ServerConnection, channel: _Channel, status: str, body: bytes) -> None:
         send_all(channel.sock, conn.send_stdout(simple_response(status, body)) + conn.end_request(),
@@ -419,7 +506,10 @@ class Worker:
                                 self.script_name, self.extra_environ)
         channel.streaming = False
         try:
-            completed = run_app(self.app, environ, channel)
+            app = self.app
+            if self.routes and started.role is Role.RESPONDER:
+                app = self.routes.get(request_path(environ), app)
+            completed = run_app(app, environ, channel)
         except PeerAborted:
             completed = True
             send_all(channel.sock, conn.end_request(0, ProtocolStatus.REQUEST_COMPLETE), self.timeout_ms)
@@ -437,6 +527,7 @@ class Worker:
         if self._started is None:
             return
         self._started = None
+        self._spool_error = None
         if self._body is not None:
             self._body.discard()
             self._body = None

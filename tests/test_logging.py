@@ -82,6 +82,21 @@ def test_json_format_makes_every_error_log_line_and_access_log_line_an_object(tm
     assert entry["method"] == "GET"
 
 
+def test_a_workers_own_log_records_keep_their_pid_and_traceback_in_json(tmp_path: Path) -> None:
+    error_log = tmp_path / "error.log"
+    args = ["--log-format", "json", "--error-log", str(error_log)]
+    with running_server(APP, workers=1, args=args) as server:
+        [pid] = server.worker_pids()
+        assert fcgi_request(server.address, "GET", "/raise", query="tag=boom-5c2").status == 500
+        _wait_for(error_log, "boom-5c2")
+    records = [json.loads(line) for line in _read(error_log).splitlines()]
+    [record] = [r for r in records if "boom-5c2" in r.get("exception", "")]
+    assert record["pid"] == pid
+    assert record["level"] == "ERROR"
+    assert record["logger"].startswith("fcgiserver.")
+    assert "Traceback" in record["exception"]
+
+
 def test_usr1_reopens_both_logs_after_they_were_renamed(tmp_path: Path) -> None:
     error_log, access_log = tmp_path / "error.log", tmp_path / "access.log"
     args = ["--error-log", str(error_log), "--access-log", str(access_log)]
@@ -114,3 +129,17 @@ def test_access_log_keeps_flowing_across_a_reload(tmp_path: Path) -> None:
         fcgi_request(server.address, "GET", "/", query="n=2")
         text = _wait_for(access_log, "n=2")
     assert "n=1" in text
+
+
+def test_a_worker_keeps_serving_when_the_supervisor_stops_reading_its_output() -> None:
+    with running_server(APP, workers=1) as server:
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            # About 3.6 MB of output: far more than the pipe holds.
+            statuses = {fcgi_request(server.address, "GET", "/print", query="tag=" + "x" * 3000,
+                                     timeout=20).status for _ in range(600)}
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert statuses == {200}
+        # What fitted in the pipe still arrives once the supervisor runs again.
+        assert server.wait_for_log("stderr line xxx", 15)

@@ -154,6 +154,8 @@ _INPUT_OF_TYPE: dict[int, _In] = {
     RecordType.UNKNOWN_TYPE: _In.APP_ONLY,
 }
 _KNOWN_ROLES = frozenset({Role.RESPONDER.value, Role.AUTHORIZER.value})
+# Role(n) goes through the enum machinery; a dict hit is several times cheaper.
+_ROLES = {role.value: role for role in Role}
 
 
 _Handler = Callable[["ServerConnection", int, int, bytes], None]
@@ -173,11 +175,8 @@ class ServerConnection:
         self._events: deque[Event] = deque()
         self._outbox: list[bytes] = []
         self._max_params_size = max_params_size
-        self._values = {
-            FCGI_MAX_CONNS: str(max_conns).encode("ascii"),
-            FCGI_MAX_REQS: str(max_reqs).encode("ascii"),
-            FCGI_MPXS_CONNS: b"0",
-        }
+        # Turned into the GET_VALUES answers only when asked: most connections never are.
+        self._limits = (max_conns, max_reqs)
         self._eof = False
         self._error: RemoteProtocolError | None = None
         self._params: list[bytes] = []
@@ -211,6 +210,7 @@ class ServerConnection:
         events = self._events
         if not events:
             next_raw = self._reader.next_raw
+            by_record = _BY_RECORD
             try:
                 while not events:
                     raw = next_raw()
@@ -222,13 +222,18 @@ class ServerConnection:
                         self._apply(_In.EOF, _To.MGMT, 0, 0, b"")
                         break
                     rtype, rid, content = raw
-                    self._apply(
-                        self._classify(rtype, content),
-                        _To.MGMT if not rid else _To.ACTIVE if rid == self.request_id else _To.OTHER,
-                        rtype,
-                        rid,
-                        content,
-                    )
+                    target = _MGMT if not rid else _ACTIVE if rid == self.request_id else _OTHER
+                    # The table below is _TRANSITIONS looked up in advance for every record
+                    # whose input depends on its type and emptiness alone.
+                    rule = by_record.get((self.state, rtype, not content, target))
+                    if rule is None:
+                        self._apply(self._classify(rtype, content), target, rtype, rid, content)
+                        continue
+                    handler, next_state = rule
+                    if handler is not None:
+                        handler(self, rtype, rid, content)
+                    if next_state is not None:
+                        self.state = next_state
             except RemoteProtocolError as exc:
                 self._fail(exc)
                 raise
@@ -347,7 +352,7 @@ class ServerConnection:
     def _do_begin(self, rtype: int, request_id: int, content: bytes) -> None:
         role, flags = _BEGIN_BODY.unpack(content)
         self.request_id = request_id
-        self._role = Role(role)
+        self._role = _ROLES[role]
         self.keep_conn = bool(flags & FCGI_KEEP_CONN)
         self._params = []
         self._params_size = 0
@@ -366,7 +371,12 @@ class ServerConnection:
         self._events.append(RequestAborted(request_id))
 
     def _do_get_values(self, rtype: int, request_id: int, content: bytes) -> None:
-        values = self._values
+        max_conns, max_reqs = self._limits
+        values = {
+            FCGI_MAX_CONNS: str(max_conns).encode("ascii"),
+            FCGI_MAX_REQS: str(max_reqs).encode("ascii"),
+            FCGI_MPXS_CONNS: b"0",
+        }
         known = [
             (name, values[key])
             for name, _ in decode_params(content)
@@ -425,3 +435,31 @@ def _build_table() -> dict[tuple[ConnState, _In, _To], tuple[_Handler | None, Co
 
 
 _TRANSITIONS = _build_table()
+
+_MGMT = _To.MGMT
+_ACTIVE = _To.ACTIVE
+_OTHER = _To.OTHER
+_Rule = tuple[_Handler | None, ConnState | None]
+
+
+def _build_record_table() -> dict[tuple[ConnState, int, bool, _To], _Rule]:
+    """(state, record type, content empty, target) -> the rule _TRANSITIONS has for it.
+
+    Derived from _TRANSITIONS, never written by hand: it only saves classifying each record
+    and building the enum key. BEGIN_REQUEST (its input depends on its body), types the
+    spec does not define and every refused combination are left out, so they take the
+    general path in next_event(), which still ends in _TRANSITIONS.
+    """
+    table: dict[tuple[ConnState, int, bool, _To], _Rule] = {}
+    for rtype in RecordType:
+        if rtype is RecordType.BEGIN_REQUEST:
+            continue
+        for empty in (False, True):
+            inp = ServerConnection._classify(rtype, b"" if empty else b"x")
+            for (state, table_inp, target), rule in _TRANSITIONS.items():
+                if table_inp is inp:
+                    table[(state, int(rtype), empty, target)] = rule
+    return table
+
+
+_BY_RECORD = _build_record_table()

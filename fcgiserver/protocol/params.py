@@ -42,7 +42,45 @@ def decode_params_latin1(data: bytes) -> dict[str, str]:
     """The pairs as latin-1 strings (PEP 3333's bytes-as-str); a repeated name keeps its last value."""
     # Latin-1 maps byte i to code point i, so one decode of the whole block can be sliced
     # at the byte offsets: far cheaper than decoding every name and value on its own.
-    return dict(_split_pairs(data, data.decode("latin-1")))
+    # This runs for every request, so it is _split_pairs() unrolled for the usual shape
+    # (both lengths below 128) and filling the dict directly.
+    text = data.decode("latin-1")
+    out: dict[str, str] = {}
+    size = len(data)
+    pos = 0
+    try:
+        while pos < size:
+            name_len = data[pos]
+            value_len = data[pos + 1]
+            if (name_len | value_len) & 0x80:
+                name_len, value_len, start = _long_lengths(data, pos)
+            else:
+                start = pos + 2
+            mid = start + name_len
+            pos = mid + value_len
+            # Slices past the end are cut short silently; the check after the loop finds them.
+            out[text[start:mid]] = text[mid:pos]
+    except IndexError:
+        raise RemoteProtocolError("name-value pair truncated in a length") from None
+    if pos > size:
+        raise RemoteProtocolError("name-value pair longer than the data holding it")
+    return out
+
+
+def _long_lengths(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Name length, value length and the offset past them, where either takes 4 bytes."""
+    lengths = []
+    for _ in range(2):
+        n = data[pos]
+        if n & 0x80:
+            if pos + 4 > len(data):
+                raise RemoteProtocolError("name-value pair truncated in a 4-byte length")
+            n = _unpack_long(data, pos)[0] & _MAX_LEN
+            pos += 4
+        else:
+            pos += 1
+        lengths.append(n)
+    return lengths[0], lengths[1], pos
 
 
 def _split_pairs(data: bytes, source: _S) -> list[tuple[_S, _S]]:

@@ -80,14 +80,31 @@ class RecordReader:
     __slots__ = ("_buf", "_pos")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        # A bytes object fed while nothing was pending is kept as it is (no copy): the
+        # usual request arrives whole in one read. Only a remainder that must be joined
+        # with later bytes moves into a bytearray.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._pos >= _COMPACT_AT or (self._pos and self._pos == len(self._buf)):
-            del self._buf[: self._pos]
+        buf = self._buf
+        pos = self._pos
+        if pos == len(buf):
+            if type(data) is bytes:
+                self._buf = data
+            else:
+                self._buf = bytearray(data)
             self._pos = 0
-        self._buf += data
+            return
+        if isinstance(buf, bytearray):
+            if pos >= _COMPACT_AT:
+                del buf[:pos]
+                self._pos = 0
+        else:
+            with memoryview(buf) as rest:
+                buf = self._buf = bytearray(rest[pos:])
+            self._pos = 0
+        buf += data
 
     def pending(self) -> int:
         """Bytes buffered and not yet returned as records."""
@@ -114,6 +131,8 @@ class RecordReader:
         self._pos = start + length + padding
         if not length:
             return rtype, request_id, b""
+        if type(buf) is bytes:
+            return rtype, request_id, buf[start : start + length]
         with memoryview(buf) as view:
             # One copy, straight out of the buffer.
             return rtype, request_id, view[start : start + length].tobytes()

@@ -8,6 +8,7 @@
   /grow?mb=N            keeps N MiB more memory for the rest of the worker's life
   /print?tag=T          writes lines with T to stdout and stderr (raw, not via logging)
   /ids                  the worker's pid, uid, gid and groups as JSON
+  /raise?tag=T          raises RuntimeError(T): the worker logs it and answers 500
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def application(environ: Environ, start_response: StartResponse) -> Iterable[byt
         print(f"stdout line {tag}", flush=True)
         print(f"stderr line {tag}", file=sys.stderr, flush=True)
         return _text(start_response, str(os.getpid()).encode())
+    if path == "/raise":
+        raise RuntimeError(query.get("tag", "tag"))
     if path == "/ids":
         data = {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
         return _text(start_response, json.dumps(data).encode())
