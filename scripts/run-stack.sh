@@ -64,6 +64,7 @@ trap on_signal INT TERM
 trap stop_all EXIT
 
 "$PY" -m fcgiserver --bind "unix:$SOCK" --workers "$WORKERS" --pidfile "$FCGI_PIDFILE" \
+    --status-path /fcgiserver-status --ping-path /fcgiserver-ping \
     handlers.upload:application &
 FCGI_PID=$!
 

@@ -24,6 +24,7 @@ from tests.support.frontends import (
     Front,
     connected_unix_sockets,
     find_binary,
+    get_from,
     lighttpd_overlay,
     running_lighttpd,
     wait_for,
@@ -67,7 +68,8 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("lighttpd-core")
-    with running_server("front_apps:application", workers=2) as server:
+    pages = ("--status-path", "/fcgiserver-status", "--ping-path", "/fcgiserver-ping")
+    with running_server("front_apps:application", workers=2, args=pages) as server:
         assert server.socket_path is not None
         conf = lighttpd_overlay(work, "prefix.conf", PREFIX_OVERLAY)
         with running_lighttpd(work, socket_path=server.socket_path, conf=conf) as front:
@@ -143,25 +145,25 @@ def test_large_folder_is_never_served_directly(site: Site) -> None:
         assert resp.status == 403, path
 
 
-def _get_from(source_ip: str, port: int, path: str) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.bind((source_ip, 0))
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-    return reply
-
-
 def test_fcgi_status_answers_localhost_only(site: Site) -> None:
-    local = _get_from("127.0.0.1", site.front.port, "/fcgi-status")
+    local = get_from("127.0.0.1", site.front.port, "/fcgi-status")
     assert local.startswith(b"HTTP/1.0 200"), local[:300]
     assert b"gw.backend.fcgiserver.0.connected" in local
     # Another loopback address stands in for a remote client.
-    remote = _get_from("127.0.0.2", site.front.port, "/fcgi-status")
+    remote = get_from("127.0.0.2", site.front.port, "/fcgi-status")
     assert remote.startswith(b"HTTP/1.0 403"), remote[:300]
+
+
+def test_fcgiserver_status_and_ping_answer_localhost_only(site: Site) -> None:
+    local = get_from("127.0.0.1", site.front.port, "/fcgiserver-status?full")
+    assert local.startswith(b"HTTP/1.0 200"), local[:300]
+    status = json.loads(local.split(b"\r\n\r\n", 1)[1])
+    assert len(status["workers"]) == 2
+    ping = get_from("127.0.0.1", site.front.port, "/fcgiserver-ping")
+    assert ping.startswith(b"HTTP/1.0 200") and ping.endswith(b"pong"), ping[:300]
+    for path in ("/fcgiserver-status", "/fcgiserver-status?format=prometheus", "/fcgiserver-ping"):
+        remote = get_from("127.0.0.2", site.front.port, path)
+        assert remote.startswith(b"HTTP/1.0 403"), remote[:300]
 
 
 class TestUploadServiceBehindLighttpd(UploadStackChecks):

@@ -22,6 +22,7 @@ from tests.support.frontends import (
     RENDER_CONF,
     Front,
     connected_unix_sockets,
+    get_from,
     running_nginx,
     wait_for,
 )
@@ -45,7 +46,8 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("nginx-core")
-    with running_server("front_apps:application", workers=2) as server:
+    pages = ("--status-path", "/fcgiserver-status", "--ping-path", "/fcgiserver-ping")
+    with running_server("front_apps:application", workers=2, args=pages) as server:
         assert server.socket_path is not None
         with running_nginx(work, socket_path=server.socket_path, keepalive=1) as front:
             yield Site(front, server)
@@ -108,6 +110,18 @@ def test_kept_connection_is_released_when_nginx_stops(tmp_path_factory: pytest.T
         # free again: the socket closes and a direct request is answered.
         assert wait_for(lambda: not connected_unix_sockets(path)), server.log_text()
         assert fcgi_request(server.address, "GET", "/env", timeout=30).status == 200
+
+
+def test_fcgiserver_status_and_ping_answer_localhost_only(site: Site) -> None:
+    local = get_from("127.0.0.1", site.front.port, "/fcgiserver-status?full")
+    assert local.startswith(b"HTTP/1.1 200"), local[:300]
+    status = json.loads(local.split(b"\r\n\r\n", 1)[1])
+    assert len(status["workers"]) == 2
+    ping = get_from("127.0.0.1", site.front.port, "/fcgiserver-ping")
+    assert ping.startswith(b"HTTP/1.1 200") and ping.endswith(b"pong"), ping[:300]
+    for path in ("/fcgiserver-status", "/fcgiserver-status?format=prometheus", "/fcgiserver-ping"):
+        remote = get_from("127.0.0.2", site.front.port, path)
+        assert remote.startswith(b"HTTP/1.1 403"), remote[:300]
 
 
 class TestUploadServiceBehindNginx(UploadStackChecks):

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 
 from handlers.storage import check_consistency
 from tests.support import corpus
 from tests.support.stack import running_stack
-
-from selenium import webdriver
 
 # The Makefile installs chromium and chromedriver; a missing browser is a failure, not a skip.
 pytestmark = [pytest.mark.timeout(180)]

@@ -365,3 +365,16 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0, interval: flo
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def get_from(source_ip: str, port: int, path: str) -> bytes:
+    """A raw HTTP/1.0 GET sent from `source_ip`: another loopback address stands in for a remote client."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.bind((source_ip, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
