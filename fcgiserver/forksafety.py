@@ -33,6 +33,7 @@ __all__ = [
     "FINGERPRINT_SIZE",
     "Seedable",
     "live_threads",
+    "prepare_fork",
     "register",
     "registered",
     "reseed_after_fork",
@@ -187,9 +188,52 @@ def _find_generators() -> _Found:
     return found
 
 
+def _add_known_globals(found: _Found) -> None:
+    """Generators every process has at a known place, in case a scan came too early for them."""
+    npr = _numpy_random()
+    if npr is None:
+        return
+    rand = getattr(getattr(npr, "mtrand", None), "_rand", None)
+    if isinstance(rand, npr.RandomState):
+        found.add(found.random_states, rand)
+        found.add(found.bit_generators, rand._bit_generator)
+
+
 # The scan made by reseed_after_fork(), kept for the rng_fingerprint() call that follows it
 # in the worker so that a large heap is walked once per worker start, not twice.
 _handoff: tuple[int, _Found] | None = None
+
+# The scan prepare_fork() made in the parent, by the parent's pid: its children use it.
+_prepared: tuple[int, _Found] | None = None
+
+
+def prepare_fork() -> None:
+    """Find the generators now, in the parent, right before each ``os.fork()``.
+
+    The child then reseeds the generators found here instead of walking its own heap.
+    A walk reads every object and so writes every object's reference count: done in each
+    worker, it copies nearly every page the worker shares with its parent (copy-on-write),
+    doubling its private memory. Done here, the pages are touched before the fork and stay
+    shared. A child whose parent did not call this (or called it in a different process)
+    scans its own heap as before.
+    """
+    global _prepared
+    _prepared = None  # let the old lists go before the new scan
+    _prepared = (os.getpid(), _find_generators())
+
+
+def _take_prepared() -> _Found | None:
+    """The parent's scan when this process was forked from the process that made it."""
+    global _prepared
+    prepared, _prepared = _prepared, None
+    if prepared is None or prepared[0] == os.getpid() or prepared[0] != os.getppid():
+        # Not a child of the scanning process (or the scan is this process's own, for a
+        # later fork): only a scan of this heap is right.
+        _prepared = prepared if prepared is not None and prepared[0] == os.getpid() else None
+        return None
+    found = prepared[1]
+    _add_known_globals(found)
+    return found
 
 
 # ---- reseeding -------------------------------------------------------------------------------
@@ -203,9 +247,13 @@ def reseed_after_fork(reseed: bool = True) -> None:
     """
     global _handoff
     _handoff = None
+    prepared = _take_prepared()
     if not reseed:
+        if prepared is not None:
+            # Nothing is reseeded; the parent's scan still spares rng_fingerprint() a walk.
+            _handoff = (os.getpid(), prepared)
         return
-    found = _find_generators()
+    found = prepared if prepared is not None else _find_generators()
     _handoff = (os.getpid(), found)
     for rng in found.randoms:
         _reseed_random(rng)

@@ -543,6 +543,7 @@ class Supervisor:
         force_reseed = self._reseed_replacements > 0
         output_r, output_w = worker_pipe()
         flush_logs()
+        forksafety.prepare_fork()  # the heap walk here, so workers keep their pages shared
         pid = os.fork()
         if pid == 0:
             # Imported here: the child module pulls in the worker stack the parent never runs.

@@ -383,3 +383,110 @@ def test_live_threads_names_a_running_thread() -> None:
 
 def test_live_threads_leaves_out_the_main_thread() -> None:
     assert threading.main_thread().name not in forksafety.live_threads()
+
+
+# ---- the scan made in the parent before fork ---------------------------------------------------
+
+def _no_heap_walk() -> None:
+    """In a child: make any walk of the heap fail the test (it would un-share every page)."""
+    def forbidden(*args: object, **kwargs: object) -> list[object]:
+        raise AssertionError("the child walked its heap")
+
+    gc.get_objects = forbidden
+
+
+@pytest.mark.parametrize("kind", list(DRAWS))
+def test_child_of_a_prepared_parent_reseeds_every_kind_without_walking_its_heap(kind: str) -> None:
+    draw = DRAWS[kind]
+
+    def child() -> Any:
+        _no_heap_walk()
+        forksafety.reseed_after_fork(True)
+        return draw()
+
+    forksafety.prepare_fork()
+    in_child = run_in_child(child)
+    assert in_child != draw()
+
+
+def test_prepared_children_have_fingerprints_of_their_own_without_walking() -> None:
+    def child() -> str:
+        _no_heap_walk()
+        forksafety.reseed_after_fork(True)
+        return forksafety.rng_fingerprint().hex()
+
+    forksafety.prepare_fork()
+    first = run_in_child(child)
+    forksafety.prepare_fork()
+    second = run_in_child(child)
+    assert len({first, second, forksafety.rng_fingerprint().hex()}) == 3
+
+
+def test_prepared_child_without_reseed_keeps_the_parent_fingerprint_without_walking() -> None:
+    def child() -> str:
+        _no_heap_walk()
+        forksafety.reseed_after_fork(False)
+        return forksafety.rng_fingerprint().hex()
+
+    forksafety.prepare_fork()
+    assert run_in_child(child) == forksafety.rng_fingerprint().hex()
+
+
+def test_prepare_finds_generators_of_a_frozen_heap_and_keeps_it_frozen() -> None:
+    def make() -> Callable[[], float]:
+        hidden = random.Random()
+        return lambda: hidden.random()
+
+    draw = make()
+    gc.freeze()
+    try:
+        forksafety.prepare_fork()
+        assert gc.get_freeze_count() > 0
+
+        def child() -> float:
+            _no_heap_walk()
+            forksafety.reseed_after_fork(True)
+            return draw()
+
+        assert run_in_child(child) != draw()
+    finally:
+        gc.unfreeze()
+
+
+def test_a_process_not_forked_by_the_preparing_one_scans_for_itself() -> None:
+    # The scan belongs to the children of the process that made it: a grandchild (forked
+    # later, perhaps after new generators appeared) must look at its own heap.
+    def grandchild() -> list[Any]:
+        walks = []
+        real = gc.get_objects
+
+        def counting(*args: Any) -> list[object]:
+            walks.append(1)
+            return real(*args)
+
+        gc.get_objects = counting
+        late = random.Random(7)  # made after the scan: only a fresh walk finds it
+        forksafety.reseed_after_fork(True)
+        return [len(walks), late.random() != random.Random(7).random()]
+
+    def child() -> Any:
+        return run_in_child(grandchild)
+
+    forksafety.prepare_fork()
+    walks, reseeded = run_in_child(child)
+    assert walks >= 1 and reseeded
+
+
+def test_a_generator_made_between_two_prepares_is_reseeded_in_the_next_child() -> None:
+    # The scan is taken right before each fork, so what appeared since the previous one
+    # (a generator made while serving, a hook's) is found.
+    forksafety.prepare_fork()
+    late = random.Random(7)
+
+    def child() -> float:
+        _no_heap_walk()
+        forksafety.reseed_after_fork(True)
+        return late.random()
+
+    forksafety.prepare_fork()
+    assert run_in_child(child) != random.Random(7).random()

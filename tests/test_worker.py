@@ -31,6 +31,7 @@ from fcgiserver.protocol import (
     RecordReader,
     RecordType,
     Role,
+    decode_params,
     encode_params,
     encode_record,
     encode_stream,
@@ -94,8 +95,8 @@ class RunningWorker:
 
 
 @contextlib.contextmanager
-def running_worker(app: Callable[..., Any] = wsgi_apps.application,
-                   **options: Any) -> Iterator[RunningWorker]:
+def running_worker(app: Callable[..., Any] = wsgi_apps.application, *,
+                   config_type: type[Config] = Config, **options: Any) -> Iterator[RunningWorker]:
     """Forks a child that runs Worker(app, ...).run() on a fresh unix socket."""
     directory = short_dir()
     path = os.path.join(directory, "w.sock")
@@ -103,7 +104,7 @@ def running_worker(app: Callable[..., Any] = wsgi_apps.application,
     listener.bind(path)
     listener.listen(64)
     scoreboard = Scoreboard(1)
-    config = Config(**options)
+    config = config_type(**options)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 99
@@ -580,3 +581,64 @@ def test_write_and_file_wrapper_responses_through_the_worker(worker: RunningWork
     with Peer(worker.path) as peer:
         assert peer.request("/write", keep=True).body == b"written directly, then returned\n"
         assert peer.request("/file", f"path={tmp_path / 'f.bin'}", keep=True).body == data
+
+
+# -- kept connections and the pool -------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeepaliveConfig(Config):
+    """Config with the idle keep-alive limit the worker looks for."""
+
+    keepalive_timeout: float = 60.0
+
+
+def test_idle_kept_connection_yields_to_a_new_connection_no_free_worker_takes() -> None:
+    # One worker, two fronts' connections: the first keeps its connection open after its
+    # request. Without the hand-over the second would wait for the 60 s idle limit.
+    with running_worker(config_type=KeepaliveConfig, read_timeout=60.0) as w:
+        with Peer(w.path) as kept, Peer(w.path) as newcomer:
+            assert kept.request("/hello", keep=True).status == 200
+            assert newcomer.request("/hello", keep=True).status == 200  # within WAIT s, not 60
+            # The idle one was closed between requests, as FastCGI allows; the newcomer's
+            # connection is kept for its next request.
+            assert kept.closed_by_server()
+            assert newcomer.request("/hello", keep=True, rid=2).status == 200
+        with Peer(w.path) as again:
+            assert again.request("/hello").status == 200
+
+
+def test_a_request_on_the_kept_connection_is_served_before_a_waiting_newcomer() -> None:
+    with (running_worker(config_type=KeepaliveConfig, read_timeout=60.0) as w,
+          Peer(w.path) as kept, Peer(w.path) as newcomer):
+        assert kept.request("/hello", keep=True).status == 200
+        # Both arrive while the worker is idle on `kept`: its own request wins, the
+        # newcomer is answered once the kept connection yields.
+        kept.send(Peer.request_bytes(cgi_params("/hello"), rid=2, keep=True))
+        newcomer.send(Peer.request_bytes(cgi_params("/hello"), keep=True))
+        assert kept.reply(rid=2).status == 200
+        assert newcomer.reply().status == 200
+
+
+def test_idle_kept_connection_is_closed_after_the_keepalive_timeout() -> None:
+    with running_worker(config_type=KeepaliveConfig, keepalive_timeout=0.3, read_timeout=60.0) as w:
+        with Peer(w.path) as kept:
+            assert kept.request("/hello", keep=True).status == 200
+            assert kept.closed_by_server()  # well before the 60 s read timeout (WAIT s socket timeout)
+        assert w.wait_state(SlotState.IDLE)
+
+
+def test_keepalive_timeout_does_not_cut_a_connection_before_its_first_request() -> None:
+    with (running_worker(config_type=KeepaliveConfig, keepalive_timeout=0.2, read_timeout=60.0) as w,
+          Peer(w.path) as peer):
+        time.sleep(0.6)  # longer than the idle limit, which applies only between requests
+        assert peer.request("/hello").status == 200
+
+
+def test_get_values_reports_one_connection_per_worker() -> None:
+    with running_worker(workers=3) as w, Peer(w.path) as peer:
+        names = encode_params([(b"FCGI_MAX_CONNS", b""), (b"FCGI_MAX_REQS", b""), (b"FCGI_MPXS_CONNS", b"")])
+        peer.send(encode_record(RecordType.GET_VALUES, 0, names))
+        rec = peer.record()
+        assert rec is not None and rec.type == RecordType.GET_VALUES_RESULT
+        assert dict(decode_params(rec.content)) == {
+            b"FCGI_MAX_CONNS": b"3", b"FCGI_MAX_REQS": b"3", b"FCGI_MPXS_CONNS": b"0"}

@@ -193,3 +193,16 @@ def fastcgi_load(address: str, path: str = "/", threads: int = 3,
                  timeout: float = 30.0) -> Iterator[ThreadLoad]:
     with thread_load(fastcgi_get(address, path, timeout), threads) as load:
         yield load
+
+
+def soak_only(config: object) -> None:
+    """Skips a soak test unless the run selected soak tests (`make soak`: pytest -m soak).
+
+    A plain `pytest` selects every test, the soak ones too; they take minutes.
+    """
+    import pytest
+
+    assert isinstance(config, pytest.Config)
+    markexpr = str(config.getoption("markexpr") or "")
+    if "soak" not in markexpr or "not soak" in markexpr:
+        pytest.skip("a soak test: run it with `make soak` (pytest -m soak)")
