@@ -77,8 +77,10 @@ def test_stopping_lighttpd_stops_fcgiserver_and_its_workers(tmp_path: Path) -> N
         with running_lighttpd(tmp_path, socket_path=str(sock_dir / "app.sock"), conf=LIGHTTPD_BINPATH_CONF,
                               upload_root=make_media_root(tmp_path / "media"), env=env) as front:
             assert http_request(front.base_url, "GET", "/env").status == 200, front.logs()
-            backend = psutil.Process(front.proc.pid).children(recursive=True)
-            assert len(backend) == 3, backend  # the supervisor and its two workers
+            lighttpd = psutil.Process(front.proc.pid)
+            # The supervisor and its two workers (the second may still be starting).
+            assert wait_for(lambda: len(lighttpd.children(recursive=True)) == 3, timeout=15)
+            backend = lighttpd.children(recursive=True)
         # lighttpd is gone (the fixture waited for it); its backend must follow.
 
         def all_gone() -> bool:

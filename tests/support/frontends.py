@@ -14,11 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from tests.support.server import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -356,17 +358,6 @@ def connected_unix_sockets(path: str) -> set[int]:
     return inodes
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> bool:
-    """Polls `condition` until it holds (True) or `timeout` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-
-
 def get_from(source_ip: str, port: int, path: str) -> bytes:
     """A raw HTTP/1.0 GET sent from `source_ip`: another loopback address stands in for a remote client."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -378,3 +369,7 @@ def get_from(source_ip: str, port: int, path: str) -> bytes:
         while chunk := s.recv(65536):
             reply += chunk
     return reply
+
+
+# One polling helper for all fixtures; kept under this name for the tests that import it here.
+wait_for = wait_until
