@@ -55,8 +55,9 @@ _HEADER = struct.Struct(f"<4xidQQ{len(RESTART_CAUSES)}Q")
 assert _SEQ.size + _HEADER.size <= HEADER_SIZE
 
 # A reader spins this often, then sleeps a moment between tries to let a writer finish;
-# after _READ_TRIES it returns what it has: a status page must never hang on a worker
-# that died in the middle of a write.
+# after _READ_TRIES it gives up: a status page must never hang on a worker that died (or
+# was stopped) in the middle of a write. It then answers with the last consistent copy it
+# saw, stale but never torn (pack_into zero-fills before writing, so a torn copy is garbage).
 _READ_SPINS = 64
 _READ_TRIES = 1000
 _READ_PAUSE = 0.0002
@@ -182,7 +183,9 @@ class Slot:
 
     def read(self) -> SlotInfo:
         buf, off = self._buf, self._offset
-        raw = _stable_copy(buf, off, off + _SEQ.size, off + SLOT_SIZE)
+        board = self._board
+        raw = _stable_copy(buf, off, off + _SEQ.size, off + SLOT_SIZE,
+                           None if board is None else board._last_good)
         (pid, generation, state, requests, accepted, busy_since, last_change, fp, method, uri_len,
          uri) = _DATA.unpack(raw)
         return SlotInfo(
@@ -225,18 +228,26 @@ class Slot:
 _STATES = frozenset(int(s) for s in SlotState)
 
 
-def _stable_copy(buf: mmap.mmap, seq_at: int, start: int, end: int) -> bytes:
-    """buf[start:end], copied while the sequence counter at `seq_at` stayed even and unchanged."""
+def _stable_copy(buf: mmap.mmap, seq_at: int, start: int, end: int,
+                 last_good: dict[int, bytes] | None = None) -> bytes:
+    """buf[start:end], copied while the sequence counter at `seq_at` stayed even and unchanged.
+
+    When no try succeeds, the last consistent copy remembered in `last_good` (or zeros: an
+    empty slot) stands in for it.
+    """
     unpack_seq = _SEQ.unpack_from
-    raw = b""
     for attempt in range(_READ_TRIES):
         before = unpack_seq(buf, seq_at)[0]
         raw = buf[start:end]
         if before & 1 == 0 and unpack_seq(buf, seq_at)[0] == before:
-            break
+            if last_good is not None:
+                last_good[seq_at] = raw
+            return raw
         if attempt >= _READ_SPINS:
             time.sleep(_READ_PAUSE)
-    return raw
+    if last_good is not None and seq_at in last_good:
+        return last_good[seq_at]
+    return bytes(end - start)
 
 
 class _MutableHeader:
@@ -279,6 +290,8 @@ class Scoreboard:
         self._slots = slots
         # mmap(-1, n) is MAP_SHARED | MAP_ANONYMOUS: children inherit the same pages.
         self._buf = mmap.mmap(-1, HEADER_SIZE + slots * SLOT_SIZE)
+        # Reader side: the last consistent copy of each slot and of the header, by offset.
+        self._last_good: dict[int, bytes] = {}
         self._header_seq = 0
         # The supervisor's pool counters (poolstats.py), for a status page in a worker; the
         # supervisor sets it right after making both.
@@ -313,7 +326,7 @@ class Scoreboard:
             header.restarts[index] += 1
 
     def totals(self) -> BoardTotals:
-        raw = _stable_copy(self._buf, 0, _SEQ.size, _SEQ.size + _HEADER.size)
+        raw = _stable_copy(self._buf, 0, _SEQ.size, _SEQ.size + _HEADER.size, self._last_good)
         return _totals(_HEADER.unpack(raw))
 
     def read_all(self) -> tuple[BoardTotals, list[SlotInfo]]:

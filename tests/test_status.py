@@ -352,7 +352,9 @@ def test_killing_a_worker_counts_a_crash_restart_and_keeps_its_requests_in_the_t
         # Nothing the killed worker served is lost: 6 + the status requests done since.
         assert totals["requests"] >= 7
         requests_after = status(server)["totals"]["requests"]
-        assert requests_after == totals["requests"] + 1
+        # One status request since; the one before may count only now (a worker counts a
+        # request just after its reply has gone out).
+        assert totals["requests"] + 1 <= requests_after <= totals["requests"] + 2
         assert {k: v for k, v in totals["restarts"].items() if v} == {"crash": 1}
         assert totals["spawned"] == 3
 
