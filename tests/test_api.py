@@ -116,7 +116,8 @@ def test_a_flup_script_runs_unchanged_on_a_unix_socket(server_module: str) -> No
             assert data["extra"] == "yes"
             assert data["path"] == "/x"
             if server_module == "fcgiserver":
-                assert len(psutil.Process(proc.pid).children()) == 2
+                # Two workers (the second may still be starting when the first answers).
+                assert wait_until(lambda: len(psutil.Process(proc.pid).children()) == 2)
                 # umask 077 applied to the socket file created by bind.
                 assert os.stat(sock).st_mode & 0o077 == 0
                 code, out = _stop(proc)
