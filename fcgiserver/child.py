@@ -15,6 +15,7 @@ from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
 from fcgiserver.logs import flush_logs, tag_worker_records, use_worker_output
 from fcgiserver.scoreboard import Slot
+from fcgiserver.signals import HANDLED
 from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, Worker
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ class _Worker(Worker):
         # its C-level handler, so the stack shows where the request is now, and the request
         # goes on undisturbed.
         faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+        # The supervisor forked with its signals blocked; now the worker's handlers are in
+        # place, what came meanwhile (a TERM during start-up) is delivered to them.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
 
 def run_child(server: Supervisor, info: WorkerInfo, slot: Slot, *, force_reseed: bool = False,

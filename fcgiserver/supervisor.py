@@ -544,7 +544,13 @@ class Supervisor:
         output_r, output_w = worker_pipe()
         flush_logs()
         forksafety.prepare_fork()  # the heap walk here, so workers keep their pages shared
+        # Until the worker has its own handlers, a signal sent to it must wait (blocked), not
+        # run the supervisor's handler in the child, where it would be lost: a TERM that came
+        # while the worker started would leave it serving through a graceful stop.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:
             # Imported here: the child module pulls in the worker stack the parent never runs.
             from fcgiserver.child import run_child
