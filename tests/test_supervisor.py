@@ -45,6 +45,40 @@ def test_term_while_idle_exits_within_one_second() -> None:
         assert not os.path.exists(server.socket_path or "")
 
 
+def test_term_that_races_worker_start_up_still_stops_the_server_promptly() -> None:
+    """TERM as soon as the first worker answers, while the second may still be starting."""
+    directory = short_tempdir()
+    sock = os.path.join(directory, "s.sock")
+    try:
+        # Through the Python API: the app is in memory, so workers are up fastest and the
+        # TERM lands while the second one is still being set up.
+        script = os.path.join(directory, "serve.py")
+        with open(script, "w") as f:
+            f.write("import fcgiserver, supervisor_apps\n"
+                    f"fcgiserver.serve(supervisor_apps.application, bind='unix:{sock}', workers=2)\n")
+        for _ in range(12):
+            proc = subprocess.Popen([sys.executable, "-bb", script], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+
+                def answered() -> bool:
+                    try:
+                        return fcgi_request(f"unix:{sock}", timeout=5).status == 200
+                    except OSError:
+                        return False
+
+                assert wait_until(answered, 20)
+                proc.send_signal(signal.SIGTERM)
+                # The graceful timeout is 30 s: a worker that missed the TERM would hold it that long.
+                assert proc.wait(timeout=5) == 0
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_term_during_a_slow_request_lets_it_finish(tmp_path: Path) -> None:
     mark = tmp_path / "started"
     with running_server(APP, workers=1) as server:
