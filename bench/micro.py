@@ -1,6 +1,6 @@
 """In-process microbenchmark of one request's path through a worker.
 
-`python -m bench.micro` (or `python -m bench --micro`) captures one real request from lighttpd
+`python -m bench.micro` captures one real request from lighttpd
 (a GET /hello as lighttpd 1.4 frames it: BEGIN_REQUEST, its 24 or so params, empty STDIN), then
 times each stage of answering it inside this process, with the hello app:
 

@@ -165,15 +165,18 @@ def _generator_kinds() -> dict[type, str]:
     return kinds
 
 
-def _find_generators() -> _Found:
+def _find_generators(objects: list[object] | None = None, found: _Found | None = None) -> _Found:
+    """The generators among `objects` (default: the whole heap), added to `found`."""
     kinds = _generator_kinds()
-    objects = _tracked_objects()
+    if objects is None:
+        objects = _tracked_objects()
     try:
         hits: list[Any] = [obj for obj in objects if type(obj) in kinds]
     finally:
         # Drop the only list that references every object in the heap.
         del objects
-    found = _Found()
+    if found is None:
+        found = _Found()
     for obj in hits:
         kind = kinds[type(obj)]
         if kind == "random":
@@ -205,21 +208,40 @@ _handoff: tuple[int, _Found] | None = None
 
 # The scan prepare_fork() made in the parent, by the parent's pid: its children use it.
 _prepared: tuple[int, _Found] | None = None
+# What the parent's scans found so far: (pid, generators, gc.get_freeze_count() after the
+# freeze that followed the last scan). Everything frozen then has been looked at; objects
+# unfrozen since are visible to gc.get_objects() again, so the next walk covers them.
+_parent_scan: tuple[int, _Found, int] | None = None
 
 
 def prepare_fork() -> None:
     """Find the generators now, in the parent, right before each ``os.fork()``.
 
     The child then reseeds the generators found here instead of walking its own heap.
-    A walk reads every object and so writes every object's reference count: done in each
-    worker, it copies nearly every page the worker shares with its parent (copy-on-write),
-    doubling its private memory. Done here, the pages are touched before the fork and stay
-    shared. A child whose parent did not call this (or called it in a different process)
-    scans its own heap as before.
+    A walk reads every object and so writes every object's reference count: done in a
+    worker, it un-shares nearly every page the worker shares with its parent
+    (copy-on-write). Done here it happens before the fork.
+
+    The parent must not walk its whole heap again for the next fork either: its writes
+    would leave each earlier worker the only owner of the old pages. So the heap is frozen
+    (``gc.freeze()``) after each scan, and the next call walks only the objects made since
+    (``gc.get_objects()`` leaves frozen ones out). Freezing also keeps the workers' own
+    garbage collections off those pages, as the gc module recommends before fork. An
+    application that unfreezes or freezes the heap itself meanwhile gets a full walk.
+    A child whose parent did not call this scans its own heap as before.
     """
-    global _prepared
-    _prepared = None  # let the old lists go before the new scan
-    _prepared = (os.getpid(), _find_generators())
+    global _prepared, _parent_scan
+    pid = os.getpid()
+    earlier = _parent_scan
+    _prepared = None
+    # Frozen objects that die leave the count; only a freeze by someone else can raise it.
+    if earlier is not None and earlier[0] == pid and gc.get_freeze_count() <= earlier[2]:
+        found = _find_generators(gc.get_objects(), earlier[1])
+    else:
+        found = _find_generators()
+    gc.freeze()
+    _parent_scan = (pid, found, gc.get_freeze_count())
+    _prepared = (pid, found)
 
 
 def _take_prepared() -> _Found | None:

@@ -25,7 +25,7 @@ import pytest
 from fcgiserver.client import ClientError, FastCGIClient
 from fcgiserver.protocol import RecordType, encode_params, encode_record
 from tests.support.frontends import running_lighttpd
-from tests.support.load import fastcgi_load, wrk_binary, wrk_load
+from tests.support.load import fastcgi_load, fd_targets, idle_fds, wrk_binary, wrk_load
 from tests.support.server import ServerProcess, running_server, short_tempdir, wait_until
 
 APP = "reliability_apps:application"
@@ -38,10 +38,6 @@ def ok(server: ServerProcess, path: str = "/", timeout: float = 30.0) -> bytes:
     response = FastCGIClient(server.address, timeout=timeout).request("GET", path)
     assert response.status == 200, (response, server.log_text()[-3000:])
     return response.body
-
-
-def open_fds(pid: int) -> int:
-    return psutil.Process(pid).num_fds()
 
 
 def kill_random_workers(server: ServerProcess, seconds: float, every: float, rng: random.Random) -> int:
@@ -226,7 +222,7 @@ def test_stalled_clients_are_dropped_at_the_read_timeout_and_cannot_block_the_po
     # Two stalls per worker of every kind: 12 stalled connections against 2 workers.
     with running_server(APP, workers=2, args=["--read-timeout", "1", "--timeout", "20"]) as server:
         assert server.socket_path is not None
-        fds_before = {pid: open_fds(pid) for pid in server.worker_pids()}
+        fds_before = idle_fds(server.worker_pids())
         stalled = [_stalled_connection(server.socket_path, data)
                    for data in STALLS.values() for _ in range(2)]
         try:
@@ -240,7 +236,7 @@ def test_stalled_clients_are_dropped_at_the_read_timeout_and_cannot_block_the_po
         log = server.log_text()
         assert log.count("closing connection: the peer sent nothing") >= 6, log
         # No worker was lost or replaced over it, and none keeps a descriptor of a stall.
-        assert wait_until(lambda: {pid: open_fds(pid) for pid in server.worker_pids()} == fds_before, 10)
+        assert wait_until(lambda: idle_fds(server.worker_pids(), samples=3) == fds_before, 10)
         assert ok(server).startswith(b"ok ")
 
 
@@ -390,7 +386,7 @@ def test_clients_that_disconnect_mid_response_cost_nothing(tmp_path: Path) -> No
     with running_server(APP, workers=2, args=["--read-timeout", "5"]) as server:
         assert server.socket_path is not None
         pids = server.worker_pids()
-        fds_before = {pid: open_fds(pid) for pid in pids}
+        fds_before = idle_fds(pids)
         # Straight to the socket: gone after 0 bytes, after the head, or somewhere in a 6 MB body,
         # closing cleanly or with a reset.
         for i in range(30):
@@ -417,7 +413,31 @@ def test_clients_that_disconnect_mid_response_cost_nothing(tmp_path: Path) -> No
 
             assert http_request(front.base_url, "GET", "/").status == 200
         assert server.worker_pids() == pids, "a worker died of a client that went away"
-        assert wait_until(lambda: {pid: open_fds(pid) for pid in pids} == fds_before, 30), (
-            {pid: open_fds(pid) for pid in pids}, fds_before)
+        assert wait_until(lambda: idle_fds(pids, samples=3) == fds_before, 30), (
+            {pid: fd_targets(pid) for pid in pids}, fds_before, server.log_text()[-3000:])
         assert "unexpected error" not in server.log_text()
         assert ok(server).startswith(b"ok ")
+
+
+# -- a worker killed inside the storage's critical steps --------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a delete killed after its tombstone is made leaves the "
+                                       "record and files, and sweep_stale does not finish it")
+def test_a_delete_killed_after_its_tombstone_is_finished_by_the_sweep(tmp_path: Path) -> None:
+    from handlers.storage import check_consistency, sweep_stale
+    from tests.support.stack import http_request, multipart, running_stack
+
+    with running_stack(tmp_path, env={"UPLOAD_SECRET": "s" * 32}) as stack:
+        body, ctype = multipart("a.png", "image/png", noise_png(5000, seed=9))
+        reply = http_request(stack.base_url, "POST", "/upload", body=body,
+                             headers={"Content-Type": ctype, "Accept": "application/json"})
+        assert reply.status == 201
+        pid = json.loads(reply.body)["files"][0]["id"]
+        # Storage.remove() makes .gone/<id> first (O_EXCL: the delete happens once), then
+        # unlinks the files: a SIGKILL between the two leaves exactly this on disk.
+        (stack.media_root / ".gone" / pid).touch()
+        assert http_request(stack.base_url, "GET", f"/{pid}").status == 404
+        root = stack.media_root
+    sweep_stale(root, max_age=0)
+    assert check_consistency(root, deep=True) == []

@@ -32,10 +32,10 @@ from hypothesis import strategies as st
 
 from fcgiserver.client import FastCGIClient
 from fcgiserver.protocol import (
-    NEED_DATA,
     ConnectionClosed,
     ConnState,
     Event,
+    NeedData,
     RecordReader,
     RecordType,
     RemoteProtocolError,
@@ -47,8 +47,8 @@ from fcgiserver.protocol import (
     encode_params,
     encode_record,
 )
-from tests.support.load import soak_only
-from tests.support.server import ServerProcess, running_server
+from tests.support.load import fd_targets, idle_fds, soak_only
+from tests.support.server import ServerProcess, running_server, wait_until
 
 APP = "reliability_apps:application"
 RT = RecordType
@@ -128,7 +128,7 @@ def parse_like_a_worker(chunks: list[bytes]) -> tuple[list[Event], bytes]:
         conn.receive_data(chunk)
         while True:
             event = conn.next_event()
-            if event is NEED_DATA:
+            if isinstance(event, NeedData):
                 break
             events.append(event)
             if isinstance(event, ConnectionClosed):
@@ -349,6 +349,7 @@ def fuzz_live_server(seconds: float, seed: str) -> Tally:
         supervisor = psutil.Process(server.pid)
         supervisor_fds = supervisor.num_fds()
         baseline: dict[int, tuple[int, int]] = {}
+        baseline_fds: dict[int, int] = {}
         deadline = time.monotonic() + seconds
         warmup = 150
         while time.monotonic() < deadline or tally.cases < warmup + 10:
@@ -375,6 +376,7 @@ def fuzz_live_server(seconds: float, seed: str) -> Tally:
                 tally.good_requests += 1
             if tally.cases == warmup:
                 baseline = sample(server)
+                baseline_fds = idle_fds(pids)
         served(server)
         tally.good_requests += 1
         log = server.log_text()
@@ -383,12 +385,14 @@ def fuzz_live_server(seconds: float, seed: str) -> Tally:
         print(f"workers (fds, rss) after warm-up {baseline}, at the end {after}")
         assert server.worker_pids() == pids, f"a worker died under the fuzzer\n{log[-5000:]}"
         assert "unexpected error" not in log and "Traceback" not in log, log[-5000:]
-        for pid, (fds, rss) in after.items():
-            assert fds == baseline[pid][0], f"worker {pid} holds {fds - baseline[pid][0]} more descriptors"
+        assert wait_until(lambda: idle_fds(pids, samples=3) == baseline_fds, 10), (
+            f"workers hold more descriptors than after the warm-up ({baseline_fds}): "
+            f"{ {pid: fd_targets(pid) for pid in pids} }")
+        for pid, (_fds, rss) in after.items():
             # Python keeps freed memory in its arenas; growth past this would be a leak per case.
             grown = rss - baseline[pid][1]
             assert grown < 24 * 1024 * 1024, f"worker {pid} grew by {grown} bytes"
-        assert supervisor.num_fds() == supervisor_fds
+        assert wait_until(lambda: supervisor.num_fds() == supervisor_fds, 10)
     return tally
 
 

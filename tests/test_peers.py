@@ -315,3 +315,33 @@ def test_lighttpd_root_mount_without_fix_root_scriptname_gets_the_path_in_path_i
         finally:
             front.terminate()
             front.wait(WAIT)
+
+
+def test_nginx_keeping_more_connections_than_workers_gets_every_request_answered(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # nginx keeps up to 8 idle connections to a server with one worker. Each kept connection
+    # pins the worker until it is closed, so the worker must give an idle one up when
+    # another connection waits, or that one waits for the idle limit (5 s) each time.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.frontends import find_binary, running_nginx
+    from tests.support.server import running_server
+    from tests.support.stack import http_request
+
+    try:
+        find_binary("nginx")
+    except Exception:
+        pytest.skip("nginx is not installed")
+    work = tmp_path_factory.mktemp("nginx-fair")
+    with running_server("front_apps:application", workers=1) as server:
+        assert server.socket_path is not None
+        with running_nginx(work, socket_path=server.socket_path, keepalive=8) as front:
+            assert http_request(front.base_url, "GET", "/env").status == 200
+            for _round in range(2):
+                started = time.monotonic()
+                with ThreadPoolExecutor(6) as pool:
+                    replies = list(pool.map(lambda _: http_request(front.base_url, "GET", "/env"), range(6)))
+                elapsed = time.monotonic() - started
+                assert [r.status for r in replies] == [200] * 6, front.logs()
+                # Six requests behind five idle waits would take 25 s or more.
+                assert elapsed < 5.0, (elapsed, server.log_text())

@@ -195,6 +195,35 @@ def fastcgi_load(address: str, path: str = "/", threads: int = 3,
         yield load
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What a process's descriptors point at, for a message that names a leak."""
+    out = []
+    with contextlib.suppress(OSError):
+        for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+            with contextlib.suppress(OSError):
+                out.append(f"{fd}->{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+    return out
+
+
+def idle_fds(pids: list[int], samples: int = 10, interval: float = 0.05) -> dict[int, int]:
+    """Each process's descriptor count at rest: the least seen over a short while.
+
+    A worker holds one more descriptor while it serves a connection (a readiness probe, the
+    tail of the last request), so a single look can catch it mid-request.
+    """
+    import psutil
+
+    seen: dict[int, int] = {}
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                n = psutil.Process(pid).num_fds()
+                seen[pid] = min(n, seen.get(pid, n))
+    return seen
+
+
 def soak_only(config: object) -> None:
     """Skips a soak test unless the run selected soak tests (`make soak`: pytest -m soak).
 
