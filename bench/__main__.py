@@ -13,6 +13,7 @@ from typing import Any
 
 from bench import backends as backend_defs
 from bench.hello import HelloSettings, run_hello
+from bench.micro import micro_table, run_micro
 from bench.procs import short_tempdir
 from bench.reload import ReloadSettings, run_reload
 from bench.report import environment, hello_table, reload_table, upload_table, write_json
@@ -21,7 +22,7 @@ from bench.upload import UploadSettings, run_upload
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", choices=("hello", "upload", "reload"), action="append",
+    p.add_argument("--only", choices=("micro", "hello", "upload", "reload"), action="append",
                    help="run only these benchmarks (repeatable); default all")
     p.add_argument("--backends", default="fcgiserver,uwsgi,flup",
                    help="comma-separated backends for the hello benchmark")
@@ -44,7 +45,7 @@ def _exit_on_term(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _exit_on_term)
-    wanted = set(args.only or ("hello", "upload", "reload"))
+    wanted = set(args.only or ("micro", "hello", "upload", "reload"))
     results: dict[str, Any] = {"environment": environment()}
     tables: list[str] = []
 
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         upload = UploadSettings(uploads=args.uploads, big_mib=args.big_mib)
         reload = ReloadSettings(threads=args.threads, connections=args.connections, workers=args.workers)
         plan: list[tuple[str, Callable[[Path], dict[str, Any]], Callable[[dict[str, Any]], str]]] = [
+            # In-process cost of each stage of a request, in CPU time: steadier than req/s on a
+            # busy machine, and it says where the time goes.
+            ("micro", lambda d: run_micro(), micro_table),
             ("hello", lambda d: run_hello(d, chosen, hello), hello_table),
             ("upload", lambda d: run_upload(d, upload), upload_table),
             ("reload", lambda d: run_reload(d, reload), reload_table),

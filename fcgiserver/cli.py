@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="abort a worker whose request runs longer (default 30; 0 = no limit)")
     p.add_argument("--read-timeout", metavar="SECONDS",
                    help="drop a connection that sends nothing for this long (default 30; 0 = no limit)")
+    p.add_argument("--keepalive-timeout", metavar="SECONDS",
+                   help="close a kept connection idle this long between requests (default 5; 0 = the read "
+                        "timeout)")
     p.add_argument("--graceful-timeout", metavar="SECONDS",
                    help="time in-flight requests get on stop or reload (default 30)")
     p.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,

@@ -44,6 +44,9 @@ class Config:
     timeout: float = 30.0
     # Seconds a worker waits for the next bytes of a request (0 = no limit).
     read_timeout: float = 30.0
+    # Seconds a kept (FCGI_KEEP_CONN) connection may sit idle between requests before the
+    # worker closes it and goes back to accepting (0 = read_timeout).
+    keepalive_timeout: float = 5.0
     # Seconds in-flight requests get to finish on a graceful stop or reload.
     graceful_timeout: float = 30.0
     preload: bool = True
@@ -354,6 +357,7 @@ VALIDATORS: dict[str, Validator] = {
     "max_requests_jitter": v_non_negative_int,
     "timeout": v_seconds,
     "read_timeout": v_seconds,
+    "keepalive_timeout": v_seconds,
     "graceful_timeout": v_seconds,
     "preload": v_bool,
     "socket_mode": v_mode,

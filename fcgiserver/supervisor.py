@@ -29,6 +29,10 @@ import psutil
 
 from fcgiserver import forksafety, privileges, reexec, sdnotify
 from fcgiserver.accesslog import AccessLogSink, access_pipe
+
+# Imported in the parent, once: the worker stack then sits in pages every worker shares,
+# instead of being imported (and written) anew in each child.
+from fcgiserver.child import run_child
 from fcgiserver.config import Config
 from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
@@ -552,9 +556,6 @@ class Supervisor:
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:
-            # Imported here: the child module pulls in the worker stack the parent never runs.
-            from fcgiserver.child import run_child
-
             os.close(output_r)
             run_child(self, info, slot, force_reseed=force_reseed, output_fd=output_w)  # never returns
         os.close(output_w)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from fcgiserver import __version__
 from fcgiserver.cli import build_parser
+from fcgiserver.client import FastCGIClient
 from tests.support.server import fcgi_request, running_server
 
 APP = "supervisor_apps:application"
@@ -86,3 +88,20 @@ def test_the_app_is_imported_from_the_working_directory(tmp_path: Path) -> None:
     with running_server("cwd_app_mod:application", workers=1, args=["--chdir", str(tmp_path)]) as server:
         assert fcgi_request(server.address).body == b"from cwd"
     assert server.proc.returncode == 0
+
+
+def test_keepalive_timeout_option_closes_an_idle_kept_connection() -> None:
+    with running_server(APP, workers=1, args=["--keepalive-timeout", "0.5"]) as server:
+        client = FastCGIClient(server.address, keep_conn=True)
+        try:
+            assert client.request("GET", "/").status == 200
+            kept = client._sock
+            assert kept is not None
+            kept.settimeout(10)
+            started = time.monotonic()
+            # The worker closes its end once the connection has idled past the option's value.
+            assert kept.recv(1) == b""
+            assert 0.3 < time.monotonic() - started < 8
+        finally:
+            client.close()
+        assert fcgi_request(server.address).status == 200
