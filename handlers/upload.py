@@ -15,6 +15,7 @@ import http.cookies
 import json
 import os
 import re
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -334,6 +335,14 @@ class UploadApp:
         if record is None or not record.large or record.ext != ext:
             raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
         path = self.storage.picture_path(record)
+        # The web server sends what the header names, following links: name only a regular
+        # file that is really there, never a link planted in its place.
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            regular = False
+        if not regular:
+            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
         max_age = max(0, int(expiry) - int(self.clock()))
         headers = [("Content-Type", MIME_TYPES[ext]), ("Cache-Control", f"private, max-age={max_age}"),
                    ("X-Content-Type-Options", "nosniff")]
