@@ -274,7 +274,9 @@ class UploadStackChecks:
     ) -> None:
         assert len(big.data) >= LARGE_UPLOAD_BYTES
         assert big.front_temp_files, "half a body should sit in the front end's temp folder"
-        assert big.backend_connections_midway == big.backend_connections_before, stack.logs()
+        # No connection to the backend opened meanwhile (one from an earlier request may have
+        # closed: the set can shrink, never gain a member).
+        assert big.backend_connections_midway <= big.backend_connections_before, stack.logs()
         assert big.record["large"] is True
         assert big.record["url"].startswith("/l/")
 
