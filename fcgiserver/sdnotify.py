@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
+# Seconds one datagram may wait for room in the reader's queue before it is dropped.
+SEND_TIMEOUT = 1.0
+
 
 def _socket_address(raw: str) -> str | bytes:
     # "@name" is a socket in the abstract namespace: its address starts with a NUL byte.
@@ -37,6 +40,10 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # A reader that stopped reading (a full queue) may cost a lost line after a
+                # moment's wait, never a supervisor blocked forever in send: it would stop
+                # reaping, respawning and answering signals.
+                sock.settimeout(SEND_TIMEOUT)
                 sock.connect(_socket_address(self.address))
                 sock.sendall(message.encode())
         except OSError:

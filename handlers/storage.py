@@ -430,8 +430,9 @@ def check_consistency(root: Path, *, deep: bool = False) -> list[str]:
 
 def sweep_stale(root: Path, max_age: float = 3600.0, now: float | None = None) -> list[str]:
     """Remove what uploads killed midway left behind (temp files, claims never published, and
-    their partial files and index entries) once older than ``max_age`` seconds. Returns what
-    was removed. Safe while the service runs: live uploads are younger than ``max_age``."""
+    their partial files and index entries), and finish deletes killed midway, once older than
+    ``max_age`` seconds. Returns what was removed. Safe while the service runs: live uploads
+    and deletes are younger than ``max_age``."""
     store = Storage(root)
     now = time.time() if now is None else now
     removed: list[str] = []
@@ -462,6 +463,21 @@ def sweep_stale(root: Path, max_age: float = 3600.0, now: float | None = None) -
     for pid in sorted(dead):
         store.release_id(pid)
         removed.append(f".claims/{pid}")
+    # Deletes killed after their tombstone: it already hides the id, so finish the job in
+    # remove()'s order (index entry, files, record last).
+    for pid in sorted(os.listdir(store.gone)):
+        meta = store.meta / f"{pid}.json"
+        if not (meta.exists() or meta.is_symlink()) or not old(store.gone / pid):
+            continue
+        for n in sorted(os.listdir(store.index)):
+            with contextlib.suppress(OSError):
+                if _read_small(store.index / n, 64) == pid.encode():
+                    unlink_quietly(store.index / n)
+                    removed.append(f".index/{n}")
+        for path in (*store._all_paths(pid), meta):
+            if path.exists() or path.is_symlink():
+                unlink_quietly(path)
+                removed.append(str(path.relative_to(root)))
     return removed
 
 

@@ -422,8 +422,6 @@ def test_clients_that_disconnect_mid_response_cost_nothing(tmp_path: Path) -> No
 # -- a worker killed inside the storage's critical steps --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a delete killed after its tombstone is made leaves the "
-                                       "record and files, and sweep_stale does not finish it")
 def test_a_delete_killed_after_its_tombstone_is_finished_by_the_sweep(tmp_path: Path) -> None:
     from handlers.storage import check_consistency, sweep_stale
     from tests.support.stack import http_request, multipart, running_stack
@@ -439,5 +437,41 @@ def test_a_delete_killed_after_its_tombstone_is_finished_by_the_sweep(tmp_path: 
         (stack.media_root / ".gone" / pid).touch()
         assert http_request(stack.base_url, "GET", f"/{pid}").status == 404
         root = stack.media_root
-    sweep_stale(root, max_age=0)
+        assert check_consistency(root) != []
+        time.sleep(0.05)
+        swept = sweep_stale(root, max_age=0)
+        assert http_request(stack.base_url, "GET", f"/pictures/{pid}.png").status == 404
+    assert f".meta/{pid}.json" in swept and f"pictures/{pid}.png" in swept
     assert check_consistency(root, deep=True) == []
+
+
+# -- a notify socket nobody reads -------------------------------------------------------------------
+
+
+def test_a_notify_socket_nobody_reads_never_stalls_the_supervisor() -> None:
+    # systemd reads its notify socket; a stuck or absent reader must not stop the supervisor
+    # from reaping, respawning and reloading. The queue of a unix datagram socket holds
+    # net.unix.max_dgram_qlen datagrams (10 by default): fill it before the server starts.
+    folder = short_tempdir("notify-")
+    path = os.path.join(folder, "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+    try:
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(10_000):
+                sender.sendto(b"STATUS=filler", path)
+        with running_server(APP, workers=2, env={"NOTIFY_SOCKET": path}) as server:
+            victim = server.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            server.wait_for_workers(2, timeout=30, exclude=[victim])
+            server.send_signal(signal.SIGHUP)
+            assert server.wait_for_log("reload complete", timeout=30), server.log_text()[-3000:]
+            assert ok(server).startswith(b"ok ")
+    finally:
+        sender.close()
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            os.rmdir(folder)

@@ -1,0 +1,276 @@
+"""The shortcuts on the per-request path behave exactly like the general code they stand in for.
+
+- ServerConnection takes a whole request buffered in one piece without the record loop;
+  the events, state and errors must be those of the same bytes fed a byte at a time.
+- reset() makes a used connection behave like a new one.
+- send_stdout() / end_request() build common records directly; the bytes must be those of
+  the general encoders.
+- The worker waits for connections with one wakeup per connection, not one per worker.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from fcgiserver.protocol import (
+    NEED_DATA,
+    ConnectionClosed,
+    ConnState,
+    Event,
+    NeedData,
+    ProtocolStatus,
+    RecordType,
+    RemoteProtocolError,
+    RequestStarted,
+    Role,
+    ServerConnection,
+    encode_params,
+    encode_record,
+    encode_stream,
+)
+from fcgiserver.protocol import connection as connection_module
+from fcgiserver.worker import _ListenWaiter
+
+RT = RecordType
+PAIRS = (
+    (b"REQUEST_METHOD", b"GET"),
+    (b"REQUEST_URI", b"/caf\xe9?q=1"),
+    (b"CONTENT_LENGTH", b""),
+    (b"HTTP_LONG", b"x" * 300),  # a 4-byte length
+)
+
+
+def begin(request_id: int = 1, role: int = Role.RESPONDER, keep_conn: bool = False) -> bytes:
+    return encode_record(RT.BEGIN_REQUEST, request_id, struct.pack("!HB5x", role, int(keep_conn)))
+
+
+def params(request_id: int = 1, block: bytes | None = None, pieces: int = 1) -> bytes:
+    """The PARAMS stream, its content split over `pieces` records, then the empty record."""
+    if block is None:
+        block = encode_params(PAIRS)
+    size = -(-len(block) // pieces)
+    records = [encode_record(RT.PARAMS, request_id, block[i:i + size]) for i in range(0, len(block), size)]
+    return b"".join(records) + encode_record(RT.PARAMS, request_id)
+
+
+def stdin(request_id: int = 1, data: bytes = b"") -> bytes:
+    return encode_stream(RT.STDIN, request_id, data) + encode_record(RT.STDIN, request_id)
+
+
+Outcome = tuple[list[Event | str], tuple[object, ...]]
+
+
+def run(conn: ServerConnection, wire: bytes, *, piecewise: bool) -> Outcome:
+    """Events (or the error) from `wire`, and the connection's state afterwards."""
+    out: list[Event | str] = []
+    chunks = [wire[i:i + 1] for i in range(len(wire))] if piecewise else [wire]
+    try:
+        for chunk in chunks:
+            conn.receive_data(chunk)
+            while not isinstance(event := conn.next_event(), NeedData):
+                out.append(event)
+                if isinstance(event, ConnectionClosed):
+                    break
+    except RemoteProtocolError as exc:
+        out.append(f"RemoteProtocolError: {exc}")
+    return out, (conn.state, conn.request_id, conn.keep_conn, conn.data_to_send())
+
+
+def same_as_record_by_record(wire: bytes, **limits: int) -> list[Event | str]:
+    whole = run(ServerConnection(**limits), wire, piecewise=False)
+    piecewise = run(ServerConnection(**limits), wire, piecewise=True)
+    assert whole == piecewise
+    return whole[0]
+
+
+def test_the_transition_table_still_allows_the_whole_request_shortcut() -> None:
+    # The shortcut switches itself off when the table stops saying what it assumes; this
+    # notices that, rather than letting every request quietly take the slow path.
+    assert connection_module._WHOLE_REQUEST_PATH
+
+
+@pytest.mark.parametrize("keep_conn", [False, True])
+@pytest.mark.parametrize("role", [Role.RESPONDER, Role.AUTHORIZER])
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_whole_bodiless_request_gives_the_events_of_the_record_loop(
+    keep_conn: bool, role: Role, pieces: int
+) -> None:
+    events = same_as_record_by_record(begin(7, role, keep_conn) + params(7, pieces=pieces) + stdin(7))
+    assert [type(e).__name__ for e in events] == ["RequestStarted", "StdinEnd"]
+    started = events[0]
+    assert not isinstance(started, str)
+    assert started == RequestStarted(
+        7, role, keep_conn, {k.decode("latin-1"): v.decode("latin-1") for k, v in PAIRS})
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        pytest.param(begin() + params(), id="stdin-not-yet-here"),
+        pytest.param(begin() + params() + stdin(1, b"body"), id="with-a-body"),
+        pytest.param(begin() + params() + stdin() + encode_record(RT.DATA, 1), id="empty-data-after"),
+        pytest.param(begin() + params() + stdin() + begin(2), id="second-begin-while-busy"),
+        pytest.param(begin(role=Role.FILTER) + params() + stdin(), id="filter-role"),
+        pytest.param(begin(role=9, keep_conn=True) + params() + stdin(), id="unknown-role"),
+        pytest.param(begin() + encode_record(RT.PARAMS, 2, b"\x01\x01ab") + params() + stdin(),
+                     id="other-request-id-in-between"),
+        pytest.param(begin() + encode_record(RT.ABORT_REQUEST, 1) + params(), id="abort-before-params"),
+        pytest.param(begin() + params(block=b"\x05\x05abc") + stdin(), id="truncated-pair"),
+        pytest.param(begin() + params(block=b"\x85") + stdin(), id="truncated-long-length"),
+        pytest.param(begin(0) + params(0) + stdin(0), id="management-id"),
+        pytest.param(begin()[:8] + b"\x00" * 7 + b"\x01" + params(), id="odd-begin-body"),
+        pytest.param(b"\x02" + begin()[1:] + params() + stdin(), id="wrong-version"),
+        pytest.param(begin() + params() + stdin()[:-1], id="stdin-record-cut"),
+    ],
+)
+def test_anything_else_ends_as_the_record_loop_would(wire: bytes) -> None:
+    same_as_record_by_record(wire)
+
+
+def test_params_over_the_limit_fail_as_in_the_record_loop() -> None:
+    events = same_as_record_by_record(begin() + params(pieces=4) + stdin(), max_params_size=100)
+    assert len(events) == 1 and str(events[0]).startswith("RemoteProtocolError")
+
+
+def test_eof_after_a_whole_request_aborts_it_as_the_record_loop_does() -> None:
+    wire = begin() + params() + stdin()
+    for piecewise in (False, True):
+        conn = ServerConnection()
+        events, _ = run(conn, wire, piecewise=piecewise)
+        conn.receive_data(b"")
+        assert [type(e).__name__ for e in events] + [type(conn.next_event()).__name__] == [
+            "RequestStarted", "StdinEnd", "RequestAborted"]
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        pytest.param(b"", id="new"),
+        pytest.param(begin() + params() + stdin(), id="mid-request"),
+        pytest.param(begin() + b"\x00\x00", id="partial-record-buffered"),
+        pytest.param(b"\x09" * 16, id="after-a-protocol-error"),
+    ],
+)
+def test_reset_makes_a_used_connection_answer_like_a_new_one(history: bytes) -> None:
+    used = ServerConnection(max_conns=3, max_reqs=3)
+    run(used, history, piecewise=False)
+    used.receive_data(b"")  # even after EOF
+    used.reset()
+    wire = (begin(keep_conn=True) + params() + stdin()
+            + encode_record(RT.GET_VALUES, 0, encode_params([(b"FCGI_MAX_CONNS", b"")])))
+    fresh = ServerConnection(max_conns=3, max_reqs=3)
+    assert run(used, wire, piecewise=False) == run(fresh, wire, piecewise=False)
+    assert used.end_request() == fresh.end_request()
+    assert used.state is fresh.state is ConnState.IDLE
+
+
+def started(request_id: int = 1, keep_conn: bool = False) -> ServerConnection:
+    conn = ServerConnection()
+    conn.receive_data(begin(request_id, keep_conn=keep_conn) + params(request_id) + stdin(request_id))
+    while conn.next_event() is not NEED_DATA:
+        pass
+    return conn
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 65535, 65536, 200_000])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_stdout_records_are_those_of_the_general_encoder(size: int, kind: type) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    conn = started(513)
+    assert conn.send_stdout(kind(data)) == encode_stream(RT.STDOUT, 513, data)
+
+
+@pytest.mark.parametrize("request_id", [1, 2, 255, 65535])
+@pytest.mark.parametrize("keep_conn", [False, True])
+def test_a_complete_request_ends_with_the_general_encoding(request_id: int, keep_conn: bool) -> None:
+    for _ in range(2):  # the second time from the cache
+        conn = started(request_id, keep_conn)
+        wire = conn.end_request()
+        assert wire == encode_record(RT.STDOUT, request_id) + encode_record(
+            RT.END_REQUEST, request_id, struct.pack("!IB3x", 0, ProtocolStatus.REQUEST_COMPLETE))
+        assert conn.state is (ConnState.IDLE if keep_conn else ConnState.CLOSED)
+
+
+def test_other_endings_are_not_taken_from_the_cache() -> None:
+    conn = started(3)
+    assert conn.end_request(5) == encode_record(RT.STDOUT, 3) + encode_record(
+        RT.END_REQUEST, 3, struct.pack("!IB3x", 5, 0))
+    conn = started(3)
+    conn.send_stderr(b"oops")
+    assert conn.end_request().startswith(encode_record(RT.STDOUT, 3) + encode_record(RT.STDERR, 3))
+
+
+# -- the worker's wait for connections -----------------------------------------------------
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    folder = tempfile.mkdtemp(prefix="fcgiwait.", dir="/tmp")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.path.join(folder, "s"))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+    finally:
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_waiter_reports_a_waiting_connection_and_a_signal_byte(listener: socket.socket) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    waiter = _ListenWaiter([listener.fileno()], wake_r)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.write(wake_w, b"\x0f")
+        assert waiter.wait() == [wake_r]
+        os.read(wake_r, 16)
+        client.connect(listener.getsockname())
+        assert waiter.wait() == [listener.fileno()]
+    finally:
+        client.close()
+        waiter.close()
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="needs epoll's EPOLLEXCLUSIVE")
+def test_one_connection_wakes_one_waiting_worker_not_all(listener: socket.socket) -> None:
+    pipes = [os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) for _ in range(2)]
+    waiters = [_ListenWaiter([listener.fileno()], r) for r, _ in pipes]
+    woken: list[list[int]] = []
+    done = threading.Event()
+
+    def wait(waiter: _ListenWaiter) -> None:
+        woken.append(waiter.wait())
+        done.set()
+
+    threads = [threading.Thread(target=wait, args=(w,), daemon=True) for w in waiters]
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for t in threads:
+            t.start()
+        threading.Event().wait(0.3)  # both blocked in epoll_wait
+        client.connect(listener.getsockname())
+        assert done.wait(10)
+        threading.Event().wait(0.3)  # a second wakeup, if any, has had its chance
+        assert woken == [[listener.fileno()]]
+    finally:
+        for _r, w in pipes:
+            os.write(w, b"\x0f")  # release whoever still waits
+        for t in threads:
+            t.join(10)
+        client.close()
+        for waiter in waiters:
+            waiter.close()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
