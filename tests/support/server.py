@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,10 @@ def running_server(app: str, *, workers: int = 2, args: Sequence[str] = (),
 
         if not wait_until(ready, ready_timeout):
             raise RuntimeError(f"fcgiserver was not ready within {ready_timeout} s:\n" + server.log_text())
+        if notify is not None:
+            # Keep reading, as systemd would: a datagram queue nobody drains fills after ten
+            # messages, and the supervisor then waits on each one it sends (reloads, watchdog).
+            threading.Thread(target=_drain_notify, args=(notify, server.notify_messages), daemon=True).start()
         yield server
     finally:
         if proc is not None:
@@ -212,6 +217,14 @@ def running_server(app: str, *, workers: int = 2, args: Sequence[str] = (),
         if notify is not None:
             notify.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _drain_notify(notify: socket.socket, into: list[str]) -> None:
+    notify.settimeout(0.2)
+    # Ends once the fixture has closed the socket (fileno() is then -1).
+    while notify.fileno() != -1:
+        with contextlib.suppress(TimeoutError, OSError):
+            into.append(notify.recv(4096).decode())
 
 
 # ---- a minimal FastCGI client built by hand from the spec, independent of the server ----------
