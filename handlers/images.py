@@ -160,7 +160,12 @@ def write_public_copy(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> None:
 def _is_clean(fp: BinaryIO, info: ImageInfo) -> bool:
     try:
         with _open(fp) as im:
-            im.load()
+            # PNG and GIF may keep text and metadata after the pixel data, seen only by a full
+            # decode. A JPEG's metadata segments all come before its scan, so the header read
+            # suffices, and a 12 MP picture is not decoded a second time (its pixels were
+            # checked already and the stripper does not touch them).
+            if im.format != "JPEG":
+                im.load()
             exif = im.getexif()
             upright = im.size if info.orientation < 5 else im.size[::-1]
             return (
