@@ -5,12 +5,13 @@
 times each stage of answering it inside this process, with the hello app:
 
 - params:     decode_params_latin1() of the params block
-- protocol:   a ServerConnection from creation to END_REQUEST (no I/O)
+- protocol:   a ServerConnection from reset() to END_REQUEST (no I/O), as a worker reuses it
 - bridge:     build_environ() + run_app() into a channel that keeps the bytes
 - scoreboard: slot.busy() + slot.done()
 - worker:     Worker._accept_and_serve() on a real unix socket: accept, recv, all of the above,
               send, close. The client's connect/send/recv happen outside the timed part.
-- floor:      the same socket calls answering canned bytes: what no Python design can go below
+- floor:      the worker's own socket calls answering canned bytes: what no Python design can
+              go below
 
 Each figure is the best of several repeats (microseconds per request): the least disturbed
 by whatever else runs on the machine, which only ever adds time.
@@ -18,6 +19,7 @@ by whatever else runs on the machine, which only ever adds time.
 
 from __future__ import annotations
 
+import _socket
 import argparse
 import contextlib
 import json
@@ -176,8 +178,11 @@ def bench_params(request: bytes) -> Callable[[int], float]:
 
 
 def bench_protocol(request: bytes) -> Callable[[int], float]:
+    # One connection object reset for each request, as a worker does.
+    conn = ServerConnection()
+
     def one() -> None:
-        conn = ServerConnection()
+        conn.reset()
         conn.receive_data(request)
         while conn.next_event() is not NEED_DATA:
             pass
@@ -205,7 +210,11 @@ def bench_scoreboard() -> Callable[[int], float]:
     slot = board.slot(0)
     slot.booting(os.getpid(), 1)
     slot.ready()
-    return _loop(lambda: (slot.busy("GET", "/hello"), slot.done()))
+
+    def one() -> None:
+        slot.busy("GET", "/hello")
+        slot.done()
+    return _loop(one)
 
 
 @contextlib.contextmanager
@@ -266,13 +275,19 @@ def bench_worker(listener: socket.socket, request: bytes) -> Callable[[int], flo
 
 
 def bench_floor(listener: socket.socket, request: bytes) -> Callable[[int], float]:
+    """The worker's own socket calls (accept, wrap the fd, recv_into, send, close), no Python work."""
     reply = canned_response(1)
+    accept = listener._accept  # type: ignore[attr-defined]
+    family, type_, proto = int(listener.family), int(listener.type), listener.proto
+    buf = bytearray(256 * 1024)
+    flags = socket.MSG_DONTWAIT
 
     def serve() -> None:
-        conn, _ = listener.accept()
+        fd, _ = accept()
+        conn = _socket.socket(family, type_, proto, fd)
         try:
-            conn.recv(262144)
-            conn.send(reply)
+            conn.recv_into(buf, len(buf), flags)
+            conn.send(reply, flags | socket.MSG_NOSIGNAL)
         finally:
             conn.close()
     return _socket_loop(listener, request, serve)

@@ -39,8 +39,9 @@ METHOD_LEN = 16
 # "rng_duplicate": stopped because it shared another worker's RNG state.
 RESTART_CAUSES = ("crash", "timeout", "max_requests", "max_rss", "rng_duplicate")
 
-# The sequence counter, then the fields. They are packed separately because pack_into
-# zeroes its whole target before filling it: the counter must stay odd meanwhile.
+# The sequence counter, then the fields. They are written separately because pack_into
+# zeroes its whole target before filling it: the counter must stay odd meanwhile (and is
+# itself written by _store_seq(), never by pack_into).
 _SEQ = struct.Struct("<I")
 # pid, generation, state, requests, accepted, busy_since, last_change, fingerprint, method,
 # uri length
@@ -149,13 +150,14 @@ class Slot:
     def busy(self, method: str, uri: str) -> None:
         self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
         self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
-        self._write(SlotState.BUSY, time.time())
+        now = _time()
+        self._write(_BUSY, now, now)
 
     def done(self) -> None:
         self._requests += 1
         self._method = b""
         self._uri = b""
-        self._write(SlotState.IDLE, 0.0)
+        self._write(_IDLE, 0.0, _time())
 
     def exiting(self) -> None:
         self._write(SlotState.EXITING, 0.0)
@@ -164,17 +166,19 @@ class Slot:
         self._fingerprint = bytes(fp[:FINGERPRINT_LEN])
         self._write(self._state, self._busy_since)
 
-    def _write(self, state: SlotState, busy_since: float) -> None:
+    def _write(self, state: SlotState, busy_since: float, now: float | None = None) -> None:
         buf, off = self._buf, self._offset
         uri = self._uri
-        # Everything is computed first, so the slot is odd (unreadable) only for one copy.
-        fields = (self._pid, self._generation, state, self._requests, self._accepted, busy_since,
-                  time.time(), self._fingerprint, self._method, len(uri), uri)
+        if now is None:
+            now = _time()
         odd = (self._seq + 1) & 0xFFFFFFFF
         even = (odd + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(buf, off, odd)
-        _DATA.pack_into(buf, off + 4, *fields)
-        _SEQ.pack_into(buf, off, even)
+        # The clock is read first, so the slot is odd (unreadable) only for one copy.
+        # _store_seq(), inlined: this runs twice per request.
+        buf[off : off + 4] = _pack_seq(odd)
+        _pack_data(buf, off + 4, self._pid, self._generation, state, self._requests, self._accepted,
+                   busy_since, now, self._fingerprint, self._method, len(uri), uri)
+        buf[off : off + 4] = _pack_seq(even)
         self._seq = even
         self._state = state
         self._busy_since = busy_since
@@ -215,9 +219,9 @@ class Slot:
 
     def _clear(self) -> None:
         seq = ((_SEQ.unpack_from(self._buf, self._offset)[0] | 1) + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(self._buf, self._offset, seq - 1)
+        _store_seq(self._buf, self._offset, seq - 1)
         self._buf[self._offset + _SEQ.size:self._offset + SLOT_SIZE] = bytes(SLOT_SIZE - _SEQ.size)
-        _SEQ.pack_into(self._buf, self._offset, seq)
+        _store_seq(self._buf, self._offset, seq)
         self._seq = seq
         self._pid = self._generation = self._requests = self._accepted = 0
         self._fingerprint = self._method = self._uri = b""
@@ -226,6 +230,21 @@ class Slot:
 
 
 _STATES = frozenset(int(s) for s in SlotState)
+_BUSY = SlotState.BUSY
+_IDLE = SlotState.IDLE
+_time = time.time
+_pack_seq = _SEQ.pack
+_pack_data = _DATA.pack_into
+
+
+def _store_seq(buf: mmap.mmap, at: int, value: int) -> None:
+    """Writes a sequence counter in one store.
+
+    Not with pack_into: it zeroes its target before filling it, and a reader that saw
+    that zero (an even value) on both sides of its copy took a half-written slot for a
+    whole one. A slice assignment copies the four bytes as they are.
+    """
+    buf[at : at + 4] = _pack_seq(value)
 
 
 def _stable_copy(buf: mmap.mmap, seq_at: int, start: int, end: int,
@@ -271,14 +290,14 @@ class _HeaderWrite:
     def __enter__(self) -> _MutableHeader:
         board = self._board
         board._header_seq = (board._header_seq + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(board._buf, 0, board._header_seq)
+        _store_seq(board._buf, 0, board._header_seq)
         return self._header
 
     def __exit__(self, *exc_info: object) -> None:
         board, h = self._board, self._header
         _HEADER.pack_into(board._buf, _SEQ.size, h.pid, h.started, h.accepted, h.requests, *h.restarts)
         board._header_seq = (board._header_seq + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(board._buf, 0, board._header_seq)
+        _store_seq(board._buf, 0, board._header_seq)
 
 
 class Scoreboard:

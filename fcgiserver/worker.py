@@ -135,7 +135,9 @@ class _Channel:
         send_all(self.sock, out, self.timeout_ms)
 
     def send_stderr(self, data: bytes) -> None:
-        if data and self.conn.request_id is not None:
+        # A closed socket means a past connection: the (shared) protocol object then
+        # belongs to another request, which an old wsgi.errors must not touch.
+        if data and self.sock.fileno() >= 0 and self.conn.request_id is not None:
             send_all(self.sock, self.conn.send_stderr(data), self.timeout_ms)
 
     def check_peer(self) -> None:
@@ -166,6 +168,63 @@ class _Channel:
             raise PeerAborted()
 
 
+class _ListenWaiter:
+    """Waits for a connection on the listeners or a byte on the signal wakeup pipe.
+
+    Every idle worker waits on the same listening sockets. With poll() a new connection
+    wakes all of them; one accepts it and the others pay for a wakeup, a failed accept()
+    and another poll() (traced under load with 4 workers: about 2.5 of each per request).
+    epoll's EPOLLEXCLUSIVE wakes one waiter per connection, and only one that is actually
+    waiting, so a busy worker never swallows the wakeup. The wakeup pipe stays a normal
+    entry: a signal must reach its own worker.
+
+    The kernel wakes exclusive waiters in the order they registered, so without to_back()
+    the first worker would take every connection while it is free, and a status page
+    would only ever show the worker answering it as busy.
+    """
+
+    __slots__ = ("_epoll", "_listen_fds", "_poll")
+
+    def __init__(self, listen_fds: list[int], wake_fd: int) -> None:
+        self._epoll: select.epoll | None = None
+        self._poll: select.poll | None = None
+        self._listen_fds = listen_fds
+        if _EPOLLEXCLUSIVE:
+            self._epoll = epoll = select.epoll()
+            for fd in listen_fds:
+                epoll.register(fd, _EXCLUSIVE_IN)
+            epoll.register(wake_fd, select.EPOLLIN)
+        else:
+            self._poll = poller = select.poll()
+            for fd in (*listen_fds, wake_fd):
+                poller.register(fd, _POLLIN)
+
+    def wait(self) -> list[int]:
+        """The ready descriptors; blocks until there is one."""
+        if self._epoll is not None:
+            return [fd for fd, _mask in self._epoll.poll()]
+        assert self._poll is not None
+        return [fd for fd, _mask in self._poll.poll()]
+
+    def to_back(self) -> None:
+        """Queue this worker behind the others waiting: the next connection goes to the one
+        that has waited longest. Called after serving, so the work rotates."""
+        epoll = self._epoll
+        if epoll is not None:
+            for fd in self._listen_fds:
+                # Re-adding is the only way: EPOLL_CTL_MOD refuses EPOLLEXCLUSIVE.
+                epoll.unregister(fd)
+                epoll.register(fd, _EXCLUSIVE_IN)
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+
+
+_EPOLLEXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)
+_EXCLUSIVE_IN = getattr(select, "EPOLLIN", 0) | _EPOLLEXCLUSIVE
+
+
 class Worker:
     """Serves connections from `listeners`, one at a time, until told to stop."""
 
@@ -194,6 +253,8 @@ class Worker:
         self.routes = status_routes(config, slot, listeners)
         self.buf = bytearray(RECV_SIZE)
         self.view = memoryview(self.buf)
+        self._conn = ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns,
+                                      max_params_size=self.max_params_size)
         self.stopping = False
         self.served = 0
         self.limit = 0
@@ -265,23 +326,27 @@ class Worker:
     # -- accepting ---------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        poller = select.poll()
         by_fd = self._by_fd
         for sock in self.listeners:
             by_fd[sock.fileno()] = (sock, int(sock.family), int(sock.type), sock.proto)
-            poller.register(sock, _POLLIN)
-        poller.register(self._wake_r, _POLLIN)
         wake_r = self._wake_r
-        while not self.stopping:
-            for fd, _mask in poller.poll():
-                if fd == wake_r:
-                    self._drain_wakeup()
-                    continue
-                listener = by_fd[fd]
-                # Under load the next connection is already queued: taking it at once
-                # saves a poll() per request. EAGAIN (another worker won) ends the run.
-                while not self.stopping and self._accept_and_serve(listener):
-                    pass
+        waiter = _ListenWaiter(list(by_fd), wake_r)
+        try:
+            while not self.stopping:
+                for fd in waiter.wait():
+                    if fd == wake_r:
+                        self._drain_wakeup()
+                        continue
+                    listener = by_fd[fd]
+                    # Under load the next connection is already queued: taking it at once
+                    # saves a wait per request. EAGAIN (another worker won) ends the run.
+                    served = False
+                    while not self.stopping and self._accept_and_serve(listener):
+                        served = True
+                    if served:
+                        waiter.to_back()
+        finally:
+            waiter.close()
 
     def _accept_and_serve(self, listener: _Listener) -> bool:
         """Serves one connection from `listener`; False when none was waiting."""
@@ -311,8 +376,11 @@ class Worker:
     # -- one connection ----------------------------------------------------------------
 
     def _serve(self, sock: _socket.socket) -> None:
-        conn = ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns,
-                                max_params_size=self.max_params_size)
+        # One connection at a time: the same protocol object serves them all. The channel
+        # stays per connection, so an app that kept an old wsgi.errors cannot write into
+        # the request being served now (see _Channel.send_stderr).
+        conn = self._conn
+        conn.reset()
         channel = _Channel(self, sock, conn)
         # A stop may close a connection only between requests: one accepted but not yet
         # sent its first request is a request the front already handed over.
@@ -474,6 +542,9 @@ class Worker:
         if body is None:
             return
         self._body = None
+        if body is _NO_BODY and self._spool_error is None:
+            self._respond(conn, channel, EMPTY_INPUT)  # nothing to check or hand over
+            return
         complete = body.is_complete()
         wsgi_input = EMPTY_INPUT
         if complete and self._spool_error is None:

@@ -216,7 +216,12 @@ class _Call(ResponseHead):
     __slots__ = ("channel", "errors", "failure", "remaining")
 
     def __init__(self, channel: Channel, errors: object) -> None:
-        ResponseHead.__init__(self)
+        # ResponseHead.__init__, inlined: one call less per request.
+        self.started = False
+        self.sent = False
+        self.status = ""
+        self.block = b""
+        self.content_length = None
         self.channel = channel
         # Text the app left without a newline still goes out before the request ends.
         self.errors = errors if type(errors) is ErrorStream else None

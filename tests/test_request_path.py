@@ -274,3 +274,52 @@ def test_one_connection_wakes_one_waiting_worker_not_all(listener: socket.socket
         for r, w in pipes:
             os.close(r)
             os.close(w)
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="needs epoll's EPOLLEXCLUSIVE")
+def test_a_worker_that_served_goes_behind_the_others_waiting(listener: socket.socket) -> None:
+    # The kernel wakes exclusive waiters in registration order: without to_back() the same
+    # worker would take every connection, and the others would never get one.
+    pipes = [os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) for _ in range(2)]
+    waiters = [_ListenWaiter([listener.fileno()], r) for r, _ in pipes]
+    winners: list[int] = []
+    served = threading.Semaphore(0)
+    stop = threading.Event()
+
+    def serve(index: int) -> None:
+        while not stop.is_set():
+            if listener.fileno() in waiters[index].wait():
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                conn.close()
+                waiters[index].to_back()
+                winners.append(index)
+                served.release()
+
+    threads = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(2)]
+    clients: list[socket.socket] = []
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(4):
+            threading.Event().wait(0.2)  # both back in epoll_wait
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            clients.append(client)
+            client.connect(listener.getsockname())
+            assert served.acquire(timeout=10)
+        assert winners in ([0, 1, 0, 1], [1, 0, 1, 0]), winners
+    finally:
+        stop.set()
+        for _r, w in pipes:
+            os.write(w, b"\x0f")
+        for t in threads:
+            t.join(10)
+        for client in clients:
+            client.close()
+        for waiter in waiters:
+            waiter.close()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)

@@ -19,6 +19,7 @@ from .constants import (
     FCGI_MAX_CONNS,
     FCGI_MAX_REQS,
     FCGI_MPXS_CONNS,
+    MAX_CONTENT_LEN,
     NULL_REQUEST_ID,
     ProtocolStatus,
     RecordType,
@@ -36,7 +37,7 @@ from .events import (
     StdinEnd,
 )
 from .params import decode_params, decode_params_latin1, encode_params
-from .records import RecordReader, encode_record, encode_stream
+from .records import PADDING, RecordReader, encode_record, encode_stream, pack_header, unpack_header
 
 _BEGIN_BODY = struct.Struct("!HB5x")
 _END_BODY = struct.Struct("!IB3x")
@@ -177,6 +178,17 @@ class ServerConnection:
         self._max_params_size = max_params_size
         # Turned into the GET_VALUES answers only when asked: most connections never are.
         self._limits = (max_conns, max_reqs)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to a new connection with the same limits, for the caller's next socket.
+
+        A worker serves one connection after another; reusing the object spares building
+        a new one (and its reader and queues) for each.
+        """
+        self._reader.clear()
+        self._events.clear()
+        self._outbox.clear()
         self._eof = False
         self._error: RemoteProtocolError | None = None
         self._params: list[bytes] = []
@@ -208,6 +220,12 @@ class ServerConnection:
         if self._error is not None:
             raise self._error
         events = self._events
+        if not events and self.state is ConnState.IDLE and _WHOLE_REQUEST_PATH:
+            try:
+                self._take_whole_request()
+            except RemoteProtocolError as exc:
+                self._fail(exc)
+                raise
         if not events:
             next_raw = self._reader.next_raw
             by_record = _BY_RECORD
@@ -254,9 +272,16 @@ class ServerConnection:
     # -- output --------------------------------------------------------------
 
     def send_stdout(self, data: bytes | bytearray | memoryview) -> bytes:
-        self._apply(_In.SEND, _To.ACTIVE, 0, 0, b"")
-        assert self.request_id is not None
-        return encode_stream(RecordType.STDOUT, self.request_id, data)
+        if self.state not in _MAY_SEND:
+            self._apply(_In.SEND, _To.ACTIVE, 0, 0, b"")
+        request_id = self.request_id
+        assert request_id is not None
+        if type(data) is bytes and 0 < len(data) <= MAX_CONTENT_LEN:
+            # The usual whole small response: one record, built here with one join.
+            padding = _PADDING[len(data) & 7]
+            return _EMPTY.join((_pack_header(1, _STDOUT_TYPE, request_id, len(data), len(padding)), data,
+                                padding))
+        return encode_stream(RecordType.STDOUT, request_id, data)
 
     def send_stderr(self, data: bytes | bytearray | memoryview) -> bytes:
         self._apply(_In.SEND, _To.ACTIVE, 0, 0, b"")
@@ -277,6 +302,12 @@ class ServerConnection:
         stderr_used = self._stderr_used
         self._apply(_In.END_KEEP if self.keep_conn else _In.END_CLOSE, _To.ACTIVE, 0, 0, b"")
         assert request_id is not None
+        if not app_status and protocol_status == ProtocolStatus.REQUEST_COMPLETE and not stderr_used:
+            # The same bytes end every good request; made once per request id.
+            tail = _complete_tails.get(request_id)
+            if tail is None:
+                tail = _complete_tail(request_id)
+            return tail
         end = encode_record(RecordType.END_REQUEST, request_id, _END_BODY.pack(app_status, protocol_status))
         if stderr_used:
             return (
@@ -285,6 +316,67 @@ class ServerConnection:
                 + end
             )
         return encode_record(RecordType.STDOUT, request_id) + end
+
+    # -- the usual request in one piece -----------------------------------------
+
+    def _take_whole_request(self) -> None:
+        """Takes BEGIN_REQUEST, the PARAMS stream and an empty STDIN when all are buffered.
+
+        This is what lighttpd and nginx send for a request without a body, usually in one
+        read. It applies the same rules the record loop would (see _WHOLE_REQUEST_RULES)
+        without looking each record up; anything else (a partial or unusual request, a
+        body) leaves the buffer untouched for the record loop.
+        """
+        buf, pos = self._reader.buffered()
+        if type(buf) is not bytes:
+            return
+        end = len(buf)
+        if end - pos < 16:
+            return
+        version, rtype, request_id, length, padding = _unpack_header(buf, pos)
+        if version != 1 or rtype != _BEGIN_TYPE or length != 8 or not request_id:
+            return
+        role, flags = _BEGIN_BODY.unpack_from(buf, pos + 8)
+        if role not in _KNOWN_ROLES:
+            return
+        pos += 16 + padding
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if end - pos < 8:
+                return
+            version, rtype, rid, length, padding = _unpack_header(buf, pos)
+            start = pos + 8
+            pos = start + length + padding
+            if version != 1 or rtype != _PARAMS_TYPE or rid != request_id or pos > end:
+                return
+            if not length:
+                break
+            parts.append(buf[start : start + length])
+            size += length
+        if size > self._max_params_size:
+            return  # the record loop reports it, at the record that went over
+        stdin_ended = False
+        if end - pos >= 8:
+            version, rtype, rid, length, padding = _unpack_header(buf, pos)
+            if (version == 1 and rtype == _STDIN_TYPE and rid == request_id and not length
+                    and pos + 8 + padding <= end):
+                pos += 8 + padding
+                stdin_ended = True
+        self._reader.skip_to(pos)
+        # From here on exactly what _do_begin, _do_params_end and _do_stdin_end do.
+        self.request_id = request_id
+        self._role = role_ = _ROLES[role]
+        self.keep_conn = keep_conn = bool(flags & FCGI_KEEP_CONN)
+        self._params = []
+        self._params_size = 0
+        self._stderr_used = False
+        self.state = _AFTER_PARAMS
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._events.append(RequestStarted(request_id, role_, keep_conn, decode_params_latin1(raw)))
+        if stdin_ended:
+            self.state = _AFTER_STDIN
+            self._events.append(StdinEnd(request_id))
 
     # -- the machine ---------------------------------------------------------
 
@@ -463,3 +555,54 @@ def _build_record_table() -> dict[tuple[ConnState, int, bool, _To], _Rule]:
 
 
 _BY_RECORD = _build_record_table()
+
+
+# States where our caller may write output, and stays there (checked without _apply's work).
+_MAY_SEND = frozenset(
+    state for (state, inp, target), (_handler, next_state) in _TRANSITIONS.items()
+    if inp is _In.SEND and target is _To.ACTIVE and next_state is None
+)
+_STDOUT_TYPE = int(RecordType.STDOUT)
+_EMPTY = b""
+_complete_tails: dict[int, bytes] = {}
+
+
+def _complete_tail(request_id: int) -> bytes:
+    """The empty STDOUT record and END_REQUEST(0, REQUEST_COMPLETE) for `request_id`, cached.
+
+    Fronts reuse a few small ids (lighttpd always 1), so the cache stays small; it is
+    bounded anyway.
+    """
+    tail = encode_record(RecordType.STDOUT, request_id) + encode_record(
+        RecordType.END_REQUEST, request_id, _END_BODY.pack(0, ProtocolStatus.REQUEST_COMPLETE))
+    if len(_complete_tails) < 64:
+        _complete_tails[request_id] = tail
+    return tail
+
+
+# The whole-request path in next_event() (ServerConnection._take_whole_request) takes these
+# steps without the lookups. It checks here, once, that the table still says what it
+# assumes, and stays off otherwise: the table above remains the only truth.
+_WHOLE_REQUEST_RULES: tuple[tuple[tuple[ConnState, _In, _To], _Rule], ...] = (
+    ((S.IDLE, _In.BEGIN, _To.OTHER), (ServerConnection._do_begin, S.PARAMS)),
+    ((S.PARAMS, _In.PARAMS, _To.ACTIVE), (ServerConnection._do_params, None)),
+    ((S.PARAMS, _In.PARAMS_END, _To.ACTIVE), (ServerConnection._do_params_end, S.STDIN)),
+    ((S.STDIN, _In.STDIN_END, _To.ACTIVE), (ServerConnection._do_stdin_end, S.RESPONDING)),
+)
+_WHOLE_REQUEST_PATH = all(_TRANSITIONS.get(key) == rule for key, rule in _WHOLE_REQUEST_RULES)
+
+
+def _state_after(step: int) -> ConnState:
+    state = _WHOLE_REQUEST_RULES[step][1][1]
+    assert state is not None
+    return state
+
+
+_AFTER_PARAMS = _state_after(2)
+_AFTER_STDIN = _state_after(3)
+_BEGIN_TYPE = int(RecordType.BEGIN_REQUEST)
+_PARAMS_TYPE = int(RecordType.PARAMS)
+_STDIN_TYPE = int(RecordType.STDIN)
+_unpack_header = unpack_header
+_pack_header = pack_header
+_PADDING = PADDING

@@ -12,10 +12,14 @@ from .errors import LocalProtocolError, RemoteProtocolError
 _HEADER = struct.Struct("!BBHHBx")
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
+# (version, type, request id, content length, padding length) at an offset; for scanners.
+unpack_header = _unpack_header
+pack_header = _pack_header
 
 # Padding for each remainder mod 8, so a record is always a multiple of 8 bytes long
 # (the spec recommends it; it keeps the peer's reads aligned).
 _PADDING = tuple(b"\x00" * ((8 - n % 8) % 8) for n in range(8))
+PADDING = _PADDING
 
 # Trim consumed bytes only past this point: trimming costs a move of what remains,
 # so doing it rarely keeps a 20 MB body arriving in 64 KB pieces linear.
@@ -86,6 +90,11 @@ class RecordReader:
         self._buf: bytes | bytearray = b""
         self._pos = 0
 
+    def clear(self) -> None:
+        """Drops whatever is buffered: the reader is as new."""
+        self._buf = b""
+        self._pos = 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         buf = self._buf
         pos = self._pos
@@ -109,6 +118,19 @@ class RecordReader:
     def pending(self) -> int:
         """Bytes buffered and not yet returned as records."""
         return len(self._buf) - self._pos
+
+    def buffered(self) -> tuple[bytes | bytearray, int]:
+        """The buffer and the offset of its first unread byte, for a caller scanning ahead.
+
+        The caller must not change the buffer; skip_to() then consumes what it took.
+        """
+        return self._buf, self._pos
+
+    def skip_to(self, pos: int) -> None:
+        """Consumes the buffered bytes before offset `pos` (a record boundary)."""
+        if not self._pos <= pos <= len(self._buf):
+            raise LocalProtocolError(f"cannot skip to offset {pos}")
+        self._pos = pos
 
     def next_record(self) -> Record | None:
         """The next complete record, or None when more bytes are needed."""
