@@ -133,7 +133,7 @@ def test_a_stopped_busy_worker_is_killed_at_the_timeout_and_queued_requests_are_
             t.join(60)
         assert len(first) == 1 and isinstance(first[0], ClientError), first
         assert queued == [f"ok {replacement}\n".encode()] * 3, queued
-        assert "timed out after" in server.log_text()
+        assert server.wait_for_log("timed out after", 10)
         assert ok(server) == f"ok {replacement}\n".encode()
 
 

@@ -133,7 +133,7 @@ def test_a_param_just_under_the_limit_is_served_and_one_over_closes_only_that_co
     claims = encode_record(RT.BEGIN_REQUEST, 1, struct.pack("!HB5x", 1, 0)) + encode_record(
         RT.PARAMS, 1, b"\x8f\xff\xff\xff\x8f\xff\xff\xffabc")
     assert raw_fastcgi(server, claims + encode_record(RT.PARAMS, 1, b"")) == b""
-    assert "closing connection after a protocol error" in server.log_text()
+    assert server.wait_for_log("closing connection after a protocol error", 10)
     still_serves(server)
 
 

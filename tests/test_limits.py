@@ -73,8 +73,8 @@ def test_a_worker_past_max_rss_finishes_its_request_and_is_replaced() -> None:
         assert int(response.body) == pid
         [new] = server.wait_for_workers(1, exclude=[pid], timeout=20)
         assert int(fcgi_request(server.address).body) == new
-        assert f"worker {pid} uses" in server.log_text()
-        assert "above --max-rss 100 MiB" in server.log_text()
+        assert server.wait_for_log(f"worker {pid} uses", 10)
+        assert server.wait_for_log("above --max-rss 100 MiB", 10)
 
 
 def test_max_requests_with_jitter_recycles_workers_after_a_varying_number_of_requests() -> None:

@@ -100,7 +100,7 @@ def test_dynamic_pool_spawns_spares_under_a_burst_and_retires_them_after(tmp_pat
         assert peak <= 6
         # Idle above --max-spare 2: retired one at a time, down to two.
         assert wait_until(lambda: len(server.worker_pids()) == 2, 20), server.log_text()
-        assert "retiring worker" in server.log_text()
+        assert server.wait_for_log("retiring worker", 10)
         assert fcgi_request(server.address).status == 200
 
 
@@ -120,4 +120,4 @@ def test_dynamic_pool_stops_at_max_workers_records_it_and_queues_the_rest(tmp_pa
                 t.join(60)
         assert peak == 3
         assert len(set(answered)) <= 3
-        assert "max-workers (3) reached" in server.log_text()
+        assert server.wait_for_log("max-workers (3) reached", 10)

@@ -58,7 +58,7 @@ def test_workers_run_as_user_and_group_while_the_supervisor_keeps_its_socket_usa
 @needs_root
 def test_workers_started_as_root_without_user_get_a_loud_warning() -> None:
     with running_server(APP, workers=1) as server:
-        assert "[WARNING] fcgiserver.privileges: workers will run as root" in server.log_text()
+        assert server.wait_for_log("[WARNING] fcgiserver.privileges: workers will run as root", 10)
 
 
 def test_user_root_is_refused_without_allow_root() -> None:
@@ -78,4 +78,4 @@ def test_user_root_with_allow_root_runs_and_says_so() -> None:
     with running_server(APP, workers=1, args=["--user", "root", "--allow-root"]) as server:
         [pid] = server.worker_pids()
         assert psutil.Process(pid).uids().effective == 0
-        assert "workers run as root (--user root --allow-root)" in server.log_text()
+        assert server.wait_for_log("workers run as root (--user root --allow-root)", 10)

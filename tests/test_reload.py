@@ -121,7 +121,7 @@ def test_hup_under_load_loses_no_request_and_the_new_code_answers_with_preload()
             # Reloaded in place: the supervisor and its pidfile are the same process.
             assert server.proc.poll() is None
             assert Path(server.pidfile).read_text().strip() == str(server.pid)
-            assert f"new program image (pid {server.pid})" in server.log_text()
+            assert server.wait_for_log(f"new program image (pid {server.pid})", 10)
         assert load.errors == [], load.errors[:5]
         assert set(load.versions) == {"v1", "v2-new-code"}
         assert set(load.versions[mark:]) == {"v2-new-code"}

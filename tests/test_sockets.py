@@ -51,7 +51,7 @@ def test_a_stale_socket_file_is_replaced(short_dir: str) -> None:
     _leave_stale_socket(path)
     with running_server(APP, workers=1, bind=f"unix:{path}") as server:
         assert fcgi_request(server.address).status == 200
-        assert "removing stale socket file" in server.log_text()
+        assert server.wait_for_log("removing stale socket file", 10)
     assert not os.path.exists(path)
 
 

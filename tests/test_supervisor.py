@@ -352,7 +352,7 @@ def test_a_worker_that_reaches_max_requests_is_replaced() -> None:
         assert pids == [first, first]
         [second] = server.wait_for_workers(1, exclude=[first])
         assert int(fcgi_request(server.address).body) == second
-        assert f"worker {first} exited with code 0; replacing it" in server.log_text()
+        assert server.wait_for_log(f"worker {first} exited with code 0; replacing it", 10)
 
 
 RELOADABLE_MODULE = """
