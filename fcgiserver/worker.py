@@ -385,13 +385,26 @@ class Worker:
         # A stop may close a connection only between requests: one accepted but not yet
         # sent its first request is a request the front already handed over.
         served_before = self.served
+        # A request's head (BEGIN_REQUEST and its PARAMS) must arrive whole within the read
+        # timeout, however it trickles: a timer restarted by every byte would let one byte
+        # every few seconds hold the worker forever (the body is bounded by --timeout, since
+        # the slot is busy once the head is in).
+        head_deadline: float | None = None
         try:
             while True:
-                data = self._recv(sock, conn.state is ConnState.IDLE and self.served > served_before)
+                if head_deadline is not None and time.monotonic() >= head_deadline:
+                    raise TimeoutError("the request's parameters did not arrive in time")
+                data = self._recv(sock, conn.state is ConnState.IDLE and self.served > served_before,
+                                  head_deadline)
                 if data is None:
                     return
                 conn.receive_data(data)
                 self._handle_events(conn, channel)
+                if conn.state is ConnState.PARAMS or (conn.state is ConnState.IDLE and conn.pending_input):
+                    if head_deadline is None and self.timeout_ms is not None:
+                        head_deadline = time.monotonic() + self.read_timeout
+                else:
+                    head_deadline = None
                 out = conn.data_to_send()
                 if out:
                     send_all(sock, out, self.timeout_ms)
@@ -415,17 +428,17 @@ class Worker:
             self._end_request()
             sock.close()
 
-    def _recv(self, sock: _socket.socket, idle: bool) -> bytes | None:
+    def _recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None) -> bytes | None:
         """The next bytes (b"" at EOF), or None when a stop was asked while idle."""
         try:
             n = sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
         except BlockingIOError:
-            n = self._wait_and_recv(sock, idle)
+            n = self._wait_and_recv(sock, idle, head_deadline)
             if n < 0:
                 return None
         return self.view[:n].tobytes()
 
-    def _wait_and_recv(self, sock: _socket.socket, idle: bool) -> int:
+    def _wait_and_recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None = None) -> int:
         """Waits for bytes and reads them; -1 when the idle connection is to be closed."""
         poller = select.poll()
         poller.register(sock, _POLLIN)
@@ -441,6 +454,8 @@ class Worker:
                 poller.register(fd, _POLLIN)
             timeout_ms = self.keepalive_ms
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        if head_deadline is not None and (deadline is None or head_deadline < deadline):
+            deadline = head_deadline
         sock_fd = sock.fileno()
         while True:
             if idle and self.stopping:

@@ -240,8 +240,6 @@ def test_stalled_clients_are_dropped_at_the_read_timeout_and_cannot_block_the_po
         assert ok(server).startswith(b"ok ")
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the read timeout restarts with every byte, and a request is "
-                                       "not BUSY for --timeout until its PARAMS end (docs/reliability.md)")
 def test_a_client_trickling_params_byte_by_byte_is_dropped_within_the_request_timeout() -> None:
     with running_server(APP, workers=1, args=["--read-timeout", "1", "--timeout", "3"]) as server:
         assert server.socket_path is not None

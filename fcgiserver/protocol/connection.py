@@ -203,6 +203,11 @@ class ServerConnection:
     def should_close(self) -> bool:
         return self.state >= ConnState.CLOSED  # CLOSED and ERROR are the last two states
 
+    @property
+    def pending_input(self) -> int:
+        """Bytes received and not yet parsed: once next_event() said NEED_DATA, part of a record."""
+        return self._reader.pending()
+
     # -- input ---------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
