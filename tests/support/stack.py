@@ -205,9 +205,15 @@ def upload_in_two_halves(stack: Stack, data: bytes, filename: str = "big.png") -
     half = len(body) // 2
     with socket.create_connection(("127.0.0.1", stack.front.port), timeout=120) as sock:
         sock.sendall(head + body[:half])
-        # nginx unlinks its buffer file at once, so look at what the daemon holds open.
-        wait_for(lambda: bool(stack.front.open_temp_files()), timeout=30)
-        temp_files = stack.front.open_temp_files()
+        # nginx unlinks its buffer file at once, so look at what the daemon holds open, and
+        # lighttpd may close a full buffer file and keep only its name: look there too.
+        def buffered() -> list[str]:
+            folder = stack.front.upload_tmp
+            named = {str(p) for p in folder.iterdir()} if folder.is_dir() else set()
+            return sorted(set(stack.front.open_temp_files()) | named)
+
+        wait_for(lambda: bool(buffered()), timeout=30)
+        temp_files = buffered()
         midway = connected_unix_sockets(stack.socket_path)
         sock.sendall(body[half:])
         raw = b""
