@@ -348,7 +348,8 @@ def test_killing_a_worker_counts_a_crash_restart_and_keeps_its_requests_in_the_t
             # The supervisor counts a spawn just after fork() returns: the new worker may be
             # on the page a moment before it is counted.
             totals = data["totals"]
-            return bool(totals["restarts"]["crash"] == 1 and totals["workers"] == 2 and totals["spawned"] == 3)
+            return bool(totals["restarts"]["crash"] == 1 and totals["workers"] == 2
+                        and totals["spawned"] == 3)
 
         assert wait_until(restarted, 20), status(server)
         totals = status(server)["totals"]
