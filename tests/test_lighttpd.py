@@ -22,6 +22,7 @@ from tests.apps.front_apps import SECRET_ERROR_TEXT, STREAM_CHUNK, STREAM_CHUNKS
 from tests.support.frontends import (
     LIGHTTPD_CONF,
     Front,
+    check_status_pages_answer_localhost_only,
     connected_unix_sockets,
     find_binary,
     get_from,
@@ -155,15 +156,7 @@ def test_fcgi_status_answers_localhost_only(site: Site) -> None:
 
 
 def test_fcgiserver_status_and_ping_answer_localhost_only(site: Site) -> None:
-    local = get_from("127.0.0.1", site.front.port, "/fcgiserver-status?full")
-    assert local.startswith(b"HTTP/1.0 200"), local[:300]
-    status = json.loads(local.split(b"\r\n\r\n", 1)[1])
-    assert len(status["workers"]) == 2
-    ping = get_from("127.0.0.1", site.front.port, "/fcgiserver-ping")
-    assert ping.startswith(b"HTTP/1.0 200") and ping.endswith(b"pong"), ping[:300]
-    for path in ("/fcgiserver-status", "/fcgiserver-status?format=prometheus", "/fcgiserver-ping"):
-        remote = get_from("127.0.0.2", site.front.port, path)
-        assert remote.startswith(b"HTTP/1.0 403"), remote[:300]
+    check_status_pages_answer_localhost_only(site.front.port, workers=2)
 
 
 class TestUploadServiceBehindLighttpd(UploadStackChecks):

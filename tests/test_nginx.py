@@ -21,8 +21,8 @@ from tests.support.frontends import (
     NGINX_TEMPLATE,
     RENDER_CONF,
     Front,
+    check_status_pages_answer_localhost_only,
     connected_unix_sockets,
-    get_from,
     running_nginx,
     wait_for,
 )
@@ -113,15 +113,7 @@ def test_kept_connection_is_released_when_nginx_stops(tmp_path_factory: pytest.T
 
 
 def test_fcgiserver_status_and_ping_answer_localhost_only(site: Site) -> None:
-    local = get_from("127.0.0.1", site.front.port, "/fcgiserver-status?full")
-    assert local.startswith(b"HTTP/1.1 200"), local[:300]
-    status = json.loads(local.split(b"\r\n\r\n", 1)[1])
-    assert len(status["workers"]) == 2
-    ping = get_from("127.0.0.1", site.front.port, "/fcgiserver-ping")
-    assert ping.startswith(b"HTTP/1.1 200") and ping.endswith(b"pong"), ping[:300]
-    for path in ("/fcgiserver-status", "/fcgiserver-status?format=prometheus", "/fcgiserver-ping"):
-        remote = get_from("127.0.0.2", site.front.port, path)
-        assert remote.startswith(b"HTTP/1.1 403"), remote[:300]
+    check_status_pages_answer_localhost_only(site.front.port, workers=2)
 
 
 class TestUploadServiceBehindNginx(UploadStackChecks):

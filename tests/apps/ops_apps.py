@@ -19,7 +19,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
+
+# The query reader and the "request started" marker the supervisor tests use too.
+from supervisor_apps import _mark, _query
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., object]
@@ -30,17 +32,6 @@ _KEPT: list[bytearray] = []
 def _text(start_response: StartResponse, body: bytes) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def _query(environ: Environ) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-
-
-def _mark(environ: Environ) -> None:
-    path = _query(environ).get("mark")
-    if path:
-        with open(path, "w") as fh:
-            fh.write(str(os.getpid()))
 
 
 def slow_in_app_code(seconds: float) -> None:

@@ -373,3 +373,18 @@ def get_from(source_ip: str, port: int, path: str) -> bytes:
 
 # One polling helper for all fixtures; kept under this name for the tests that import it here.
 wait_for = wait_until
+
+
+def check_status_pages_answer_localhost_only(port: int, workers: int) -> None:
+    """fcgiserver's status and ping pages, as a site config passes them: to 127.0.0.1 only."""
+    import json
+
+    local = get_from("127.0.0.1", port, "/fcgiserver-status?full")
+    assert b" 200 " in local.split(b"\r\n", 1)[0], local[:300]
+    status = json.loads(local.split(b"\r\n\r\n", 1)[1])
+    assert len(status["workers"]) == workers
+    ping = get_from("127.0.0.1", port, "/fcgiserver-ping")
+    assert b" 200 " in ping.split(b"\r\n", 1)[0] and ping.endswith(b"pong"), ping[:300]
+    for path in ("/fcgiserver-status", "/fcgiserver-status?format=prometheus", "/fcgiserver-ping"):
+        remote = get_from("127.0.0.2", port, path)
+        assert b" 403 " in remote.split(b"\r\n", 1)[0], remote[:300]
