@@ -7,7 +7,7 @@ import os
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,6 +38,9 @@ class ImageInfo:
     height: int
     frames: int
     orientation: int
+    # A JPEG's first frame as the checking decode left it (scaled down for the thumbnail),
+    # so the thumbnail needs no second decode.
+    preview: Image.Image | None = field(default=None, compare=False, repr=False)
 
     @property
     def ext(self) -> str:
@@ -52,8 +55,13 @@ def _open(fp: BinaryIO) -> Image.Image:
     return Image.open(fp, formats=list(FORMATS))
 
 
-def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
-    """Identify by content only and decode every frame, so truncated or corrupt files fail here."""
+def inspect_image(path: Path, max_pixels: int, thumb_size: int = 0) -> ImageInfo:
+    """Identify by content only and decode every frame, so truncated or corrupt files fail here.
+
+    With ``thumb_size``, a JPEG is decoded at the smallest scale that still covers a thumbnail
+    of that size, and the result is kept as ``preview`` for make_thumbnail().
+    """
+    preview: Image.Image | None = None
     with warnings.catch_warnings(), _open_file(path) as fp:
         # Pillow only raises at twice MAX_IMAGE_PIXELS; below that it merely warns.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -70,7 +78,14 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
                     raise ImageError(413, "too_many_pixels", "The animation has too many frames.")
                 for frame in range(frames):
                     im.seek(frame)
+                    if fmt == "JPEG":
+                        # A scaled decode still reads every byte of the scan, so a cut or
+                        # damaged file fails as it would at full size, at a fraction of the
+                        # cost. The size was taken above, before draft() shrinks it.
+                        im.draft(im.mode, (thumb_size, thumb_size) if thumb_size else (1, 1))
                     im.load()
+                    if fmt == "JPEG" and thumb_size:
+                        preview = im.copy()
                 im.seek(0)
                 orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
         except ImageError:
@@ -86,7 +101,7 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
         orientation = 1
     if orientation >= 5:
         width, height = height, width
-    return ImageInfo(fmt, width, height, frames, orientation)
+    return ImageInfo(fmt, width, height, frames, orientation, preview)
 
 
 def _too_many_pixels(width: int, height: int, limit: int) -> ImageError:
@@ -99,21 +114,30 @@ def _open_file(path: Path) -> BinaryIO:
     return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
 
 
-def make_thumbnail(path: Path, size: int) -> tuple[bytes, int, int]:
-    """A JPEG of the first frame, longest side ``size``, right way up, with no metadata at all."""
-    with _open_file(path) as fp, _open(fp) as im:
-        # Shrinking before exif_transpose() (which decodes fully) keeps JPEG's scaled decode.
-        im.draft("RGB", (size, size))
-        if im.mode not in ("RGB", "L", "CMYK", "RGBA"):
-            im = im.convert("RGBA")
-        im.thumbnail((size, size))
-        upright = ImageOps.exif_transpose(im)
-        out = _flatten(upright)
+def make_thumbnail(path: Path, size: int, preview: Image.Image | None = None) -> tuple[bytes, int, int]:
+    """A JPEG of the first frame, longest side ``size``, right way up, with no metadata at all.
+
+    ``preview``: the first frame already decoded (inspect_image's), used instead of the file.
+    """
+    if preview is not None:
+        out = _shrink_upright(preview, size)
+    else:
+        with _open_file(path) as fp, _open(fp) as im:
+            # Shrinking before exif_transpose() (which decodes fully) keeps JPEG's scaled decode.
+            im.draft("RGB", (size, size))
+            out = _shrink_upright(im, size)
     # Pillow would carry a JPEG comment or other info over into the new file.
     out.info = {}
     buf = io.BytesIO()
     out.save(buf, "JPEG", quality=85, optimize=True)
     return buf.getvalue(), out.width, out.height
+
+
+def _shrink_upright(im: Image.Image, size: int) -> Image.Image:
+    if im.mode not in ("RGB", "L", "CMYK", "RGBA"):
+        im = im.convert("RGBA")
+    im.thumbnail((size, size))
+    return _flatten(ImageOps.exif_transpose(im))
 
 
 def _flatten(im: Image.Image) -> Image.Image:

@@ -18,13 +18,13 @@ def store_picture(upload: SpooledFile, storage: Storage, settings: Settings) -> 
         return Published(twin, None, True)
     if upload.size == 0:
         raise ImageError(400, "empty_file", "The file is empty.")
-    info = inspect_image(upload.path, settings.max_pixels)
+    info = inspect_image(upload.path, settings.max_pixels, settings.thumb_size)
     with _open(upload.path) as src:
         # Phones append videos to JPEGs (motion photos): the public copy simply drops them.
         # Anywhere else, or in a byte-exact copy, a second file riding along is refused.
         if (settings.keep_metadata or info.format != "JPEG") and has_trailing_data(src, info):
             raise ImageError(400, "trailing_data", "The file has other data after the picture.")
-    thumb, thumb_w, thumb_h = make_thumbnail(upload.path, settings.thumb_size)
+    thumb, thumb_w, thumb_h = make_thumbnail(upload.path, settings.thumb_size, info.preview)
     public = upload.path
     try:
         if settings.keep_metadata:

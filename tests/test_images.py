@@ -69,12 +69,17 @@ def test_corrupt_later_frame_of_an_animation_is_found(tmp_path: Path) -> None:
     assert err.value.status == 400
 
 
-def test_thumbnail_is_small_upright_jpeg_without_metadata(tmp_path: Path) -> None:
+@pytest.mark.parametrize("from_preview", [False, True], ids=["from the file", "from the checking decode"])
+def test_thumbnail_is_small_upright_jpeg_without_metadata(tmp_path: Path, from_preview: bool) -> None:
     # Stored 120x60 with orientation 6 (rotate 90 clockwise to view): displayed 60x120.
     path = write(tmp_path, corpus.gps_jpeg(orientation=6, size=(1200, 600)))
-    info = inspect_image(path, LIMIT)
+    info = inspect_image(path, LIMIT, thumb_size=200 if from_preview else 0)
     assert (info.width, info.height) == (600, 1200)
-    data, w, h = make_thumbnail(path, 200)
+    # The checking decode was scaled down for the thumbnail: no second decode needed.
+    assert (info.preview is not None) == from_preview
+    if info.preview is not None:
+        assert max(info.preview.size) < 1200 and min(info.preview.size) >= 200
+    data, w, h = make_thumbnail(path, 200, info.preview)
     thumb = Image.open(io.BytesIO(data))
     assert thumb.format == "JPEG" and thumb.size == (w, h) == (100, 200)
     assert not thumb.getexif() and "exif" not in thumb.info and "icc_profile" not in thumb.info
