@@ -30,5 +30,21 @@ if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
 echo "installing Debian packages: ${missing[*]}"
+# The daemons are only started by the tests and `make run`, on ports of their own: keep the
+# packages from starting system-wide services (lighttpd and nginx would both want port 80,
+# and the second one's failed start would fail the install).
+policy=/usr/sbin/policy-rc.d
+added_policy=""
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    added_policy=1
+fi
+cleanup() {
+    if [ -n "$added_policy" ]; then
+        $SUDO rm -f "$policy"
+    fi
+}
+trap cleanup EXIT
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
