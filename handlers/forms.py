@@ -154,8 +154,9 @@ class _Spool:
         self.file.write(chunk)
 
     def finish(self) -> SpooledFile:
+        # No fsync here: most spooled files are never published (the public copy is a new
+        # file); the one that is gets its fsync right before it is linked (service.py).
         self.file.flush()
-        os.fsync(self.file.fileno())
         self.file.close()
         return SpooledFile(self.path, self.size, self.hash.hexdigest(), self.filename)
 

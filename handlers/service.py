@@ -28,6 +28,8 @@ def store_picture(upload: SpooledFile, storage: Storage, settings: Settings) -> 
     public = upload.path
     try:
         if settings.keep_metadata:
+            # The upload itself is published: durable before it is linked.
+            _fsync_file(upload.path)
             size, served_sha = upload.size, upload.sha256
         else:
             dst, public = storage.temp_file()
@@ -45,6 +47,14 @@ def store_picture(upload: SpooledFile, storage: Storage, settings: Settings) -> 
     finally:
         if public != upload.path:
             unlink_quietly(public)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open(path: Path) -> BinaryIO:
