@@ -9,7 +9,7 @@ from typing import BinaryIO
 from handlers.forms import SpooledFile
 from handlers.images import ImageError, has_trailing_data, inspect_image, make_thumbnail, write_public_copy
 from handlers.settings import Settings
-from handlers.storage import Published, Storage, sha256_file, unlink_quietly
+from handlers.storage import Published, Storage, fsync_path, sha256_file, unlink_quietly
 
 
 def store_picture(upload: SpooledFile, storage: Storage, settings: Settings) -> Published:
@@ -29,7 +29,7 @@ def store_picture(upload: SpooledFile, storage: Storage, settings: Settings) -> 
     try:
         if settings.keep_metadata:
             # The upload itself is published: durable before it is linked.
-            _fsync_file(upload.path)
+            fsync_path(upload.path)
             size, served_sha = upload.size, upload.sha256
         else:
             dst, public = storage.temp_file()
@@ -47,14 +47,6 @@ def store_picture(upload: SpooledFile, storage: Storage, settings: Settings) -> 
     finally:
         if public != upload.path:
             unlink_quietly(public)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _open(path: Path) -> BinaryIO:

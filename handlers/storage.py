@@ -100,12 +100,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path, *, directory: bool = False) -> None:
+    """fsync a file, or a folder (to make the names linked into it durable), never via a link."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else os.O_NOFOLLOW))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fsync_path(path, directory=True)
 
 
 def _read_small(path: Path, limit: int = 1 << 16) -> bytes:
