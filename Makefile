@@ -28,7 +28,7 @@ demo: $(VENV)/.stamp
 	$(VENV)/bin/fcgiserver --bind unix:var/run/demo.sock --workers 2 fcgiserver.demo:application
 
 test: setup
-	$(PY) -bb -m pytest -m "not soak" $(PYTEST_ARGS)
+	$(PY) -bb -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check fcgiserver handlers tests bench

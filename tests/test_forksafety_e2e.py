@@ -191,7 +191,6 @@ def test_reseed_replaces_even_an_explicitly_seeded_stream() -> None:
 def test_flup_fcgi_fork_children_share_one_stream() -> None:
     """The peer's behaviour, documented: flup's prefork server leaves a pre-fork Random()
     alone, so every child it forks draws the same values."""
-    pytest.importorskip("flup.server.fcgi_fork")
     code = textwrap.dedent("""
         import sys
         import rng_apps

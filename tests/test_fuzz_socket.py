@@ -47,7 +47,7 @@ from fcgiserver.protocol import (
     encode_params,
     encode_record,
 )
-from tests.support.load import fd_targets, idle_fds, soak_only
+from tests.support.load import fd_targets, idle_fds
 from tests.support.server import ServerProcess, running_server, wait_until
 
 APP = "reliability_apps:application"
@@ -403,8 +403,7 @@ def test_mutated_streams_into_a_live_server_never_hurt_it() -> None:
 
 
 @pytest.mark.soak
-def test_mutated_streams_into_a_live_server_for_minutes(request: pytest.FixtureRequest) -> None:
-    soak_only(request.config)
+def test_mutated_streams_into_a_live_server_for_minutes() -> None:
     seed = os.environ.get("FUZZ_SEED") or os.urandom(6).hex()
     tally = fuzz_live_server(float(os.environ.get("SOAK_FUZZ_SECONDS", "90")), seed)
     assert tally.cases >= 1000

@@ -196,10 +196,6 @@ def cgi_env(path_info: str, query: str = "", body: bytes = b"", method: str = "G
     }
 
 
-needs_cgi_fcgi = pytest.mark.skipif(CGI_FCGI is None, reason="cgi-fcgi (libfcgi-bin) is not installed")
-
-
-@needs_cgi_fcgi
 def test_cgi_fcgi_gets_hello(server: str) -> None:
     out = cgi_fcgi(server, cgi_env("/hello"))
     head, _, body = out.partition(b"\r\n\r\n")
@@ -207,7 +203,6 @@ def test_cgi_fcgi_gets_hello(server: str) -> None:
     assert body == wsgi_apps.HELLO
 
 
-@needs_cgi_fcgi
 def test_cgi_fcgi_posts_a_megabyte_and_gets_its_digest(server: str) -> None:
     data = os.urandom(1 << 20)
     out = cgi_fcgi(server, cgi_env("/upload", body=data, method="POST"), data)
@@ -215,7 +210,6 @@ def test_cgi_fcgi_posts_a_megabyte_and_gets_its_digest(server: str) -> None:
     assert result == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-@needs_cgi_fcgi
 def test_cgi_fcgi_reads_a_five_megabyte_response(server: str) -> None:
     out = cgi_fcgi(server, cgi_env("/sized", "n=5242880&chunk=65536"))
     assert out.partition(b"\r\n\r\n")[2] == wsgi_apps.pattern(5 * 1024 * 1024)
@@ -279,7 +273,6 @@ def _http_get(port: int, target: str) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.skipif(LIGHTTPD is None, reason="lighttpd is not installed")
 def test_lighttpd_root_mount_without_fix_root_scriptname_gets_the_path_in_path_info() -> None:
     # lighttpd mounted at "/" puts the whole path in SCRIPT_NAME unless told otherwise;
     # the default (auto) SCRIPT_NAME handling must move it to PATH_INFO.
@@ -324,14 +317,10 @@ def test_nginx_keeping_more_connections_than_workers_gets_every_request_answered
     # another connection waits, or that one waits for the idle limit (5 s) each time.
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.support.frontends import find_binary, running_nginx
+    from tests.support.frontends import running_nginx
     from tests.support.server import running_server
     from tests.support.stack import http_request
 
-    try:
-        find_binary("nginx")
-    except Exception:
-        pytest.skip("nginx is not installed")
     work = tmp_path_factory.mktemp("nginx-fair")
     with running_server("front_apps:application", workers=1) as server:
         assert server.socket_path is not None

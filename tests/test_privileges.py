@@ -18,7 +18,11 @@ from tests.support.server import fcgi_request, running_server, server_command, s
 
 APP = "ops_apps:application"
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+
+@pytest.fixture(autouse=True)
+def _as_root() -> None:
+    # The tests run as root (make test installs Debian packages too); dropping privileges needs it.
+    assert os.geteuid() == 0, "privilege tests must run as root"
 
 
 def _nobody() -> tuple[int, int]:
@@ -33,7 +37,6 @@ def test_identity_defaults_to_the_users_own_group() -> None:
     assert identity.gid in identity.groups
 
 
-@needs_root
 def test_workers_run_as_user_and_group_while_the_supervisor_keeps_its_socket_usable() -> None:
     uid, gid = _nobody()
     args = ["--user", "nobody", "--group", "nogroup", "--socket-owner", "nobody:nogroup",
@@ -55,7 +58,6 @@ def test_workers_run_as_user_and_group_while_the_supervisor_keeps_its_socket_usa
         assert "workers will run as root" not in server.log_text()
 
 
-@needs_root
 def test_workers_started_as_root_without_user_get_a_loud_warning() -> None:
     with running_server(APP, workers=1) as server:
         assert server.wait_for_log("[WARNING] fcgiserver.privileges: workers will run as root", 10)
@@ -73,7 +75,6 @@ def test_user_root_is_refused_without_allow_root() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@needs_root
 def test_user_root_with_allow_root_runs_and_says_so() -> None:
     with running_server(APP, workers=1, args=["--user", "root", "--allow-root"]) as server:
         [pid] = server.worker_pids()

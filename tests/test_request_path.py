@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import socket
 import struct
@@ -242,7 +241,6 @@ def test_waiter_reports_a_waiting_connection_and_a_signal_byte(listener: socket.
         os.close(wake_w)
 
 
-@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="needs epoll's EPOLLEXCLUSIVE")
 def test_one_connection_wakes_one_waiting_worker_not_all(listener: socket.socket) -> None:
     pipes = [os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) for _ in range(2)]
     waiters = [_ListenWaiter([listener.fileno()], r) for r, _ in pipes]
@@ -276,7 +274,6 @@ def test_one_connection_wakes_one_waiting_worker_not_all(listener: socket.socket
             os.close(w)
 
 
-@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="needs epoll's EPOLLEXCLUSIVE")
 def test_a_worker_that_served_goes_behind_the_others_waiting(listener: socket.socket) -> None:
     # The kernel wakes exclusive waiters in registration order: without to_back() the same
     # worker would take every connection, and the others would never get one.

@@ -33,7 +33,6 @@ import pytest
 from PIL import Image
 
 from handlers.storage import check_consistency, sweep_stale
-from tests.support.load import soak_only
 from tests.support.server import wait_until
 from tests.support.stack import Reply, Stack, http_request, multipart, running_stack
 
@@ -165,9 +164,7 @@ def faults(stack: Stack, book: Book, rng: random.Random, stop: threading.Event) 
 
 @pytest.mark.soak
 @pytest.mark.timeout(SOAK_SECONDS + 240)
-def test_mixed_traffic_with_kills_and_reloads_loses_nothing(request: pytest.FixtureRequest,
-                                                              tmp_path: Path) -> None:
-    soak_only(request.config)
+def test_mixed_traffic_with_kills_and_reloads_loses_nothing(tmp_path: Path) -> None:
     seed = os.environ.get("SOAK_SEED") or os.urandom(4).hex()
     book = Book()
     stop = threading.Event()

@@ -222,16 +222,3 @@ def idle_fds(pids: list[int], samples: int = 10, interval: float = 0.05) -> dict
                 n = psutil.Process(pid).num_fds()
                 seen[pid] = min(n, seen.get(pid, n))
     return seen
-
-
-def soak_only(config: object) -> None:
-    """Skips a soak test unless the run selected soak tests (`make soak`: pytest -m soak).
-
-    A plain `pytest` selects every test, the soak ones too; they take minutes.
-    """
-    import pytest
-
-    assert isinstance(config, pytest.Config)
-    markexpr = str(config.getoption("markexpr") or "")
-    if "soak" not in markexpr or "not soak" in markexpr:
-        pytest.skip("a soak test: run it with `make soak` (pytest -m soak)")
