@@ -19,7 +19,7 @@ import pytest
 
 import fcgiserver
 from fcgiserver.api import WSGIServer, make_config
-from tests.support.server import fcgi_request, free_port, short_tempdir, wait_until
+from tests.support.server import fcgi_request, free_port, short_tempdir, stop_group, wait_until
 
 APP_SOURCE = """
     import json, os
@@ -49,13 +49,7 @@ def running_script(body: str, stdin: int | None = subprocess.DEVNULL,
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        stop_group(proc)
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -124,15 +124,7 @@ def flup_call(path: str, environ: dict[str, Any]) -> tuple[bytes, list[tuple[byt
 
 def flup_environ(path_info: str, query: str = "", body: bytes = b"", method: str = "GET") -> dict[str, Any]:
     return {
-        "REQUEST_METHOD": method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path_info,
-        "QUERY_STRING": query,
-        "REQUEST_URI": path_info + ("?" + query if query else ""),
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "CONTENT_LENGTH": str(len(body)),
+        **cgi_env(path_info, query, body, method),
         "HTTP_HOST": "localhost",
         "wsgi.input": io.BytesIO(body),
         "wsgi.errors": io.StringIO(),

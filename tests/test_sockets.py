@@ -24,6 +24,7 @@ from tests.support.server import (
     running_server,
     server_command,
     short_tempdir,
+    stop_group,
     wait_until,
 )
 
@@ -146,13 +147,7 @@ def _adopting_server(listener: socket.socket, cmd_prefix: list[str], extra_env: 
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        stop_group(proc)
         proc.log = Path(log_path).read_text(errors="replace")  # type: ignore[attr-defined]
         shutil.rmtree(log_dir, ignore_errors=True)
 

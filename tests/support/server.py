@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -112,16 +113,21 @@ class ServerProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         """TERM, wait; then SIGKILL the process group. Returns the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        _kill_group(self.proc)
-        return int(self.proc.returncode)
+        return stop_group(self.proc, timeout)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
+    """TERM, wait; then SIGKILL the process group (started with start_new_session). The exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    _kill_group(proc)
+    return int(proc.returncode)
+
+
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
     # The server runs in a session of its own, so its process group holds the supervisor and
     # every worker, orphaned or not.
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -208,12 +214,7 @@ def running_server(app: str, *, workers: int = 2, args: Sequence[str] = (),
         yield server
     finally:
         if proc is not None:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(15)
-            _kill_group(proc)
+            stop_group(proc)
         if notify is not None:
             notify.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
