@@ -21,6 +21,7 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -50,6 +51,12 @@ _HEAD = struct.Struct(_FIELDS)
 URI_LEN = SLOT_SIZE - _SEQ.size - _HEAD.size
 _DATA = struct.Struct(f"{_FIELDS}{URI_LEN}s")
 assert _SEQ.size + _DATA.size == SLOT_SIZE
+# state, requests, accepted, busy_since, last_change: what done() changes, packed alone at
+# this offset into the fields. The method and URI it leaves in place mean nothing once the
+# slot is no longer busy (read() shows them only for a busy slot).
+_STATE_AT = struct.calcsize("<iI")
+_STATE = struct.Struct("<B3xQQdd")
+assert _FIELDS.startswith("<iIB3xQQdd")
 
 # supervisor pid, started (time.time()), accepted and requests of reaped workers, restarts
 _HEADER = struct.Struct(f"<4xidQQ{len(RESTART_CAUSES)}Q")
@@ -148,16 +155,25 @@ class Slot:
         self._accepted += 1
 
     def busy(self, method: str, uri: str) -> None:
-        self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
+        encoded = _methods.get(method)
+        if encoded is None:
+            encoded = method.encode("latin-1", "replace")[:METHOD_LEN]
+            if len(_methods) < 32:
+                _methods[method] = encoded
+        self._method = encoded
         self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
         now = _time()
         self._write(_BUSY, now, now)
 
     def done(self) -> None:
+        """Back to idle after a request: runs per request, so it writes only what changes."""
         self._requests += 1
         self._method = b""
         self._uri = b""
-        self._write(_IDLE, 0.0, _time())
+        self._publish(_pack_state, _SEQ.size + _STATE_AT, _IDLE, self._requests, self._accepted, 0.0,
+                      _time())
+        self._state = _IDLE
+        self._busy_since = 0.0
 
     def exiting(self) -> None:
         self._write(SlotState.EXITING, 0.0)
@@ -167,21 +183,24 @@ class Slot:
         self._write(self._state, self._busy_since)
 
     def _write(self, state: SlotState, busy_since: float, now: float | None = None) -> None:
-        buf, off = self._buf, self._offset
         uri = self._uri
-        if now is None:
-            now = _time()
-        odd = (self._seq + 1) & 0xFFFFFFFF
-        even = (odd + 1) & 0xFFFFFFFF
         # The clock is read first, so the slot is odd (unreadable) only for one copy.
-        # _store_seq(), inlined: this runs twice per request.
-        buf[off : off + 4] = _pack_seq(odd)
-        _pack_data(buf, off + 4, self._pid, self._generation, state, self._requests, self._accepted,
-                   busy_since, now, self._fingerprint, self._method, len(uri), uri)
-        buf[off : off + 4] = _pack_seq(even)
-        self._seq = even
+        self._publish(_pack_data, _SEQ.size, self._pid, self._generation, state, self._requests,
+                      self._accepted, busy_since, _time() if now is None else now, self._fingerprint,
+                      self._method, len(uri), uri)
         self._state = state
         self._busy_since = busy_since
+
+    def _publish(self, pack: Callable[..., None], at: int, *values: object) -> None:
+        """pack(values) at `at` in the slot, between an odd and an even sequence number."""
+        buf, off = self._buf, self._offset
+        odd = (self._seq + 1) & 0xFFFFFFFF
+        even = (odd + 1) & 0xFFFFFFFF
+        # _store_seq(), inlined: this runs twice per request.
+        buf[off : off + 4] = _pack_seq(odd)
+        pack(buf, off + at, *values)
+        buf[off : off + 4] = _pack_seq(even)
+        self._seq = even
 
     # -- reader side (the supervisor) --------------------------------------------------
 
@@ -200,8 +219,10 @@ class Slot:
             busy_since=busy_since,
             last_change=last_change,
             fingerprint=fp if any(fp) else b"",
-            method=method.rstrip(b"\0").decode("latin-1"),
-            uri=uri[:uri_len].decode("latin-1"),
+            # done() leaves the last request's method and URI in place: they are only the
+            # current request's while the slot is busy.
+            method=method.rstrip(b"\0").decode("latin-1") if state == _BUSY else "",
+            uri=uri[:uri_len].decode("latin-1") if state == _BUSY else "",
             accepted=accepted,
         )
 
@@ -235,6 +256,9 @@ _IDLE = SlotState.IDLE
 _time = time.time
 _pack_seq = _SEQ.pack
 _pack_data = _DATA.pack_into
+_pack_state = _STATE.pack_into
+# Request methods as stored, by the str the front sent: a handful of values, encoded once.
+_methods: dict[str, bytes] = {}
 
 
 def _store_seq(buf: mmap.mmap, at: int, value: int) -> None:

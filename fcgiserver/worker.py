@@ -222,6 +222,14 @@ class _ListenWaiter:
 
 
 _EPOLLEXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)
+# Enum members looked up once: each ConnState.X costs a class attribute lookup, per use.
+_IDLE = ConnState.IDLE
+_PARAMS = ConnState.PARAMS
+_ABORTED = ConnState.ABORTED
+_CLOSED = ConnState.CLOSED  # and every state after it (see ServerConnection.should_close)
+_AUTHORIZER = Role.AUTHORIZER
+_RESPONDER = Role.RESPONDER
+_COMPLETE = ProtocolStatus.REQUEST_COMPLETE
 _EXCLUSIVE_IN = getattr(select, "EPOLLIN", 0) | _EPOLLEXCLUSIVE
 
 
@@ -390,17 +398,24 @@ class Worker:
         # every few seconds hold the worker forever (the body is bounded by --timeout, since
         # the slot is busy once the head is in).
         head_deadline: float | None = None
+        buf = self.buf
+        view = self.view
         try:
             while True:
                 if head_deadline is not None and time.monotonic() >= head_deadline:
                     raise TimeoutError("the request's parameters did not arrive in time")
-                data = self._recv(sock, conn.state is ConnState.IDLE and self.served > served_before,
-                                  head_deadline)
-                if data is None:
-                    return
-                conn.receive_data(data)
+                # The usual request is already waiting, whole: one recv, no poll.
+                try:
+                    n = sock.recv_into(buf, RECV_SIZE, _RECV_FLAGS)
+                except BlockingIOError:
+                    n = self._wait_and_recv(sock, conn.state is _IDLE and self.served > served_before,
+                                            head_deadline)
+                    if n < 0:
+                        return
+                conn.receive_data(view[:n].tobytes())
                 self._handle_events(conn, channel)
-                if conn.state is ConnState.PARAMS or (conn.state is ConnState.IDLE and conn.pending_input):
+                state = conn.state
+                if state is _PARAMS or (state is _IDLE and conn.pending_input):
                     if head_deadline is None and self.timeout_ms is not None:
                         head_deadline = time.monotonic() + self.read_timeout
                 else:
@@ -408,7 +423,7 @@ class Worker:
                 out = conn.data_to_send()
                 if out:
                     send_all(sock, out, self.timeout_ms)
-                if conn.should_close or (self.stopping and conn.state is ConnState.IDLE):
+                if state >= _CLOSED or (self.stopping and state is _IDLE):
                     return
         except _Close:
             pass
@@ -416,7 +431,7 @@ class Worker:
             log.warning("closing connection after a protocol error: %s", exc)
         except TimeoutError as exc:
             # An idle KEEP_CONN connection timing out is routine; a request that stalls is not.
-            level = logging.DEBUG if conn.state is ConnState.IDLE else logging.WARNING
+            level = logging.DEBUG if conn.state is _IDLE else logging.WARNING
             log.log(level, "closing connection: %s (%s s)", exc, self.read_timeout)
         except OSError as exc:
             log.debug("connection lost: %s", exc)
@@ -427,16 +442,6 @@ class Worker:
         finally:
             self._end_request()
             sock.close()
-
-    def _recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None) -> bytes | None:
-        """The next bytes (b"" at EOF), or None when a stop was asked while idle."""
-        try:
-            n = sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
-        except BlockingIOError:
-            n = self._wait_and_recv(sock, idle, head_deadline)
-            if n < 0:
-                return None
-        return self.view[:n].tobytes()
 
     def _wait_and_recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None = None) -> int:
         """Waits for bytes and reads them; -1 when the idle connection is to be closed."""
@@ -508,21 +513,22 @@ class Worker:
             event = next_event()
             if event is NEED_DATA:
                 return
-            # Exact type tests: the event classes are final, and this runs per event.
-            if type(event) is StdinData:
+            # Exact type tests, in the order of how often they come: the event classes are
+            # final, and this runs per event.
+            if type(event) is RequestStarted:
+                self._start_request(event, conn, channel)
+            elif type(event) is StdinEnd:
+                self._stdin_end(conn, channel)
+            elif type(event) is StdinData:
                 if self._body is not None:
                     try:
                         self._body.append(event.data)
                     except OSError as exc:
                         self._spool_failed(exc)
-            elif type(event) is RequestStarted:
-                self._start_request(event, conn, channel)
-            elif type(event) is StdinEnd:
-                self._stdin_end(conn, channel)
             elif type(event) is RequestAborted:
                 # Aborted before the app was called: nothing to stop, only to answer.
                 self._end_request()
-                if conn.state is ConnState.ABORTED:
+                if conn.state is _ABORTED:
                     send_all(channel.sock, conn.end_request(), self.timeout_ms)
             elif type(event) is ConnectionClosed:
                 raise _Close()
@@ -532,12 +538,16 @@ class Worker:
         self.slot.busy(params.get("REQUEST_METHOD", ""), params.get("REQUEST_URI", "")
                        or params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", ""))
         self._started = event
-        if event.role is Role.AUTHORIZER:
+        if event.role is _AUTHORIZER:
             # An authorizer gets no body to wait for: answer at once.
             self._respond(conn, channel, EMPTY_INPUT)
             return
+        length = params.get("CONTENT_LENGTH")
+        if length == "0":
+            self._body = _NO_BODY  # what most requests declare: nothing to parse
+            return
         try:
-            declared = parse_content_length(params.get("CONTENT_LENGTH"))
+            declared = parse_content_length(length)
         except BadContentLength:
             log.warning("bad CONTENT_LENGTH %r: answering 400", params.get("CONTENT_LENGTH"))
             self._send_simple(conn, channel, "400 Bad Request", b"Bad Request\n")
@@ -593,12 +603,12 @@ class Worker:
         channel.streaming = False
         try:
             app = self.app
-            if self.routes and started.role is Role.RESPONDER:
+            if self.routes and started.role is _RESPONDER:
                 app = self.routes.get(request_path(environ), app)
             completed = run_app(app, environ, channel)
         except PeerAborted:
             completed = True
-            send_all(channel.sock, conn.end_request(0, ProtocolStatus.REQUEST_COMPLETE), self.timeout_ms)
+            send_all(channel.sock, conn.end_request(0, _COMPLETE), self.timeout_ms)
         finally:
             if wsgi_input is not EMPTY_INPUT:
                 wsgi_input.close()

@@ -176,13 +176,17 @@ def build_environ(
         scheme = env.get("REQUEST_SCHEME", "http")
         if scheme != "https":
             scheme = "http"
-    # Every front sends these; a dict lookup each beats five setdefault() calls.
-    for key, default in _CGI_DEFAULTS:
-        if key not in env:
-            env[key] = default
-    if "SERVER_PORT" not in env:
-        env["SERVER_PORT"] = "80" if scheme == "http" else "443"
-    fix_script_name(env, script_name)
+    # Every front sends these: one subset test (in C) instead of a lookup each.
+    if not env.keys() >= _CGI_NAMES:
+        for key, default in _CGI_DEFAULTS:
+            if key not in env:
+                env[key] = default
+        if "SERVER_PORT" not in env:
+            env["SERVER_PORT"] = "80" if scheme == "http" else "443"
+    if script_name is None and env.get("PATH_INFO"):
+        env.setdefault("SCRIPT_NAME", "")  # the front's split stands (see fix_script_name)
+    else:
+        fix_script_name(env, script_name)
     # One update() for what is the same in every request, then what is not.
     env.update(_WSGI_CONSTANTS)
     env["FCGI_ROLE"] = _ROLE_NAMES[role]
@@ -194,6 +198,7 @@ def build_environ(
 
 _CGI_DEFAULTS = (("REQUEST_METHOD", "GET"), ("QUERY_STRING", ""), ("SERVER_NAME", "localhost"),
                  ("SERVER_PROTOCOL", "HTTP/1.0"))
+_CGI_NAMES = frozenset([*(key for key, _default in _CGI_DEFAULTS), "SERVER_PORT"])
 _WSGI_CONSTANTS: dict[str, Any] = {
     "wsgi.version": (1, 0),
     "wsgi.input_terminated": True,
@@ -248,8 +253,9 @@ class _Call(ResponseHead):
             self.remaining -= len(data)
             if not data and not last:
                 return
-        if last and self.errors is not None:
-            self.errors.flush()
+        errors = self.errors
+        if last and errors is not None and errors._pending:
+            errors.flush()
         try:
             self.channel.send(data, last)
         except BaseException as exc:
@@ -286,7 +292,12 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
     result: Iterable[bytes] | None = None
     try:
         result = app(environ, call.start_response)
-        if type(result) is list or type(result) is tuple:
+        if type(result) is list:
+            if len(result) == 1 and type(result[0]) is bytes:
+                call.emit(result[0], True)  # the usual small response: one write in all
+            else:
+                _send_gathered(call, result)
+        elif type(result) is tuple:
             _send_gathered(call, result)
         else:
             _send_streamed(call, result)
@@ -302,16 +313,15 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
         call.emit_error()
         return True
     finally:
-        if result is not None:
+        # A list has no close(): skip the attribute lookup for the most common response.
+        if result is not None and type(result) is not list:
             _close(result)
-        if call.errors is not None:
-            call.errors.flush()
+        errors = call.errors
+        if errors is not None and errors._pending:
+            errors.flush()
 
 
 def _send_gathered(call: _Call, result: list[bytes] | tuple[bytes, ...]) -> None:
-    if len(result) == 1 and type(result[0]) is bytes:
-        call.emit(result[0], True)  # the usual small response: one write in all
-        return
     pending: list[bytes] = []
     size = 0
     for chunk in result:

@@ -193,15 +193,15 @@ class ServerConnection:
         self._error: RemoteProtocolError | None = None
         self._params: list[bytes] = []
         self._params_size = 0
-        self._role = Role.RESPONDER
+        self._role = _RESPONDER
         self._stderr_used = False
-        self.state = ConnState.IDLE
+        self.state = _S_IDLE
         self.request_id: int | None = None
         self.keep_conn = False
 
     @property
     def should_close(self) -> bool:
-        return self.state >= ConnState.CLOSED  # CLOSED and ERROR are the last two states
+        return self.state >= _S_CLOSED  # CLOSED and ERROR are the last two states
 
     @property
     def pending_input(self) -> int:
@@ -225,7 +225,7 @@ class ServerConnection:
         if self._error is not None:
             raise self._error
         events = self._events
-        if not events and self.state is ConnState.IDLE and _WHOLE_REQUEST_PATH:
+        if not events and self.state is _S_IDLE and _WHOLE_REQUEST_PATH:
             try:
                 self._take_whole_request()
             except RemoteProtocolError as exc:
@@ -278,7 +278,7 @@ class ServerConnection:
 
     def send_stdout(self, data: bytes | bytearray | memoryview) -> bytes:
         if self.state not in _MAY_SEND:
-            self._apply(_In.SEND, _To.ACTIVE, 0, 0, b"")
+            self._apply(_IN_SEND, _TO_ACTIVE, 0, 0, b"")
         request_id = self.request_id
         assert request_id is not None
         if type(data) is bytes and 0 < len(data) <= MAX_CONTENT_LEN:
@@ -305,9 +305,9 @@ class ServerConnection:
         if not 0 <= app_status <= 0xFFFFFFFF:
             raise LocalProtocolError(f"app_status {app_status} does not fit in 32 bits")
         stderr_used = self._stderr_used
-        self._apply(_In.END_KEEP if self.keep_conn else _In.END_CLOSE, _To.ACTIVE, 0, 0, b"")
+        self._apply(_IN_END_KEEP if self.keep_conn else _IN_END_CLOSE, _TO_ACTIVE, 0, 0, b"")
         assert request_id is not None
-        if not app_status and protocol_status == ProtocolStatus.REQUEST_COMPLETE and not stderr_used:
+        if not app_status and protocol_status == _COMPLETE and not stderr_used:
             # The same bytes end every good request; made once per request id.
             tail = _complete_tails.get(request_id)
             if tail is None:
@@ -605,6 +605,15 @@ def _state_after(step: int) -> ConnState:
 
 _AFTER_PARAMS = _state_after(2)
 _AFTER_STDIN = _state_after(3)
+# Enum members looked up once: each ConnState.X in a hot path costs a class attribute lookup.
+_S_IDLE = ConnState.IDLE
+_S_CLOSED = ConnState.CLOSED
+_RESPONDER = Role.RESPONDER
+_COMPLETE = ProtocolStatus.REQUEST_COMPLETE
+_IN_SEND = _In.SEND
+_IN_END_KEEP = _In.END_KEEP
+_IN_END_CLOSE = _In.END_CLOSE
+_TO_ACTIVE = _To.ACTIVE
 _BEGIN_TYPE = int(RecordType.BEGIN_REQUEST)
 _PARAMS_TYPE = int(RecordType.PARAMS)
 _STDIN_TYPE = int(RecordType.STDIN)
