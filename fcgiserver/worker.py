@@ -519,6 +519,8 @@ class Worker:
                 self._start_request(event, conn, channel)
             elif type(event) is StdinEnd:
                 self._stdin_end(conn, channel)
+                if conn.state >= _CLOSED:
+                    return  # the request was answered and the connection is done: ask no more
             elif type(event) is StdinData:
                 if self._body is not None:
                     try:
