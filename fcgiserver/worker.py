@@ -440,7 +440,8 @@ class Worker:
             # but keep the worker (and the requests that come after) going.
             log.exception("unexpected error while serving a connection; closing it")
         finally:
-            self._end_request()
+            if self._started is not None:  # a request cut off by whatever ended the connection
+                self._end_request()
             sock.close()
 
     def _wait_and_recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None = None) -> int:
