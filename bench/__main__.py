@@ -24,7 +24,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--only", choices=("micro", "hello", "upload", "reload"), action="append",
                    help="run only these benchmarks (repeatable); default all")
-    p.add_argument("--backends", default="fcgiserver,uwsgi,flup",
+    # pyfloor runs by default: it is the ceiling every req/s goal is to be read against.
+    p.add_argument("--backends", default="fcgiserver,uwsgi,flup,pyfloor",
                    help="comma-separated backends for the hello benchmark")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=8.0, help="wrk duration per round")

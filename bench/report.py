@@ -114,6 +114,7 @@ def hello_table(hello: dict[str, Any]) -> str:
             if not reliable:
                 line += " (machine busy: unsure)"
         lines.append(line)
+    lines += _ceiling_lines(backends, hello.get("ratios", {}), goals)
     lines.append("CPU us/req: median CPU time the backend (master + workers) spent per request.")
     n = hello.get("noise", {})
     if n:
@@ -122,6 +123,22 @@ def hello_table(hello: dict[str, Any]) -> str:
         lines.append(f"Other processes took a median {n['other_cpu_share_median']:.0%} of the machine "
                      f"during rounds (max {n['other_cpu_share_max']:.0%}){verdict}.")
     return "\n".join(lines)
+
+
+def _ceiling_lines(backends: dict[str, Any], ratios: dict[str, Any], goals: dict[str, float]) -> list[str]:
+    """What the Python floor says of the req/s goals: none above it can be met by a Python server."""
+    floor = backends.get("pyfloor", {}).get("good_rps")
+    ours = backends.get("fcgiserver", {}).get("good_rps")
+    if not floor or not ours:
+        return []
+    lines = [f"fcgiserver reaches {ours['median'] / floor['median']:.0%} of the Python floor's req/s "
+             f"(medians)."]
+    for base, goal in goals.items():
+        r = ratios.get(f"pyfloor_vs_{base}", {}).get("of_medians")
+        if r is not None and r < goal:
+            lines.append(f"The floor itself reached {r:.2f}x {base} in this run: a Python server, which does "
+                         f"all the floor does and more, cannot be expected to meet the {goal:g}x goal here.")
+    return lines
 
 
 def upload_table(upload: dict[str, Any]) -> str:
