@@ -15,11 +15,17 @@ from typing import BinaryIO, Protocol
 
 from PIL import Image
 
+# Long stretches (a JPEG's entropy-coded data, a big PNG chunk) go to the sink in copies of at
+# most this size: small buffers the allocator reuses, where one slice of a 5 MB file costs
+# milliseconds of fresh pages. Copies, not views of the map: a view held by the traceback of
+# a failed write (a full disk) would keep the map, and the file's blocks, alive.
+_PIECE = 256 * 1024
+
 
 class Sink(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-    def tell(self) -> int: ...
-    def seek(self, pos: int, whence: int = 0, /) -> int: ...
+    """Where the stripped file goes: written front to back, never sought."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class StripError(ValueError):
@@ -105,18 +111,30 @@ def _strip_jpeg(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
 
 
 def _copy_entropy(m: mmap.mmap, pos: int, dst: Sink) -> int:
-    """Copy entropy-coded data up to the next real marker; return that marker's position."""
-    start, size = pos, len(m)
+    """Copy entropy-coded data up to the next real marker; return that marker's position.
+
+    The copy goes out in pieces while the scan goes on: no multi-megabyte buffer, and each
+    write lets a decode running on another thread take the GIL.
+    """
+    start, size, find = pos, len(m), m.find
     while True:
-        ff = m.find(b"\xff", pos)
+        ff = find(b"\xff", pos)
         if ff < 0 or ff + 1 >= size:
             raise StripError("JPEG scan data has no end")
         nxt = m[ff + 1]
         if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
             pos = ff + 1 if nxt == 0xFF else ff + 2
+            if pos - start >= _PIECE:
+                dst.write(m[start:pos])
+                start = pos
             continue
-        dst.write(m[start:ff])
+        _write_range(m, start, ff, dst)
         return ff
+
+
+def _write_range(m: mmap.mmap, start: int, end: int, dst: Sink) -> None:
+    for pos in range(start, end, _PIECE):
+        dst.write(m[pos : min(pos + _PIECE, end)])
 
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -145,7 +163,7 @@ def _strip_png(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
             dst.write(_png_chunk(b"eXIf", orientation_exif(orientation, jpeg_header=False)))
             orientation = None
         if kind in _PNG_KEEP:
-            dst.write(m[pos:end])
+            _write_range(m, pos, end, dst)
         pos = end
         if kind == b"IEND":
             return pos
@@ -179,13 +197,13 @@ def _strip_gif(m: mmap.mmap, dst: Sink) -> int:
             end = _gif_sub_blocks_end(m, pos + 2)
             app_id = m[pos + 3 : pos + 14] if label == 0xFF else b""
             if label in (0xF9, 0x01) or (label == 0xFF and app_id in _GIF_APPS_KEPT):
-                dst.write(m[pos:end])
+                _write_range(m, pos, end, dst)
             pos = end
         elif block == 0x2C:
             flags = m[pos + 9]
             data = pos + 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
             end = _gif_sub_blocks_end(m, data + 1)
-            dst.write(m[pos:end])
+            _write_range(m, pos, end, dst)
             pos = end
         else:
             raise StripError("unknown GIF block")
@@ -200,13 +218,26 @@ def _strip_webp(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
         raise StripError("no WebP RIFF header")
     riff_size: int = struct.unpack_from("<I", m, 4)[0]
     riff_end = min(8 + riff_size, len(m))
-    start = dst.tell()
-    dst.write(b"RIFF\0\0\0\0WEBP")
+    pieces = _webp_pieces(m, riff_end, orientation)
+    # The RIFF size comes first, so the kept pieces are measured before anything is written.
+    body = 4 + sum(p[1] - p[0] if isinstance(p, tuple) else len(p) for p in pieces)
+    dst.write(b"RIFF" + struct.pack("<I", body) + b"WEBP")
+    for piece in pieces:
+        if isinstance(piece, tuple):
+            _write_range(m, *piece, dst)
+        else:
+            dst.write(piece)
+    return riff_end
+
+
+def _webp_pieces(m: mmap.mmap, riff_end: int, orientation: int | None) -> list[bytes | tuple[int, int]]:
+    """The chunks to keep: new bytes, or (start, end) ranges of the file copied as they are."""
+    pieces: list[bytes | tuple[int, int]] = []
     pos, has_vp8x = 12, False
     while pos + 8 <= riff_end:
         kind = m[pos : pos + 4]
         length: int = struct.unpack_from("<I", m, pos + 4)[0]
-        end = pos + 8 + length + (length & 1)
+        end = min(pos + 8 + length + (length & 1), len(m))
         if pos + 8 + length > riff_end:
             raise StripError("WebP chunk runs past the end")
         if kind == b"VP8X":
@@ -214,36 +245,19 @@ def _strip_webp(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
             flags = m[pos + 8] & ~(_VP8X_EXIF | _VP8X_XMP)
             if orientation is not None:
                 flags |= _VP8X_EXIF
-            dst.write(m[pos : pos + 8] + bytes((flags,)) + m[pos + 9 : end])
+            pieces.append(m[pos : pos + 8] + bytes((flags,)) + m[pos + 9 : end])
         elif kind in _WEBP_KEEP:
-            dst.write(m[pos:end])
+            pieces.append((pos, end))
         pos = end
     if orientation is not None and has_vp8x:
         payload = orientation_exif(orientation, jpeg_header=False)
         pad = b"\0" if len(payload) & 1 else b""
-        dst.write(b"EXIF" + struct.pack("<I", len(payload)) + payload + pad)
-    end_pos = dst.tell()
-    dst.seek(start + 4)
-    dst.write(struct.pack("<I", end_pos - start - 8))
-    dst.seek(end_pos)
-    return riff_end
+        pieces.append(b"EXIF" + struct.pack("<I", len(payload)) + payload + pad)
+    return pieces
 
 
 class NullSink:
-    """A write-only file that keeps nothing: for a structure scan without a copy."""
+    """A sink that keeps nothing: for a structure scan without a copy."""
 
-    def __init__(self) -> None:
-        self.pos = 0
-        self.end = 0
-
-    def write(self, data: bytes) -> int:
-        self.pos += len(data)
-        self.end = max(self.end, self.pos)
+    def write(self, data: bytes, /) -> int:
         return len(data)
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = pos if whence == 0 else self.end + pos if whence == 2 else self.pos + pos
-        return self.pos

@@ -14,6 +14,11 @@ Layout under the storage root:
 
 Every file is written to .tmp/, fsynced, and published with link(), which fails with EEXIST
 instead of replacing a file, then its directory is fsynced.
+
+Publishing has two steps so that the first can run while the picture is still being checked:
+reserve() claims the id and the index entry of the upload's bytes (private folders only), and
+commit() links the files into the public folders, the record last; cancel() undoes a
+reservation that is not committed.
 """
 
 from __future__ import annotations
@@ -90,6 +95,33 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """An id claimed for one upload, and (``indexed``) the index entry naming it for the
+    upload's bytes; undone by Storage.cancel() unless committed."""
+
+    pid: str
+    sha256: str
+    indexed: bool
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A checked picture ready to publish: its durable temp file ``path`` and what the record
+    says of it."""
+
+    path: Path
+    thumbnail: bytes
+    served_sha256: str  # of the file at ``path``
+    size: int
+    large: bool
+    ext: str
+    format: str
+    width: int
+    height: int
+    thumb_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Published:
     record: Record
     token: str | None  # None when the bytes were already stored: the token stays with its owner
@@ -100,11 +132,24 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+def sync_data(fd: int) -> None:
+    """Make a file's bytes durable. fdatasync is enough for a file that is about to be linked:
+    it flushes the data and what is needed to read it back (size, blocks); the name is made
+    durable by the fsync of the folder it is linked into."""
+    _fdatasync(fd)
+
+
 def fsync_path(path: Path, *, directory: bool = False) -> None:
-    """fsync a file, or a folder (to make the names linked into it durable), never via a link."""
+    """Make a file's bytes durable (sync_data), or a folder's names, never via a link."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else os.O_NOFOLLOW))
     try:
-        os.fsync(fd)
+        if directory:
+            os.fsync(fd)
+        else:
+            sync_data(fd)
     finally:
         os.close(fd)
 
@@ -147,7 +192,7 @@ class Storage:
 
     # -- temp files -------------------------------------------------------------------------
 
-    def temp_file(self) -> tuple[BinaryIO, Path]:
+    def temp_fd(self) -> tuple[int, Path]:
         """A new file in .tmp/ (same filesystem as the published dirs, so link() works)."""
         while True:
             path = self.tmp / f"{secrets.token_hex(8)}.part"
@@ -155,15 +200,28 @@ class Storage:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             except FileExistsError:
                 continue
-            return os.fdopen(fd, "w+b"), path
+            return fd, path
 
-    def _publish_bytes(self, data: bytes, dest: Path) -> None:
-        f, tmp = self.temp_file()
+    def temp_file(self) -> tuple[BinaryIO, Path]:
+        fd, path = self.temp_fd()
+        return os.fdopen(fd, "w+b"), path
+
+    def _write_temp(self, data: bytes) -> Path:
+        """A durable temp file holding ``data``, ready to be linked."""
+        fd, tmp = self.temp_fd()
         try:
-            with f:
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                sync_data(f.fileno())
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+        return tmp
+
+    def _publish_bytes(self, data: bytes, dest: Path) -> None:
+        tmp = self._write_temp(data)
+        try:
             os.link(tmp, dest)
         finally:
             unlink_quietly(tmp)
@@ -226,60 +284,77 @@ class Storage:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def publish(
-        self,
-        *,
-        picture: Path,
-        thumbnail: bytes,
-        sha256: str,
-        served_sha256: str,
-        size: int,
-        large: bool,
-        ext: str,
-        fmt: str,
-        width: int,
-        height: int,
-        thumb_size: tuple[int, int],
-    ) -> Published:
-        """Publish a finished, fsynced temp file ``picture`` under a fresh id (or find its twin).
+    def publish(self, sha256: str, picture: Picture) -> Published:
+        """Publish ``picture`` (uploaded as bytes hashing to ``sha256``) under a fresh id, or
+        find its twin: reserve() and commit() in one step.
 
         Either everything of the id appears (picture, thumbnail, record, index entry) or,
         on any error, nothing of it remains and the claim is released.
         """
+        reserved = self.reserve(sha256)
+        if isinstance(reserved, Record):
+            return Published(reserved, None, True)
+        return self.commit(reserved, picture)
+
+    def reserve(self, sha256: str) -> Reservation | Record:
+        """Claim a fresh id and the index entry for bytes hashing to ``sha256``, or return the
+        record already holding those bytes (then nothing stays claimed). Touches private
+        folders only, so it may run before the upload is known to be a picture."""
         pid = self.claim_id()
-        created: list[Path] = []
         try:
             twin, indexed = self._claim_index(sha256, pid)
-            if twin is not None:
-                self.release_id(pid)
-                return Published(twin, None, True)
-            if indexed:
-                created.append(self.index / sha256)
-            token = secrets.token_urlsafe(24)
-            record = Record(
-                id=pid, ext=ext, format=fmt, width=width, height=height, size=size, large=large,
-                sha256=sha256, served_sha256=served_sha256, token_hash=hash_token(token),
-                created=time.time(), thumb_width=thumb_size[0], thumb_height=thumb_size[1],
-            )
-            target = self.picture_path(record)
-            os.link(picture, target)
-            created.append(target)
-            thumb = self.thumb_path(pid)
-            self._publish_bytes(thumbnail, thumb)
-            created.append(thumb)
+        except BaseException:
+            self.release_id(pid)
+            raise
+        if twin is not None:
+            self.release_id(pid)
+            return twin
+        return Reservation(pid, sha256, indexed)
+
+    def cancel(self, reservation: Reservation) -> None:
+        """Undo a reservation that was not committed: its index entry, then its claim."""
+        if reservation.indexed:
+            unlink_quietly(self.index / reservation.sha256)
+        self.release_id(reservation.pid)
+
+    def commit(self, reservation: Reservation, picture: Picture) -> Published:
+        """Link the picture's file (durable already), its thumbnail and the record under the
+        reserved id. On any error nothing of the id remains and the reservation is cancelled."""
+        pid = reservation.pid
+        token = secrets.token_urlsafe(24)
+        record = Record(
+            id=pid, ext=picture.ext, format=picture.format, width=picture.width, height=picture.height,
+            size=picture.size, large=picture.large, sha256=reservation.sha256,
+            served_sha256=picture.served_sha256, token_hash=hash_token(token), created=time.time(),
+            thumb_width=picture.thumb_size[0], thumb_height=picture.thumb_size[1],
+        )
+        target = self.picture_path(record)
+        linked: list[Path] = []
+        temps: list[Path] = []
+        try:
+            # Both small files are durable before any name points at them; the folders are
+            # then fsynced once each, and the record goes last: once it exists the picture
+            # is complete and visible.
+            temps.append(self._write_temp(picture.thumbnail))
+            temps.append(self._write_temp(record.to_json()))
+            for source, dest in ((picture.path, target), (temps[0], self.thumb_path(pid))):
+                os.link(source, dest)
+                linked.append(dest)
             _fsync_dir(target.parent)
             _fsync_dir(self.thumbs)
-            # The record goes last: once it exists the picture is complete and visible.
             meta = self.meta / f"{pid}.json"
-            self._publish_bytes(record.to_json(), meta)
-            created.append(meta)
+            os.link(temps[1], meta)
+            linked.append(meta)
             _fsync_dir(self.meta)
             return Published(record, token, False)
         except BaseException:
-            for path in reversed(created):
+            for path in reversed(linked):
                 unlink_quietly(path)
-            self.release_id(pid)
+            self.cancel(reservation)
             raise
+        finally:
+            for tmp in temps:
+                unlink_quietly(tmp)
 
     def _claim_index(self, sha256: str, pid: str) -> tuple[Record | None, bool]:
         """Make .index/<sha256> name ``pid`` (-> None, True), or find the record already

@@ -24,12 +24,11 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from handlers import templates
+from handlers.checks import Check, Checker
 from handlers.errors import UploadError
 from handlers.forms import Limits, SpooledFile, read_files
-from handlers.images import MIME_TYPES
+from handlers.images import MIME_TYPES, guard_pillow
 from handlers.service import store_picture
 from handlers.settings import Settings, load_settings
 from handlers.signing import LinkState, load_or_create_secret, signed_query, verify
@@ -138,8 +137,7 @@ class UploadApp:
         self.secret = settings.secret or load_or_create_secret(settings.root)
         self.clock = clock
         self.limits = Limits(settings.max_bytes, settings.max_request_bytes, settings.max_files)
-        # Pillow's own guard warns above this and refuses above twice this.
-        Image.MAX_IMAGE_PIXELS = settings.max_pixels
+        guard_pillow(settings.max_pixels)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -198,7 +196,19 @@ class UploadApp:
     # -- upload -------------------------------------------------------------------------------
 
     def upload(self, environ: Environ) -> Response:
-        spooled = read_files(environ, self.storage, self.limits)
+        # Each picture is checked on another thread from its first bytes on (handlers.checks).
+        with Checker(self.settings.max_pixels, self.settings.thumb_size) as checker:
+            done = self._store_all(read_files(environ, self.storage, self.limits, checker.start))
+        cookies = [self._token_cookie(r, environ) for r in done if r.token]
+        if wants_json(environ):
+            files = [self._describe(r.record, r.token, r.duplicate) for r in done]
+            headers = cookies if environ.get("HTTP_X_UPLOAD_PAGE") else []
+            return json_response(201, {"files": files}, headers)
+        target = "/" + ",".join(r.record.id for r in done)
+        return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
+                              *cookies])
+
+    def _store_all(self, spooled: list[SpooledFile[Check]]) -> list[Published]:
         done: list[Published] = []
         try:
             for item in spooled:
@@ -212,16 +222,9 @@ class UploadApp:
         finally:
             for item in spooled:
                 unlink_quietly(item.path)
-        cookies = [self._token_cookie(r, environ) for r in done if r.token]
-        if wants_json(environ):
-            files = [self._describe(r.record, r.token, r.duplicate) for r in done]
-            headers = cookies if environ.get("HTTP_X_UPLOAD_PAGE") else []
-            return json_response(201, {"files": files}, headers)
-        target = "/" + ",".join(r.record.id for r in done)
-        return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
-                              *cookies])
+        return done
 
-    def _store_one(self, item: SpooledFile, count: int) -> Published:
+    def _store_one(self, item: SpooledFile[Check], count: int) -> Published:
         try:
             return store_picture(item, self.storage, self.settings)
         except UploadError as e:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
+import threading
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
 
+from handlers.checks import Checker
 from handlers.images import (
     ImageError,
     ImageInfo,
@@ -16,6 +21,7 @@ from handlers.images import (
     make_thumbnail,
     write_public_copy,
 )
+from handlers.spool import Abandoned, SpoolFile
 from tests.support import corpus
 
 LIMIT = 40_000_000
@@ -140,3 +146,71 @@ def test_data_glued_after_the_picture_is_found(tmp_path: Path) -> None:
 def test_public_copy_of_jpeg_drops_what_follows_the_end_marker(tmp_path: Path) -> None:
     served, _ = public_copy(tmp_path, corpus.picture("JPEG") + b"PK\x03\x04 glued zip")
     assert served.endswith(b"\xff\xd9")
+
+
+# -- checking a picture on another thread while it is spooled -------------------------------------
+
+
+def new_spool(tmp_path: Path, name: str = "part") -> SpoolFile:
+    path = tmp_path / name
+    return SpoolFile(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path)
+
+
+def check_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("picture-check")]
+
+
+def test_a_check_reads_the_header_before_the_file_is_complete_and_ends_as_inspect_does(
+        tmp_path: Path) -> None:
+    data = corpus.photo_jpeg((1600, 1200), seed=11)
+    with Checker(LIMIT, 200) as checker:
+        spool = new_spool(tmp_path)
+        check = checker.start(spool)
+        spool.write(data[: len(data) // 3])
+        header = check.header()  # only a third of the file exists
+        assert spool.size < len(data)
+        assert (header.format, header.width, header.height, header.orientation) == ("JPEG", 1600, 1200, 1)
+        spool.write(data[len(data) // 3:])
+        spool.complete()
+        checked = check.result()
+    assert check_threads() == []
+    expected = inspect_image(write(tmp_path, data), LIMIT)
+    assert checked.info == dataclasses.replace(expected, preview=None) and checked.info.preview is None
+    thumb = Image.open(io.BytesIO(checked.thumbnail))
+    assert thumb.format == "JPEG" and thumb.size == checked.thumb_size == (200, 150)
+
+
+def test_a_check_refuses_what_inspect_image_refuses(tmp_path: Path) -> None:
+    with Checker(LIMIT, 200) as checker:
+        checks = []
+        for i, (data, status, code) in enumerate(sorted(corpus.bad_corpus().values())):
+            spool = new_spool(tmp_path, f"bad{i}")
+            checks.append((checker.start(spool), status, code, data))
+            spool.write(data)
+            spool.complete()
+        for check, status, code, data in checks:
+            if code in ("empty_file", "trailing_data"):
+                continue  # refused by the service, not by decoding (see test_bad_inputs_...)
+            with pytest.raises(ImageError) as err:
+                check.result()
+            assert (err.value.status, err.value.code) == (status, code), data[:20]
+    assert check_threads() == []
+
+
+@pytest.mark.parametrize("how", ["abandoned by the writer", "cancelled by the request"])
+def test_a_check_nobody_needs_stops_and_leaving_the_checker_ends_its_thread(tmp_path: Path, how: str) -> None:
+    data = corpus.photo_jpeg((3000, 2250), seed=12)
+    with Checker(LIMIT, 200) as checker:
+        spool = new_spool(tmp_path)
+        check = checker.start(spool)
+        spool.write(data[: len(data) // 2])
+        check.header()
+        if how == "abandoned by the writer":
+            spool.abandon()
+            with pytest.raises(Abandoned):
+                check.result()
+        else:
+            check.cancel()
+            with pytest.raises((Abandoned, CancelledError)):
+                check.result()
+    assert check_threads() == []

@@ -5,15 +5,21 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from handlers.signing import load_or_create_secret
+from handlers.spool import Abandoned, SpoolFile, SpoolReader
 from handlers.storage import (
     ID_RE,
+    Picture,
     Published,
+    Record,
+    Reservation,
     Storage,
     StorageError,
     check_consistency,
@@ -38,11 +44,11 @@ def publish(store: Storage, content: bytes, *, large: bool = False, ext: str = "
     with f:
         f.write(content)
     try:
-        return store.publish(
-            picture=tmp, thumbnail=b"thumb:" + content, sha256=hashlib.sha256(content).hexdigest(),
-            served_sha256=hashlib.sha256(content).hexdigest(), size=len(content), large=large, ext=ext,
-            fmt="JPEG", width=1, height=1, thumb_size=(1, 1),
-        )
+        digest = hashlib.sha256(content).hexdigest()
+        return store.publish(digest, Picture(
+            path=tmp, thumbnail=b"thumb:" + content, served_sha256=digest, size=len(content),
+            large=large, ext=ext, format="JPEG", width=1, height=1, thumb_size=(1, 1),
+        ))
     finally:
         os.unlink(tmp)
 
@@ -210,3 +216,104 @@ def test_sweep_removes_what_a_killed_upload_left_and_nothing_else(tmp_path: Path
     assert (tmp_path / ".claims/YoungOne").exists()
     store.release_id("YoungOne")
     assert check_consistency(tmp_path, deep=True) == []
+
+
+# -- reserving before the picture is checked ----------------------------------------------------
+
+
+def test_a_reservation_holds_id_and_index_entry_in_private_folders_until_cancelled(
+        tmp_path: Path) -> None:
+    store = make_storage(tmp_path, ids("Reserved", "Reserved", "AnyOther"))
+    sha = hashlib.sha256(b"picture").hexdigest()
+    reserved = store.reserve(sha)
+    assert reserved == Reservation("Reserved", sha, indexed=True)
+    assert (tmp_path / ".claims/Reserved").exists()
+    assert (tmp_path / ".index" / sha).read_bytes() == b"Reserved"
+    for d in ("pictures", "large", "thumbs", ".meta", ".tmp"):
+        assert os.listdir(tmp_path / d) == [], d
+    store.cancel(reserved)
+    assert os.listdir(tmp_path / ".claims") == [] and os.listdir(tmp_path / ".index") == []
+    assert check_consistency(tmp_path) == []
+    # Given back: the id is drawn again, and the bytes are stored under it.
+    assert publish(store, b"picture").record.id == "Reserved"
+    twin = store.reserve(sha)
+    assert isinstance(twin, Record) and twin.id == "Reserved"
+    assert sorted(os.listdir(tmp_path / ".claims")) == ["Reserved"]  # the draw for the twin is released
+    assert check_consistency(tmp_path, deep=True) == []
+
+
+# -- a spool file read while it is written --------------------------------------------------------
+
+
+def _spool(store: Storage) -> SpoolFile:
+    return SpoolFile(*store.temp_fd())
+
+
+def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Runs fn on a thread; its result (or exception) lands in the list."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:
+            out.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _still_waiting(thread: threading.Thread) -> bool:
+    thread.join(0.2)
+    return thread.is_alive()
+
+
+def test_a_reader_waits_for_the_bytes_it_asks_for_and_sees_the_end_only_once_complete(
+        tmp_path: Path) -> None:
+    store = make_storage(tmp_path)
+    spool = _spool(store)
+    reader = spool.reader()
+    spool.write(b"abc")
+    head, got = _in_thread(lambda: reader.read(5))
+    assert _still_waiting(head)  # 3 of the 5 bytes are there
+    spool.write(b"defgh")
+    head.join(10)
+    assert got == [b"abcde"]
+    rest, got = _in_thread(lambda: reader.read())
+    end, size = _in_thread(lambda: spool.reader().seek(0, os.SEEK_END))
+    assert _still_waiting(rest) and _still_waiting(end)  # the end is not known yet
+    spool.write(b"ij")
+    spool.complete()
+    rest.join(10)
+    end.join(10)
+    assert got == [b"fghij"] and size == [10]
+    assert reader.read(1) == b"" and spool.path.read_bytes() == b"abcdefghij" == _reread(spool)
+    reader.close()
+
+
+def _reread(spool: SpoolFile) -> bytes:
+    with open(spool.path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("how", ["writer abandons", "reader stopped"])
+def test_a_waiting_read_ends_when_the_file_is_abandoned_or_the_reader_stopped(
+        tmp_path: Path, how: str) -> None:
+    store = make_storage(tmp_path)
+    spool = _spool(store)
+    reader: SpoolReader = spool.reader()
+    spool.write(b"partial")
+    thread, got = _in_thread(lambda: reader.read(100))
+    assert _still_waiting(thread)
+    started = time.monotonic()
+    if how == "writer abandons":
+        spool.abandon()
+    else:
+        reader.stop()
+    thread.join(10)
+    assert len(got) == 1 and isinstance(got[0], Abandoned)
+    assert time.monotonic() - started < 1
+    with pytest.raises(Abandoned):  # and every later read, even of bytes that are there
+        reader.read(1)
+    reader.close()

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import resource
@@ -176,6 +177,21 @@ def test_one_bad_file_rolls_back_the_whole_request(site: Site) -> None:
     assert_clean(site)
 
 
+def test_hashes_taken_while_spooling_are_those_of_the_bytes_sent_and_stored(site: Site) -> None:
+    # Several read chunks each, with a comment the public copy drops: two different hashes.
+    photos = [corpus.photo_jpeg(seed=i, comment=b"taken at home") for i in range(2)]
+    reply = upload(site.base, [Part(data) for data in photos])
+    assert reply.status == 201, reply.body
+    for f, data in zip(reply.json()["files"], photos, strict=True):
+        record = json.loads((site.root / ".meta" / f"{f['id']}.json").read_bytes())
+        stored = (site.root / ("large" if f["large"] else "pictures") / f"{f['id']}.jpg").read_bytes()
+        assert record["sha256"] == hashlib.sha256(data).hexdigest()
+        assert (site.root / ".index" / record["sha256"]).read_bytes() == f["id"].encode()
+        assert record["served_sha256"] == hashlib.sha256(stored).hexdigest() != record["sha256"]
+        assert b"taken at home" not in stored and len(stored) == f["bytes"]
+    assert_clean(site)
+
+
 def test_same_bytes_again_return_the_existing_picture(site: Site) -> None:
     data = corpus.picture(color=(1, 2, 3))
     first = upload_one(site, data)
@@ -333,6 +349,51 @@ def test_not_multipart_and_no_file(site: Site) -> None:
     assert reply.status == 415
     body, ctype = corpus.multipart([Part(b"hello", name="other", filename=None)])
     assert request(site.base, "POST", "/upload", body, {"Content-Type": ctype}).status == 400
+
+
+def check_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("picture-check")]
+
+
+def test_requests_failing_midway_leave_no_file_no_claim_and_no_thread(tmp_path: Path) -> None:
+    private = (".tmp", ".claims", ".index", ".meta")
+    with serve(tmp_path, max_bytes=1_000_000) as site:
+        good, cut = corpus.photo_jpeg(seed=3), corpus.photo_jpeg(seed=4)
+        cases = [
+            # The second file is over the limit while the first one is being checked.
+            ([Part(good), Part(corpus.photo_jpeg((2400, 1800), seed=5))], 413, "file_too_large"),
+            # Cut in its scan: the id and index entry were reserved and the public copy begun
+            # while the decode ran; the decode's verdict undoes them.
+            ([Part(cut[: len(cut) * 2 // 3])], 400, "corrupt_image"),
+            ([Part(good), Part(corpus.svg())], 415, "unsupported_type"),
+        ]
+        for parts, status, code in cases:
+            reply = upload(site.base, parts)
+            assert (reply.status, reply.json()["error"]["code"]) == (status, code)
+            assert site.files() == [] and check_threads() == []
+            assert [p for d in private for p in (site.root / d).iterdir()] == []
+        first = upload_one(site, good)
+        assert upload_one(site, good)["id"] == first["id"]  # the duplicate's check is cancelled
+        assert check_threads() == []
+        assert_clean(site)
+
+
+def test_a_refused_picture_is_refused_for_that_even_when_storing_fails_meanwhile(site: Site) -> None:
+    cut = corpus.photo_jpeg(seed=6)
+    claims = site.root / ".claims"
+    claims.rmdir()
+    claims.write_bytes(b"")  # every claim now fails (ENOTDIR), while the decode still runs
+    try:
+        reply = upload(site.base, [Part(cut[: len(cut) // 2])])
+        assert reply.status == 400 and reply.json()["error"]["code"] == "corrupt_image"
+        # A good picture meets the failure itself: a server error, never a verdict on the picture.
+        assert upload(site.base, [Part(corpus.photo_jpeg(seed=7))]).status == 500
+    finally:
+        claims.unlink()
+        claims.mkdir(mode=0o700)
+    assert site.files() == [] and check_threads() == []
+    upload_one(site, cut)
+    assert_clean(site)
 
 
 def raw_exchange(site: Site, head: bytes, body: bytes, *, half_close: bool) -> bytes:

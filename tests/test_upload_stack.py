@@ -162,6 +162,28 @@ def test_hundreds_of_concurrent_uploads_across_four_workers(tmp_path: Path) -> N
     assert problems == []
 
 
+def test_a_photo_through_lighttpd_is_stored_under_the_hashes_of_its_bytes(tmp_path: Path) -> None:
+    # Big enough for the server to spool the body to a file and the app to read it in many
+    # chunks, checked on a second thread while it is spooled.
+    data = corpus.photo_jpeg((3000, 2250), seed=21, comment=b"taken at home")
+    with running_stack(tmp_path) as stack:
+        reply = upload(stack.base_url, [Part(data)])
+        assert reply.status == 201, reply.body[:300]
+        f = reply.json()["files"][0]
+        root = stack.media_root
+        record = json.loads((root / ".meta" / f"{f['id']}.json").read_bytes())
+        stored = (root / "large" / f"{f['id']}.jpg").read_bytes()
+        assert f["large"] and (f["width"], f["height"]) == (3000, 2250)
+        assert record["sha256"] == sha(data)
+        assert (root / ".index" / sha(data)).read_bytes() == f["id"].encode()
+        assert record["served_sha256"] == sha(stored) and b"taken at home" not in stored
+        assert Image.open(io.BytesIO(fetch(stack.base_url, f["thumbnail_url"]))).size == (200, 150)
+        again = upload(stack.base_url, [Part(data)]).json()["files"][0]
+        assert again["id"] == f["id"] and again["duplicate"] is True
+        assert [p for d in (".tmp", ".claims") for p in (root / d).iterdir() if p.name != f["id"]] == []
+        assert check_consistency(root, deep=True) == []
+
+
 def test_bad_corpus_through_lighttpd_gets_4xx_and_leaves_nothing(tmp_path: Path) -> None:
     with running_stack(tmp_path) as stack:
         base = stack.base_url

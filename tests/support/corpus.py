@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import random
 import secrets
 import struct
 import zipfile
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112
@@ -32,6 +33,19 @@ def picture(fmt: str = "JPEG", size: tuple[int, int] = (64, 48), color: tuple[in
     im = Image.new(mode, size, color)
     buf = io.BytesIO()
     im.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def photo_jpeg(size: tuple[int, int] = (1600, 1200), seed: int = 0, comment: bytes = b"") -> bytes:
+    """A JPEG that compresses like a photo (noise over gradients: about half a byte a pixel),
+    so a picture of a few megapixels spans many read chunks. The same seed, the same bytes."""
+    pixels = random.Random(seed).randbytes(size[0] * size[1])
+    noise = Image.frombytes("L", size, pixels).point(lambda v: v // 4)
+    across = Image.linear_gradient("L").resize(size)
+    down = across.transpose(Image.Transpose.ROTATE_90).resize(size)
+    im = Image.merge("RGB", (ImageChops.add(noise, across), down, ImageChops.add(noise, down, scale=2.0)))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, comment=comment)
     return buf.getvalue()
 
 
