@@ -21,7 +21,6 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -168,10 +167,14 @@ class Slot:
     def done(self) -> None:
         """Back to idle after a request: runs per request, so it writes only what changes."""
         self._requests += 1
-        self._method = b""
-        self._uri = b""
-        self._publish(_pack_state, _SEQ.size + _STATE_AT, _IDLE, self._requests, self._accepted, 0.0,
-                      _time())
+        self._method = self._uri = b""
+        now = _time()
+        buf, off = self._buf, self._offset
+        seq = self._seq
+        buf[off : off + 4] = _pack_seq((seq + 1) & 0xFFFFFFFF)
+        _pack_state(buf, off + _SEQ.size + _STATE_AT, _IDLE, self._requests, self._accepted, 0.0, now)
+        self._seq = seq = (seq + 2) & 0xFFFFFFFF
+        buf[off : off + 4] = _pack_seq(seq)
         self._state = _IDLE
         self._busy_since = 0.0
 
@@ -183,24 +186,21 @@ class Slot:
         self._write(self._state, self._busy_since)
 
     def _write(self, state: SlotState, busy_since: float, now: float | None = None) -> None:
-        uri = self._uri
-        # The clock is read first, so the slot is odd (unreadable) only for one copy.
-        self._publish(_pack_data, _SEQ.size, self._pid, self._generation, state, self._requests,
-                      self._accepted, busy_since, _time() if now is None else now, self._fingerprint,
-                      self._method, len(uri), uri)
-        self._state = state
-        self._busy_since = busy_since
-
-    def _publish(self, pack: Callable[..., None], at: int, *values: object) -> None:
-        """pack(values) at `at` in the slot, between an odd and an even sequence number."""
         buf, off = self._buf, self._offset
+        uri = self._uri
+        if now is None:
+            now = _time()
         odd = (self._seq + 1) & 0xFFFFFFFF
         even = (odd + 1) & 0xFFFFFFFF
-        # _store_seq(), inlined: this runs twice per request.
+        # The clock is read first, so the slot is odd (unreadable) only for one copy.
+        # _store_seq(), inlined: this runs for every request.
         buf[off : off + 4] = _pack_seq(odd)
-        pack(buf, off + at, *values)
+        _pack_data(buf, off + 4, self._pid, self._generation, state, self._requests, self._accepted,
+                   busy_since, now, self._fingerprint, self._method, len(uri), uri)
         buf[off : off + 4] = _pack_seq(even)
         self._seq = even
+        self._state = state
+        self._busy_since = busy_since
 
     # -- reader side (the supervisor) --------------------------------------------------
 
