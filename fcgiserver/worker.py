@@ -345,16 +345,28 @@ class Worker:
                     if fd == wake_r:
                         self._drain_wakeup()
                         continue
-                    listener = by_fd[fd]
-                    # Under load the next connection is already queued: taking it at once
-                    # saves a wait per request. EAGAIN (another worker won) ends the run.
-                    served = False
-                    while not self.stopping and self._accept_and_serve(listener):
-                        served = True
-                    if served:
+                    if self._take_connections(by_fd[fd]):
                         waiter.to_back()
         finally:
             waiter.close()
+
+    def _take_connections(self, listener: _Listener) -> bool:
+        """Serves the connections queued on `listener` after a wakeup; True if any.
+
+        Under load the next connection is already queued: taking it at once saves a wait
+        per request, and EAGAIN (another worker won) ends the run. EPOLLEXCLUSIVE woke this
+        worker and no other for the first one, so that one is served even when a stop came
+        meanwhile: left in the queue, it would wait for the next arrival to wake a worker.
+        (A wakeup never reported cannot be lost: a worker stops counting as a waiter when
+        it is woken, before epoll_wait() collects what is ready, so later events wake
+        another worker.)
+        """
+        served = False
+        while self._accept_and_serve(listener):
+            served = True
+            if self.stopping:
+                break
+        return served
 
     def _accept_and_serve(self, listener: _Listener) -> bool:
         """Serves one connection from `listener`; False when none was waiting."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from fcgiserver import worker as worker_module
 from fcgiserver.config import Config
 from fcgiserver.protocol import (
     FCGI_KEEP_CONN,
@@ -426,6 +427,27 @@ def test_term_while_idle_on_a_keep_conn_connection_exits(worker: RunningWorker) 
         worker.signal(signal.SIGTERM)
         assert worker.wait(5.0) == EXIT_OK
         assert peer.closed_by_server()
+
+
+def test_a_connection_the_worker_was_woken_for_is_served_though_a_stop_came(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # EPOLLEXCLUSIVE wakes one worker per connection: one that left without taking it left
+    # the connection waiting for the next arrival to wake another worker (a reload under
+    # traffic ran into it). The (forked) worker gets SIGTERM at the moment it is woken for a
+    # connection, its handler running before the wakeup is looked at.
+    real_wait = worker_module._ListenWaiter.wait
+
+    def wait(self: Any) -> list[int]:
+        ready = real_wait(self)
+        if set(ready) & set(self._listen_fds):
+            signal.raise_signal(signal.SIGTERM)
+        return ready
+
+    monkeypatch.setattr(worker_module._ListenWaiter, "wait", wait)
+    with running_worker(read_timeout=10.0) as w, Peer(w.path, timeout=10.0) as peer:
+        reply = peer.request("/hello")
+        assert (reply.status, reply.body) == (200, wsgi_apps.HELLO)
+        assert w.wait(5.0) == EXIT_OK  # and the stop still happened, right after
 
 
 def test_term_during_a_slow_request_lets_it_finish(worker: RunningWorker) -> None:
