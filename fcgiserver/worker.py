@@ -225,6 +225,7 @@ _EPOLLEXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)
 # Enum members looked up once: each ConnState.X costs a class attribute lookup, per use.
 _IDLE = ConnState.IDLE
 _PARAMS = ConnState.PARAMS
+_STDIN = ConnState.STDIN
 _ABORTED = ConnState.ABORTED
 _CLOSED = ConnState.CLOSED  # and every state after it (see ServerConnection.should_close)
 _AUTHORIZER = Role.AUTHORIZER
@@ -412,6 +413,7 @@ class Worker:
         head_deadline: float | None = None
         buf = self.buf
         view = self.view
+        state = conn.state
         try:
             while True:
                 if head_deadline is not None and time.monotonic() >= head_deadline:
@@ -424,7 +426,10 @@ class Worker:
                                             head_deadline)
                     if n < 0:
                         return
-                conn.receive_data(view[:n].tobytes())
+                # A body arriving in pieces is appended to the protocol's own buffer: handing
+                # over the view spares a copy of every body byte. A request's head goes as bytes,
+                # which the whole-request path takes without copying.
+                conn.receive_data(view[:n] if state is _STDIN else view[:n].tobytes())
                 self._handle_events(conn, channel)
                 state = conn.state
                 if state is _PARAMS or (state is _IDLE and conn.pending_input):

@@ -210,8 +210,13 @@ class ServerConnection:
 
     # -- input ---------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes read from the peer; b"" means the peer closed its end."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes read from the peer; empty means the peer closed its end.
+
+        Whatever is kept of `data` is copied, so the caller may reuse its buffer at once.
+        Only `bytes` fed in one piece can be kept without a copy: the whole-request path
+        needs that (it takes the usual request straight out of it).
+        """
         if self._eof:
             if data:
                 raise LocalProtocolError("data received after end of file")
