@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from typing import TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
 _LONG = struct.Struct("!I")
 _unpack_long = _LONG.unpack_from
 _MAX_LEN = 0x7FFFFFFF
-_S = TypeVar("_S", bytes, str)
 
 
 def _encode_length(n: int) -> bytes:
@@ -35,14 +33,28 @@ def encode_params(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 def decode_params(data: bytes) -> list[tuple[bytes, bytes]]:
     """The pairs in `data`, in order; RemoteProtocolError when truncated."""
-    return _split_pairs(data, data)
+    pairs: list[tuple[bytes, bytes]] = []
+    size = len(data)
+    pos = 0
+    try:
+        while pos < size:
+            name_len, value_len, start = _lengths(data, pos)
+            mid = start + name_len
+            pos = mid + value_len
+            if pos > size:
+                raise RemoteProtocolError("name-value pair longer than the data holding it")
+            pairs.append((data[start:mid], data[mid:pos]))
+    except IndexError:
+        # Only `data[pos]` past the end can raise it: a pair cut inside its lengths.
+        raise RemoteProtocolError("name-value pair truncated in a length") from None
+    return pairs
 
 
 def decode_params_latin1(data: bytes) -> dict[str, str]:
     """The pairs as latin-1 strings (PEP 3333's bytes-as-str); a repeated name keeps its last value."""
     # Latin-1 maps byte i to code point i, so one decode of the whole block can be sliced
     # at the byte offsets: far cheaper than decoding every name and value on its own.
-    # This runs for every request, so it is _split_pairs() unrolled for the usual shape
+    # This runs for every request, so it is decode_params() unrolled for the usual shape
     # (both lengths below 128) and filling the dict directly.
     text = data.decode("latin-1")
     out: dict[str, str] = {}
@@ -56,7 +68,7 @@ def decode_params_latin1(data: bytes) -> dict[str, str]:
             if name_len < 0x80 > value_len:
                 start = pos + 2
             else:
-                name_len, value_len, start = _long_lengths(data, pos)
+                name_len, value_len, start = _lengths(data, pos)
             mid = start + name_len
             pos = mid + value_len
             # Slices past the end are cut short silently; the check after the loop finds them.
@@ -68,8 +80,9 @@ def decode_params_latin1(data: bytes) -> dict[str, str]:
     return out
 
 
-def _long_lengths(data: bytes, pos: int) -> tuple[int, int, int]:
-    """Name length, value length and the offset past them, where either takes 4 bytes."""
+def _lengths(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Name length, value length and the offset past them; each takes 1 byte, or 4 with the
+    top bit set."""
     lengths = []
     for _ in range(2):
         n = data[pos]
@@ -82,39 +95,3 @@ def _long_lengths(data: bytes, pos: int) -> tuple[int, int, int]:
             pos += 1
         lengths.append(n)
     return lengths[0], lengths[1], pos
-
-
-def _split_pairs(data: bytes, source: _S) -> list[tuple[_S, _S]]:
-    """Pairs cut from `source` at the offsets the lengths in `data` give (same length)."""
-    pairs: list[tuple[_S, _S]] = []
-    append = pairs.append
-    size = len(data)
-    pos = 0
-    try:
-        while pos < size:
-            name_len = data[pos]
-            if name_len & 0x80:
-                if pos + 4 > size:
-                    raise RemoteProtocolError("name-value pair truncated in a 4-byte length")
-                name_len = _unpack_long(data, pos)[0] & _MAX_LEN
-                pos += 4
-            else:
-                pos += 1
-            value_len = data[pos]
-            if value_len & 0x80:
-                if pos + 4 > size:
-                    raise RemoteProtocolError("name-value pair truncated in a 4-byte length")
-                value_len = _unpack_long(data, pos)[0] & _MAX_LEN
-                pos += 4
-            else:
-                pos += 1
-            mid = pos + name_len
-            end = mid + value_len
-            if end > size:
-                raise RemoteProtocolError("name-value pair longer than the data holding it")
-            append((source[pos:mid], source[mid:end]))
-            pos = end
-    except IndexError:
-        # Only `data[pos]` past the end can raise it: a pair cut inside its lengths.
-        raise RemoteProtocolError("name-value pair truncated in a length") from None
-    return pairs
