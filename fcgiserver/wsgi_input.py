@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 _EMPTY = b""
@@ -114,24 +114,22 @@ class WSGIInput:
         self._remaining = length
 
     def read(self, size: int | None = -1) -> bytes:
-        remaining = self._remaining
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        if not size:
-            return _EMPTY
-        data = self._file.read(size)
-        self._remaining = remaining - len(data)
-        return data
+        return self._take(self._file.read, size)
 
     def readline(self, size: int | None = -1) -> bytes:
+        return self._take(self._file.readline, size)
+
+    def _take(self, fetch: Callable[[int], bytes], size: int | None) -> bytes:
+        """fetch() at most `size` bytes (all that is left when negative or None), never past
+        the body."""
         remaining = self._remaining
         if size is None or size < 0 or size > remaining:
             size = remaining
         if not size:
             return _EMPTY
-        line = self._file.readline(size)
-        self._remaining = remaining - len(line)
-        return line
+        data = fetch(size)
+        self._remaining = remaining - len(data)
+        return data
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
         lines: list[bytes] = []
