@@ -127,6 +127,29 @@ def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
             proc.wait(timeout=STOP_TIMEOUT)
 
 
+def _spawn(argv: list[str], workdir: Path, stderr_path: Path,
+           env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """The daemon in the foreground, its output appended to `stderr_path`.
+
+    Its own session: lighttpd's bin-path backends must not see a terminal's signals.
+    """
+    with stderr_path.open("ab") as stderr:
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                cwd=workdir, start_new_session=True)
+
+
+def _started(front: Front, timeout: float) -> bool:
+    """_wait_until_listening(), reaping a daemon that died (the port was taken, say)."""
+    try:
+        started = _wait_until_listening(front, timeout)
+    except BaseException:
+        _stop(front.proc, signal.SIGTERM)
+        raise
+    if not started:
+        front.proc.wait()
+    return started
+
+
 def _dirs(workdir: Path) -> tuple[Path, Path, Path]:
     log_dir, run_dir, upload_tmp = workdir / "log", workdir / "run", workdir / "upload-tmp"
     for d in (log_dir, run_dir, upload_tmp):
@@ -205,17 +228,7 @@ def running_lighttpd(
         port = int(full_env["FCGISERVER_PORT"])
         log_dir = Path(full_env["FCGISERVER_LOG_DIR"])
         stderr_path = log_dir / "lighttpd.stderr"
-        with stderr_path.open("ab") as stderr:
-            # Its own session: lighttpd's bin-path backends must not see a terminal's signals.
-            proc = subprocess.Popen(
-                [binary, "-D", "-f", str(conf)],
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                cwd=workdir,
-                start_new_session=True,
-            )
+        proc = _spawn([binary, "-D", "-f", str(conf)], workdir, stderr_path, full_env)
         front = Front(
             kind="lighttpd",
             port=port,
@@ -229,14 +242,8 @@ def running_lighttpd(
             stderr_path=stderr_path,
             env=full_env,
         )
-        try:
-            started = _wait_until_listening(front, start_timeout)
-        except BaseException:
-            _stop(proc, signal.SIGTERM)
-            raise
-        if started:
+        if _started(front, start_timeout):
             break
-        proc.wait()
         if env and "FCGISERVER_PORT" in env:
             break
     else:
@@ -302,16 +309,8 @@ def running_nginx(
                 "KEEPALIVE": str(keepalive),
             },
         )
-        with stderr_path.open("ab") as stderr:
-            proc = subprocess.Popen(
-                [binary, "-c", str(conf), "-p", str(workdir), "-e", str(log_dir / "nginx-startup.log"),
-                 "-g", "daemon off;"],
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                cwd=workdir,
-                start_new_session=True,
-            )
+        proc = _spawn([binary, "-c", str(conf), "-p", str(workdir), "-e", str(log_dir / "nginx-startup.log"),
+                       "-g", "daemon off;"], workdir, stderr_path)
         front = Front(
             kind="nginx",
             port=port,
@@ -324,14 +323,8 @@ def running_nginx(
             config=conf,
             stderr_path=stderr_path,
         )
-        try:
-            started = _wait_until_listening(front, start_timeout)
-        except BaseException:
-            _stop(proc, signal.SIGTERM)
-            raise
-        if started:
+        if _started(front, start_timeout):
             break
-        proc.wait()
     else:
         raise RuntimeError(f"nginx would not start\n{front.logs()}")
     try:
