@@ -602,16 +602,23 @@ class Worker:
             log.error("cannot store the request body (%s): answering 507", self._spool_error)
             self._send_simple(conn, channel, "507 Insufficient Storage", b"Insufficient Storage\n")
             return
+        started = self._started
+        assert started is not None
         if not complete:
             body.discard()
-            assert self._started is not None
             log.warning("request body cut short (%d of %s bytes): closing the connection",
-                        body.size, self._started.params.get("CONTENT_LENGTH"))
+                        body.size, started.params.get("CONTENT_LENGTH"))
             raise _Close()
+        if body.declared is None:
+            # No length the front knew (see parse_content_length): the body is all here now,
+            # so the app gets its real length.
+            started.params["CONTENT_LENGTH"] = str(body.size)
         self._respond(conn, channel, wsgi_input)
 
     def _send_simple(self, conn: ServerConnection, channel: _Channel, status: str, body: bytes) -> None:
-        send_all(channel.sock, conn.send_stdout(simple_response(status, body)) + conn.end_request(),
+        started = self._started
+        head = started is not None and started.params.get("REQUEST_METHOD") == "HEAD"
+        send_all(channel.sock, conn.send_stdout(simple_response(status, body, head)) + conn.end_request(),
                  self.timeout_ms)
         self._end_request()
 

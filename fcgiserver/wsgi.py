@@ -46,10 +46,11 @@ class Channel(Protocol):
     def send_stderr(self, data: bytes) -> None: ...
 
 
-def simple_response(status: str, body: bytes) -> bytes:
-    """A complete CGI response for answers the server gives without calling the app."""
+def simple_response(status: str, body: bytes, head: bool = False) -> bytes:
+    """A complete CGI response for answers the server gives without calling the app
+    (`head`: for a HEAD request, without the body)."""
     return b"Status: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (
-        status.encode("latin-1"), len(body), body)
+        status.encode("latin-1"), len(body), b"" if head else body)
 
 
 # -- environ ------------------------------------------------------------------------------
@@ -132,7 +133,8 @@ def fix_script_name(env: dict[str, Any], script_name: str | None) -> None:
 
     With a configured mount prefix the path comes from REQUEST_URI, ignoring what the
     front computed. Otherwise the front's values stand, except for the lighttpd "/"
-    mount without fix-root-scriptname, which puts the whole path in SCRIPT_NAME.
+    mount without fix-root-scriptname, which puts a one-segment path in SCRIPT_NAME,
+    and for a rewritten URL (see mount_from_uri).
     """
     if script_name is not None:
         uri = env.get("REQUEST_URI")
@@ -147,14 +149,35 @@ def fix_script_name(env: dict[str, Any], script_name: str | None) -> None:
             env["PATH_INFO"] = path
         return
     script = env.setdefault("SCRIPT_NAME", "")
-    if not env.get("PATH_INFO"):
-        env["PATH_INFO"] = ""
-        uri = env.get("REQUEST_URI")
-        if script and uri is not None:
-            raw = uri.partition("?")[0]
-            if script == raw or script == _uri_path(uri):
-                env["SCRIPT_NAME"] = ""
-                env["PATH_INFO"] = script
+    if env.get("PATH_INFO"):
+        if script and not env.get("REQUEST_URI", script).startswith(script):
+            mount_from_uri(env, script)
+        return
+    env["PATH_INFO"] = ""
+    uri = env.get("REQUEST_URI")
+    if script and uri is not None:
+        raw = uri.partition("?")[0]
+        if script == raw or script == _uri_path(uri):
+            env["SCRIPT_NAME"] = ""
+            env["PATH_INFO"] = script
+
+
+def mount_from_uri(env: dict[str, Any], script: str) -> None:
+    """SCRIPT_NAME for a front that rewrote the URL to a script path.
+
+    The browser asked for REQUEST_URI, the front passed SCRIPT_NAME (which that path does
+    not start with) and PATH_INFO: the mount the browser sees is the part of the path before
+    PATH_INFO (/x/y rewritten to /site.fcgi/x/y: ""; /app/x/y to /site.fcgi/x/y: "/app").
+    A rewrite that changed more than a prefix leaves no mount to find: the app is at the root.
+    """
+    path = _uri_path(env["REQUEST_URI"])
+    if path.startswith(script):
+        return  # no rewrite: only the percent-encoding differed
+    path_info = env["PATH_INFO"]
+    mount = path[:len(path) - len(path_info)]
+    if not path.endswith(path_info) or mount.endswith("/"):
+        mount = ""
+    env["SCRIPT_NAME"] = mount
 
 
 def build_environ(
@@ -184,9 +207,18 @@ def build_environ(
         if "SERVER_PORT" not in env:
             env["SERVER_PORT"] = "80" if scheme == "http" else "443"
     if script_name is None and env.get("PATH_INFO"):
-        env.setdefault("SCRIPT_NAME", "")  # the front's split stands (see fix_script_name)
+        # The front's split stands, unless it rewrote the URL (see fix_script_name).
+        script = env.setdefault("SCRIPT_NAME", "")
+        if script and not env.get("REQUEST_URI", script).startswith(script):
+            mount_from_uri(env, script)
     else:
         fix_script_name(env, script_name)
+    # PEP 3333: the body's length and type are CONTENT_*, never HTTP_CONTENT_* (lighttpd,
+    # nginx and Caddy pass the request headers as such too).
+    env.pop("HTTP_CONTENT_LENGTH", None)
+    if "HTTP_CONTENT_TYPE" in env:
+        content_type = env.pop("HTTP_CONTENT_TYPE")
+        env.setdefault("CONTENT_TYPE", content_type)
     # One update() for what is the same in every request, then what is not.
     env.update(_WSGI_CONSTANTS)
     env["FCGI_ROLE"] = _ROLE_NAMES[role]
@@ -218,9 +250,9 @@ class _Stop(Exception):
 class _Call(ResponseHead):
     """One app call: start_response, write() and the body loop share this state."""
 
-    __slots__ = ("channel", "errors", "failure", "remaining")
+    __slots__ = ("channel", "errors", "failure", "head", "remaining")
 
-    def __init__(self, channel: Channel, errors: object) -> None:
+    def __init__(self, channel: Channel, errors: object, head: bool) -> None:
         # ResponseHead.__init__, inlined: one call less per request.
         self.started = False
         self.sent = False
@@ -232,6 +264,9 @@ class _Call(ResponseHead):
         self.errors = errors if type(errors) is ErrorStream else None
         self.failure: BaseException | None = None
         self.remaining: int | None = None
+        # HEAD: the head as the app made it (Content-Length included), never a body byte
+        # (HAProxy answers 502 to a HEAD response with a body).
+        self.head = head
 
     def emit(self, data: bytes, last: bool) -> None:
         """Sends body bytes, with the header block in front of the first ones."""
@@ -241,7 +276,7 @@ class _Call(ResponseHead):
             if not self.started:
                 raise RuntimeError("the app sent body bytes before calling start_response")
             self.sent = True
-            remaining = self.content_length
+            remaining = 0 if self.head else self.content_length
             if remaining is not None:
                 if len(data) > remaining:
                     data = data[:remaining]
@@ -268,7 +303,7 @@ class _Call(ResponseHead):
         if self.errors is not None:
             self.errors.flush()
         try:
-            self.channel.send(_ERROR_HEAD + ERROR_BODY, True)
+            self.channel.send(_ERROR_HEAD if self.head else _ERROR_HEAD + ERROR_BODY, True)
         except BaseException as exc:
             self.failure = exc
             raise
@@ -288,7 +323,7 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
     failed after the headers went out (the request cannot be completed: the caller closes
     the connection). Channel failures propagate after the app's iterable is closed.
     """
-    call = _Call(channel, environ.get("wsgi.errors"))
+    call = _Call(channel, environ.get("wsgi.errors"), environ.get("REQUEST_METHOD") == "HEAD")
     result: Iterable[bytes] | None = None
     try:
         result = app(environ, call.start_response)

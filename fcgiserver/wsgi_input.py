@@ -17,15 +17,21 @@ _EMPTY = b""
 
 
 class BadContentLength(ValueError):
-    """CONTENT_LENGTH is not a non-negative decimal integer."""
+    """CONTENT_LENGTH is not a decimal integer."""
 
 
 def parse_content_length(value: str | None) -> int | None:
-    """The declared body size; None when the front did not declare one."""
+    """The declared body size; None when the front declared none it knows.
+
+    That is an absent or empty CONTENT_LENGTH (Apache for a chunked body, nginx for a GET)
+    or a negative one (Caddy sends -1 for a chunked body): the body is then STDIN, whole.
+    """
     if value is None or value == "":
         return None
     # int() would also take "+5", " 5" and "5_000"; CGI means plain digits only.
     if not value.isdigit() or not value.isascii():
+        if value[0] == "-" and value[1:].isdigit() and value.isascii():
+            return None
         raise BadContentLength(value)
     return int(value)
 
@@ -46,6 +52,11 @@ class RequestBody:
         self._chunks: list[bytes] = []
         self._size = 0
         self._file: IO[bytes] | None = None
+
+    @property
+    def declared(self) -> int | None:
+        """CONTENT_LENGTH, or None when the body's length is known only at its end."""
+        return self._declared
 
     @property
     def size(self) -> int:

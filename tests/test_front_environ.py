@@ -55,8 +55,11 @@ fastcgi.server = ( "/" => ( "main" => (
 """
 
 
+Reply = tuple[int, dict[str, str], bytes]
+
+
 def request(port: int, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
-            headers: dict[str, str] | None = None, chunked: bool = False) -> tuple[int, dict[str, str], bytes]:
+            headers: dict[str, str] | None = None, chunked: bool = False) -> Reply:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
@@ -91,7 +94,8 @@ def _socket(server: ServerProcess) -> str:
 
 # -- SCRIPT_NAME and PATH_INFO behind lighttpd -------------------------------------------------
 
-def test_historic_django_rewrite_gives_the_app_the_browsers_paths(server: ServerProcess, tmp_path: Path) -> None:
+def test_historic_django_rewrite_gives_the_app_the_browsers_paths(
+        server: ServerProcess, tmp_path: Path) -> None:
     with running_lighttpd_conf(tmp_path, HISTORIC_REWRITE, socket_path=_socket(server)) as front:
         assert mount(front.port, "/") == ("", "/")
         assert mount(front.port, "/admin/") == ("", "/admin/")
@@ -100,7 +104,8 @@ def test_historic_django_rewrite_gives_the_app_the_browsers_paths(server: Server
         assert mount(front.port, "/caf%C3%A9/x%20y") == ("", "/caf\xc3\xa9/x y")
 
 
-def test_rewrite_keeping_a_prefix_mounts_the_app_at_that_prefix(server: ServerProcess, tmp_path: Path) -> None:
+def test_rewrite_keeping_a_prefix_mounts_the_app_at_that_prefix(
+        server: ServerProcess, tmp_path: Path) -> None:
     with running_lighttpd_conf(tmp_path, PREFIX_REWRITE, socket_path=_socket(server)) as front:
         assert mount(front.port, "/app/") == ("/app", "/")
         assert mount(front.port, "/app/a/b/c?x=1") == ("/app", "/a/b/c")
@@ -135,7 +140,7 @@ def test_configured_script_name_wins_over_a_detected_rewrite(tmp_path: Path) -> 
 
 def test_head_through_haproxy_gets_the_headers_and_no_body(server: ServerProcess, tmp_path: Path) -> None:
     with running_haproxy(tmp_path, socket_path=_socket(server)) as front:
-        status, headers, body = request(front.port, "GET", "/page")
+        status, _headers, body = request(front.port, "GET", "/page")
         assert status == 200
         for _ in range(3):  # HAProxy keeps its backend connections: HEAD must leave them usable
             status, head_headers, head_body = request(front.port, "HEAD", "/page")

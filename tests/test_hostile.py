@@ -137,8 +137,17 @@ def test_a_param_just_under_the_limit_is_served_and_one_over_closes_only_that_co
     still_serves(server)
 
 
-@pytest.mark.parametrize("declared", ["99999999999999999999999", str(10**18), "-5", "1e3", "0x10", "1,000",
-                                      "+7"])
+@pytest.mark.parametrize("declared", ["-1", "-5"])
+def test_negative_content_length_means_the_body_is_stdin_whole(server: ServerProcess, declared: str) -> None:
+    # Caddy sends -1 for a chunked body: the whole STDIN is the body, and the app gets its length.
+    reply = stdout_of(raw_fastcgi(server, request_records(cgi("/echo", "POST", CONTENT_LENGTH=declared),
+                                                          b"x" * 10)))
+    assert reply.startswith(b"Status: 200"), reply[:200]
+    assert json.loads(reply.partition(b"\r\n\r\n")[2])["size"] == 10
+
+
+@pytest.mark.parametrize("declared", ["99999999999999999999999", str(10**18), "1e3", "0x10", "1,000", "+7",
+                                      "-", "-5x"])
 def test_content_length_that_lies_or_is_absurd_never_reaches_the_app_or_allocates(
         server: ServerProcess, declared: str) -> None:
     reply = raw_fastcgi(server, request_records(cgi("/echo", "POST", CONTENT_LENGTH=declared), b"x" * 10))

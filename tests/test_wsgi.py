@@ -174,17 +174,32 @@ def test_auto_mode_trusts_the_fronts_split() -> None:
 
 
 @pytest.mark.parametrize(
-    ("uri", "script", "path"),
+    ("uri", "script", "path_info", "mount"),
     [
-        ("/photos/1?x=1", "/photos/1", "/photos/1"),
-        ("/caf%C3%A9", "/caf\xc3\xa9", "/caf\xc3\xa9"),
+        ("/a/b?x=1", "/site.fcgi", "/a/b", ""),
+        ("/app/a/b", "/site.fcgi", "/a/b", "/app"),
+        ("/caf%C3%A9/a", "/site.fcgi", "/a", "/caf\xc3\xa9"),
+        # Only the encoding differs from SCRIPT_NAME: no rewrite.
+        ("/caf%C3%A9/a", "/caf\xc3\xa9", "/a", "/caf\xc3\xa9"),
+        # A rewrite that changed more than a prefix: no mount to find.
+        ("/old/a", "/site.fcgi", "/new/a", ""),
     ],
 )
-def test_auto_mode_fixes_lighttpd_root_mount(uri: str, script: str, path: str) -> None:
-    # lighttpd mounted at "/" without fix-root-scriptname puts the path in SCRIPT_NAME.
-    env: Environ = {"REQUEST_URI": uri, "SCRIPT_NAME": script}
+def test_auto_mode_takes_the_mount_of_a_rewritten_url_from_request_uri(
+        uri: str, script: str, path_info: str, mount: str) -> None:
+    # Real lighttpd rewrites: tests/test_front_environ.py.
+    env: Environ = {"REQUEST_URI": uri, "SCRIPT_NAME": script, "PATH_INFO": path_info}
     fix_script_name(env, None)
-    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", path)
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (mount, path_info)
+    env = make_environ(Recorder(), {"REQUEST_URI": uri, "SCRIPT_NAME": script, "PATH_INFO": path_info})
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (mount, path_info)
+
+
+def test_http_content_headers_become_cgi_names() -> None:
+    env = make_environ(Recorder(), {"HTTP_CONTENT_LENGTH": "3", "CONTENT_LENGTH": "3",
+                                    "HTTP_CONTENT_TYPE": "text/plain"})
+    assert "HTTP_CONTENT_LENGTH" not in env and "HTTP_CONTENT_TYPE" not in env
+    assert (env["CONTENT_LENGTH"], env["CONTENT_TYPE"]) == ("3", "text/plain")
 
 
 def test_auto_mode_leaves_a_real_script_name_with_empty_path_info() -> None:
@@ -254,15 +269,16 @@ def test_short_body_is_reported_incomplete() -> None:
     assert RequestBody(None, 10).is_complete()
 
 
-@pytest.mark.parametrize("value", ["-1", "1e3", "+5", " 5", "5_000", "abc", "\u0661"])
+@pytest.mark.parametrize("value", ["-", "--1", "-1x", "1e3", "+5", " 5", "5_000", "abc", "\u0661", "-\u0661"])
 def test_malformed_content_length_is_rejected(value: str) -> None:
     with pytest.raises(BadContentLength):
         parse_content_length(value)
 
 
-def test_content_length_absent_or_empty_means_undeclared() -> None:
+def test_content_length_absent_empty_or_negative_means_undeclared() -> None:
     assert parse_content_length(None) is None
     assert parse_content_length("") is None
+    assert parse_content_length("-1") is None  # Caddy, for a chunked body
     assert parse_content_length("0") == 0
 
 
@@ -314,6 +330,27 @@ def test_empty_body_still_sends_the_head() -> None:
     channel, _ = call(app)
     assert channel.output == b"Status: 204 No Content\r\n\r\n"
     assert channel.ended
+
+
+@pytest.mark.parametrize("shape", ["list", "stream", "write"])
+def test_head_sends_the_apps_head_and_no_body(shape: str) -> None:
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        write = start_response("200 OK", [("Content-Length", "10")])
+        if shape == "write":
+            write(b"01234")
+            return [b"56789"]
+        return [b"0123456789"] if shape == "list" else iter([b"01234", b"56789"])
+
+    channel, completed = call(app, {"REQUEST_METHOD": "HEAD"})
+    assert completed and channel.ended
+    assert channel.output == b"Status: 200 OK\r\nContent-Length: 10\r\n\r\n"
+
+
+def test_head_of_an_app_error_is_a_500_without_body() -> None:
+    channel, completed = call(wsgi_apps.application, {"PATH_INFO": "/error", "REQUEST_METHOD": "HEAD"})
+    assert completed and channel.ended
+    assert channel.head.startswith(b"Status: 500 ")
+    assert channel.body == b""
 
 
 def test_write_callable_sends_before_the_returned_body() -> None:

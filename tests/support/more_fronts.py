@@ -32,7 +32,7 @@ APACHE_MODULES = Path("/usr/lib/apache2/modules")
 def _run(kind: str, workdir: Path, render: Callable[[int], tuple[list[str], Path]],
          env: Mapping[str, str] | None = None, stop_signal: int = signal.SIGTERM) -> Iterator[Front]:
     """Starts the daemon `render(port)` describes, retrying on another port if it was taken."""
-    log_dir, run_dir, upload_tmp = _dirs(workdir)
+    log_dir, _run_dir, upload_tmp = _dirs(workdir)
     stderr_path = log_dir / f"{kind}.stderr"
     for _attempt in range(5):
         port = free_port()
