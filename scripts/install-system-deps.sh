@@ -12,6 +12,9 @@ declare -A need=(
     [chromium]=chromium
     [chromedriver]=chromium-driver
     [systemd-analyze]=systemd
+    [haproxy]=haproxy
+    [caddy]=caddy
+    [apache2]=apache2
 )
 
 missing=()

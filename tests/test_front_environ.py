@@ -19,21 +19,16 @@ from typing import Any
 import pytest
 
 from tests.support.frontends import running_nginx
-from tests.support.more_fronts import running_apache, running_caddy, running_haproxy, running_lighttpd_conf
+from tests.support.more_fronts import (
+    HISTORIC_REWRITE,
+    running_apache,
+    running_caddy,
+    running_haproxy,
+    running_lighttpd_conf,
+)
 from tests.support.server import ServerProcess, free_port, running_server
 
 APP = "environ_apps:application"
-
-# The Django FastCGI deployment of old, as its users still have it: every URL rewritten
-# to a script path that is the FastCGI mount.
-HISTORIC_REWRITE = """
-server.modules = ( "mod_rewrite", "mod_fastcgi" )
-url.rewrite-once = ( "^(/.*)$" => "/site.fcgi$1" )
-fastcgi.server = ( "/site.fcgi" => ( "main" => (
-    "socket" => var.fcgi_socket,
-    "check-local" => "disable",
-)))
-"""
 
 # The same, keeping a prefix the browser sees: /app/x reaches the app as /site.fcgi/x.
 PREFIX_REWRITE = """

@@ -28,6 +28,17 @@ from tests.support.frontends import (
 
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
+# The Django FastCGI deployment of old, as its users still have it: every URL rewritten
+# to a script path that is the FastCGI mount.
+HISTORIC_REWRITE = """
+server.modules = ( "mod_rewrite", "mod_fastcgi" )
+url.rewrite-once = ( "^(/.*)$" => "/site.fcgi$1" )
+fastcgi.server = ( "/site.fcgi" => ( "main" => (
+    "socket" => var.fcgi_socket,
+    "check-local" => "disable",
+)))
+"""
+
 
 def _run(kind: str, workdir: Path, render: Callable[[int], tuple[list[str], Path]],
          env: Mapping[str, str] | None = None, stop_signal: int = signal.SIGTERM) -> Iterator[Front]:
