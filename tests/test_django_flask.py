@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fcgiserver.client import FastCGIClient
-from tests.support.frontends import running_nginx
-from tests.support.more_fronts import HISTORIC_REWRITE, running_lighttpd_conf
+from tests.support.more_fronts import HISTORIC_REWRITE, running_lighttpd_conf, running_nginx_fastcgi_params
 from tests.support.server import free_port, running_server, short_tempdir, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,41 +219,13 @@ def test_runfcgi_threaded_runs_prefork_with_a_warning_on_tcp_in_the_foreground(t
 
 # -- Django and Flask behind nginx as most users configure it -------------------------------------
 
-NGINX_FASTCGI_PARAMS = """
-user @NGINX_USER@;
-worker_processes 1;
-pid @RUN_DIR@/nginx.pid;
-error_log @LOG_DIR@/nginx-error.log notice;
-events { worker_connections 64; }
-http {
-    access_log @LOG_DIR@/nginx-access.log;
-    client_body_temp_path @RUN_DIR@/nginx-body;
-    fastcgi_temp_path @RUN_DIR@/nginx-fastcgi;
-    client_max_body_size 20m;
-    server {
-        listen @HOST@:@PORT@;
-        location / {
-            include fastcgi_params;
-            fastcgi_param HTTP_HOST $http_host;
-            fastcgi_pass unix:@SOCKET@;
-        }
-    }
-}
-"""
-
-
 @contextlib.contextmanager
 def behind_nginx(tmp_path: Path, app: str, env: dict[str, str] | None = None,
                  keep_port: bool = True) -> Iterator[Browser]:
-    template = tmp_path / "nginx.conf.in"
-    text = NGINX_FASTCGI_PARAMS
-    if not keep_port:
-        text = text.replace("fastcgi_param HTTP_HOST $http_host;", "")
-    template.write_text(text)
-    (tmp_path / "fastcgi_params").symlink_to("/etc/nginx/fastcgi_params")
     with running_server(app, workers=2, env=env) as server:
         assert server.socket_path is not None
-        with running_nginx(tmp_path, socket_path=server.socket_path, template=template) as front:
+        sock = server.socket_path
+        with running_nginx_fastcgi_params(tmp_path, socket_path=sock, keep_port=keep_port) as front:
             yield Browser(front.port)
 
 

@@ -18,27 +18,21 @@ from typing import Any
 
 import pytest
 
-from tests.support.frontends import running_nginx
 from tests.support.more_fronts import (
     HISTORIC_REWRITE,
+    lighttpd_rewrite,
     running_apache,
     running_caddy,
     running_haproxy,
     running_lighttpd_conf,
+    running_nginx_fastcgi_params,
 )
 from tests.support.server import ServerProcess, free_port, running_server
 
 APP = "environ_apps:application"
 
 # The same, keeping a prefix the browser sees: /app/x reaches the app as /site.fcgi/x.
-PREFIX_REWRITE = """
-server.modules = ( "mod_rewrite", "mod_fastcgi" )
-url.rewrite-once = ( "^/app(/.*)$" => "/site.fcgi$1" )
-fastcgi.server = ( "/site.fcgi" => ( "main" => (
-    "socket" => var.fcgi_socket,
-    "check-local" => "disable",
-)))
-"""
+PREFIX_REWRITE = lighttpd_rewrite('"^/app(/.*)$" => "/site.fcgi$1"')
 
 # A "/" mount as lighttpd's manual shows it, without fix-root-scriptname.
 ROOT_MOUNT = """
@@ -182,35 +176,8 @@ def test_chunked_body_through_apache_reaches_the_app_whole(tmp_path: Path) -> No
 
 # -- nginx: the params most users pass ---------------------------------------------------------
 
-NGINX_INCLUDE_PARAMS = """
-user @NGINX_USER@;
-worker_processes 1;
-pid @RUN_DIR@/nginx.pid;
-error_log @LOG_DIR@/nginx-error.log notice;
-events { worker_connections 64; }
-http {
-    access_log @LOG_DIR@/nginx-access.log;
-    client_body_temp_path @RUN_DIR@/nginx-body;
-    fastcgi_temp_path @RUN_DIR@/nginx-fastcgi;
-    server {
-        listen @HOST@:@PORT@;
-        location / {
-            include fastcgi_params;
-            # Debian's fastcgi_params passes $host, which drops the port.
-            fastcgi_param HTTP_HOST $http_host;
-            fastcgi_pass unix:@SOCKET@;
-        }
-    }
-}
-"""
-
-
 def test_nginx_with_fastcgi_params_passes_a_pep3333_post(server: ServerProcess, tmp_path: Path) -> None:
-    template = tmp_path / "nginx-include.conf.in"
-    template.write_text(NGINX_INCLUDE_PARAMS)
-    # As in /etc/nginx: the include is relative to the config's folder.
-    (tmp_path / "fastcgi_params").symlink_to("/etc/nginx/fastcgi_params")
-    with running_nginx(tmp_path, socket_path=_socket(server), template=template) as front:
+    with running_nginx_fastcgi_params(tmp_path, socket_path=_socket(server)) as front:
         payload = b"a=1&b=" + b"x" * 5000
         data = report(front.port, "/form", method="POST", body=payload,
                       headers={"Content-Type": "application/x-www-form-urlencoded"})

@@ -24,20 +24,27 @@ from tests.support.frontends import (
     find_binary,
     free_port,
     lighttpd_env,
+    running_nginx,
 )
 
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
-# The Django FastCGI deployment of old, as its users still have it: every URL rewritten
-# to a script path that is the FastCGI mount.
-HISTORIC_REWRITE = """
+
+def lighttpd_rewrite(rule: str) -> str:
+    """A lighttpd config that rewrites URLs by `rule` onto the FastCGI mount /site.fcgi."""
+    return f"""
 server.modules = ( "mod_rewrite", "mod_fastcgi" )
-url.rewrite-once = ( "^(/.*)$" => "/site.fcgi$1" )
+url.rewrite-once = ( {rule} )
 fastcgi.server = ( "/site.fcgi" => ( "main" => (
     "socket" => var.fcgi_socket,
     "check-local" => "disable",
 )))
 """
+
+
+# The Django FastCGI deployment of old, as its users still have it: every URL rewritten
+# to a script path that is the FastCGI mount.
+HISTORIC_REWRITE = lighttpd_rewrite('"^(/.*)$" => "/site.fcgi$1"')
 
 
 def _run(kind: str, workdir: Path, render: Callable[[int], tuple[list[str], Path]],
@@ -171,3 +178,46 @@ ProxyPass "/" "fcgi://{backend}/"
         return [find_binary("apache2"), "-f", str(conf), "-DFOREGROUND"], conf
 
     yield from _run("apache", workdir, render, stop_signal=signal.SIGWINCH)
+
+
+# nginx as most users configure it: Debian's fastcgi_params, then the Host with its port.
+NGINX_FASTCGI_PARAMS = """
+user @NGINX_USER@;
+worker_processes 1;
+pid @RUN_DIR@/nginx.pid;
+error_log @LOG_DIR@/nginx-error.log notice;
+events { worker_connections 64; }
+http {
+    access_log @LOG_DIR@/nginx-access.log;
+    client_body_temp_path @RUN_DIR@/nginx-body;
+    fastcgi_temp_path @RUN_DIR@/nginx-fastcgi;
+    client_max_body_size 20m;
+    server {
+        listen @HOST@:@PORT@;
+        location / {
+            include fastcgi_params;
+            # Debian's fastcgi_params passes $host, which drops the port.
+            fastcgi_param HTTP_HOST $http_host;
+            fastcgi_pass unix:@SOCKET@;
+        }
+    }
+}
+"""
+
+
+@contextlib.contextmanager
+def running_nginx_fastcgi_params(workdir: Path, *, socket_path: str,
+                                 keep_port: bool = True) -> Iterator[Front]:
+    """nginx with `include fastcgi_params;` (Debian's file); `keep_port=False` leaves out the
+    HTTP_HOST line after it, as a config copied from elsewhere would."""
+    text = NGINX_FASTCGI_PARAMS
+    if not keep_port:
+        text = text.replace("fastcgi_param HTTP_HOST $http_host;", "")
+    template = workdir / "nginx-fastcgi-params.conf.in"
+    template.write_text(text)
+    # As in /etc/nginx: the include is relative to the config's folder.
+    params = workdir / "fastcgi_params"
+    if not params.exists():
+        params.symlink_to("/etc/nginx/fastcgi_params")
+    with running_nginx(workdir, socket_path=socket_path, template=template) as front:
+        yield front
