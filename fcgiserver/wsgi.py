@@ -215,7 +215,9 @@ def build_environ(
         fix_script_name(env, script_name)
     # PEP 3333: the body's length and type are CONTENT_*, never HTTP_CONTENT_* (lighttpd,
     # nginx and Caddy pass the request headers as such too).
-    env.pop("HTTP_CONTENT_LENGTH", None)
+    # (Membership tests: cheaper than pop() calls for the usual request, which has neither.)
+    if "HTTP_CONTENT_LENGTH" in env:
+        del env["HTTP_CONTENT_LENGTH"]  # noqa: RUF051
     if "HTTP_CONTENT_TYPE" in env:
         content_type = env.pop("HTTP_CONTENT_TYPE")
         env.setdefault("CONTENT_TYPE", content_type)
