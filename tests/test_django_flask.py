@@ -187,6 +187,15 @@ def test_runfcgi_refuses_unknown_and_malformed_options_with_a_usage_error() -> N
         assert message in done.stderr and "Usage: manage.py runfcgi" in done.stderr, done.stderr
 
 
+def test_runfcgi_daemon_that_cannot_start_is_an_error_on_the_terminal(tmp_path: Path) -> None:
+    # Django's runfcgi exited 0 and the daemon died in silence; this one waits for the start.
+    errlog = tmp_path / "err.log"
+    done = manage("runfcgi", "method=prefork", f"socket={tmp_path}/missing/site.sock", f"errlog={errlog}")
+    assert done.returncode == 1, done.stderr
+    assert "the server stopped before it started" in done.stderr and str(errlog) in done.stderr
+    assert "cannot bind" in errlog.read_text()
+
+
 def test_runfcgi_threaded_runs_prefork_with_a_warning_on_tcp_in_the_foreground(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(["./manage.py", "runfcgi", "method=threaded", "host=127.0.0.1", f"port={port}",

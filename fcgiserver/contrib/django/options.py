@@ -22,7 +22,8 @@ fcgiserver, a fork-safe prefork server. Options, as Django's runfcgi took them:
   host=HOST port=N   listen on TCP (both, and not with socket=)
                      (neither: the listening socket is stdin, as a web server's bin-path gives it)
   pidfile=FILE       write the server's pid here
-  daemonize=BOOL     true/false; default true when socket= or host= is given
+  daemonize=BOOL     true/false; default true when socket= or host= is given (the
+                     command returns once the server listens, 1 if it could not start)
   workdir=DIR        folder to change to when daemonized (default /)
   umask=MODE         octal umask, e.g. 022 (default: inherited; 022 when daemonized)
   outlog=FILE        where stdout goes (when daemonized, default /dev/null)

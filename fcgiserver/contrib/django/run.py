@@ -6,15 +6,19 @@ that does not import, or an option fcgiserver refuses, still fails on the termin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import NoReturn
 
 from fcgiserver.api import make_config
 from fcgiserver.contrib.django.options import Plan
+from fcgiserver.hooks import default_hooks
 from fcgiserver.launch import launch
 from fcgiserver.wsgi import WSGIApp
 
 DAEMON_UMASK = 0o022
+STARTED = b"started"
 
 
 def _redirect(fd: int, path: str | None) -> None:
@@ -23,13 +27,43 @@ def _redirect(fd: int, path: str | None) -> None:
     os.close(target)
 
 
+class _StartReport:
+    """The daemon's word to the command it detached from: written when the supervisor is
+    about to fork its first worker (listening, the app loaded), or never (it failed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __call__(self, server: object, worker: object) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):  # the command was killed meanwhile: nobody to tell
+                os.write(self.fd, STARTED)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _await_start(read_fd: int, errlog: str | None) -> NoReturn:
+    """The command's side: exit 0 once the daemon started, 1 if it stopped before."""
+    with os.fdopen(read_fd, "rb") as pipe:
+        said = pipe.read()
+    if said == STARTED:
+        os._exit(0)
+    where = f"its log: {errlog}" if errlog else "errlog= to see why"
+    print(f"runfcgi: the server stopped before it started ({where})", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
 def daemonize(plan: Plan) -> None:
-    """Detaches from the terminal: two forks (the caller returns to its shell at once, the
-    daemon can never regain a terminal), a session of its own, stdin from /dev/null."""
+    """Detaches from the terminal: two forks (the daemon can never regain a terminal), a
+    session of its own, stdin from /dev/null. The command itself waits until the server is
+    listening, so a socket that cannot be bound is an error on the terminal, not a silence."""
     sys.stdout.flush()
     sys.stderr.flush()
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     if os.fork():
-        os._exit(0)
+        os.close(write_fd)
+        _await_start(read_fd, plan.errlog)
+    os.close(read_fd)
     os.setsid()
     if os.fork():
         os._exit(0)
@@ -40,6 +74,7 @@ def daemonize(plan: Plan) -> None:
     os.close(null)
     _redirect(1, plan.outlog)
     _redirect(2, plan.errlog)
+    default_hooks().add("pre_fork", _StartReport(write_fd))
 
 
 def run(plan: Plan, application: WSGIApp) -> int:
