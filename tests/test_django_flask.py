@@ -174,6 +174,23 @@ def test_historic_lighttpd_rewrite_and_manage_py_runfcgi_serve_the_django_site(t
         assert wait_until(lambda: bool(subprocess.run(children, capture_output=True).stdout), 10)
 
 
+def test_historic_rewrite_with_lighttpd_starting_runfcgi_on_its_socket(tmp_path: Path) -> None:
+    # bin-path: lighttpd binds the socket and starts the command with it as stdin.
+    command = f"{DJANGO_SITE}/manage.py runfcgi method=prefork maxchildren=2 minspare=1 maxspare=1"
+    conf = HISTORIC_REWRITE.replace('"check-local"', f'"bin-path" => "{command}",\n    "max-procs" => 1,\n'
+                                    '    "check-local"')
+    sock = str(tmp_path / "site.sock")
+    env = {k: v for k, v in django_env().items() if k in ("PATH", "PYTHONPATH")}
+    with running_lighttpd_conf(tmp_path, conf, socket_path=sock, env=env) as front:
+        browser = Browser(front.port)
+        links = browser.json("/")
+        assert (links["upload_absolute"], links["script_name"]) == (f"{browser.origin}/upload/", "")
+        status, headers, _ = browser.request("GET", "/admin/")
+        assert (status, headers["location"]) == (302, "/admin/login/?next=/admin/")
+    # lighttpd stopped its backend with it: no server of this project outlives the test.
+    assert wait_until(lambda: not subprocess.run(["pgrep", "-f", command], capture_output=True).stdout, 20)
+
+
 def test_runfcgi_refuses_unknown_and_malformed_options_with_a_usage_error() -> None:
     for words, message in ((["sokcet=/tmp/x.sock"], "unknown option 'sokcet'"),
                            (["maxchildren=many"], "maxchildren= expects a whole number"),

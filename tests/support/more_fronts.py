@@ -70,9 +70,11 @@ def _run(kind: str, workdir: Path, render: Callable[[int], tuple[list[str], Path
 
 
 @contextlib.contextmanager
-def running_lighttpd_conf(workdir: Path, text: str, *, socket_path: str) -> Iterator[Front]:
+def running_lighttpd_conf(workdir: Path, text: str, *, socket_path: str,
+                          env: Mapping[str, str] | None = None) -> Iterator[Front]:
     """lighttpd with a whole config of its own (not the site's): `text` after the port, the
-    logs and the document root; `var.fcgi_socket` names the backend socket."""
+    logs and the document root; `var.fcgi_socket` names the backend socket. `env` adds to
+    lighttpd's environment (and so to a bin-path backend's)."""
     folder = workdir / "conf"
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / "lighttpd-params.sh"
@@ -82,7 +84,7 @@ def running_lighttpd_conf(workdir: Path, text: str, *, socket_path: str) -> Iter
     docroot.mkdir(exist_ok=True)
 
     def render(port: int) -> tuple[list[str], Path]:
-        env.update(lighttpd_env(workdir, port, socket_path=socket_path, static_dir=docroot))
+        full_env.update(lighttpd_env(workdir, port, socket_path=socket_path, static_dir=docroot, extra=env))
         conf = folder / "lighttpd-own.conf"
         conf.write_text(
             'include_shell "sh lighttpd-params.sh"\n'
@@ -92,9 +94,9 @@ def running_lighttpd_conf(workdir: Path, text: str, *, socket_path: str) -> Iter
             f"{text}\n")
         return [find_binary("lighttpd"), "-D", "-f", str(conf)], conf
 
-    env: dict[str, str] = {}
-    # The port is lighttpd's to read from its environment: `render` fills `env` before each spawn.
-    yield from _run("lighttpd", workdir, render, env, signal.SIGINT)
+    full_env: dict[str, str] = {}
+    # The port is lighttpd's to read from its environment: `render` fills it before each spawn.
+    yield from _run("lighttpd", workdir, render, full_env, signal.SIGINT)
 
 
 @contextlib.contextmanager
