@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.validate import validator
 
+from front_apps import body_digest
+
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
@@ -68,18 +70,8 @@ def _env(environ: Environ, start_response: StartResponse) -> list[bytes]:
 
 def _echo(environ: Environ, start_response: StartResponse) -> list[bytes]:
     # A PEP 3333 app reads CONTENT_LENGTH bytes: the server must give the real length.
-    stream = environ["wsgi.input"]
-    remaining = int(environ.get("CONTENT_LENGTH") or 0)
-    digest = hashlib.sha256()
-    size = 0
-    while remaining > 0:
-        chunk = stream.read(min(remaining, BLOCK * 4))
-        if not chunk:
-            break
-        digest.update(chunk)
-        size += len(chunk)
-        remaining -= len(chunk)
-    return _json(start_response, {"sha256": digest.hexdigest(), "size": size,
+    digest, size = body_digest(environ)
+    return _json(start_response, {"sha256": digest, "size": size,
                                   "content_length": environ.get("CONTENT_LENGTH")})
 
 

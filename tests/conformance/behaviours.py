@@ -131,8 +131,8 @@ def head(target: Target) -> None:
     response, body = _exchange(target, "HEAD", f"/t/bytes?n={HEAD_SIZE}", conn=conn)
     _expect_status(response, 200, body)
     length = response.getheader("Content-Length")
-    if length is not None and length != str(HEAD_SIZE):
-        raise CellFailure(f"Content-Length {length}")
+    if length != str(HEAD_SIZE):
+        raise CellFailure(f"Content-Length {length}", f"a GET has {HEAD_SIZE}")
     # A body sent after the head would be read as the start of the next response.
     response, body = _exchange(target, "GET", f"/t/bytes?n={HEAD_SIZE}", conn=conn)
     _expect_status(response, 200, body)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from tests.conformance.behaviours import PORT_LOST
 from tests.support.frontends import (
     CONF,
@@ -29,7 +31,7 @@ from tests.support.frontends import (
     running_lighttpd,
     running_nginx,
 )
-from tests.support.server import running_server, short_tempdir, stop_group, wait_until
+from tests.support.server import running_server, short_tempdir, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "conformance_apps:application"
@@ -51,16 +53,20 @@ class Backend:
             return os.path.getsize(self.log_path)
         return 0
 
+    def log_since(self, offset: int) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+        return ""
+
     def error_since(self, offset: int) -> str:
         """The first exception line the server logged after `offset` (a validator's complaint, say)."""
         found = ""
 
         def logged() -> bool:
             nonlocal found
-            with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
-                log.seek(offset)
-                lines = log.read().decode(errors="replace").splitlines()
-                found = next((line.strip() for line in lines if "Error:" in line), "")
+            lines = self.log_since(offset).splitlines()
+            found = next((line.strip() for line in lines if "Error:" in line), "")
             return bool(found)
 
         wait_until(logged, 2.0)
@@ -103,7 +109,10 @@ def flup_backend() -> Iterator[Backend]:
         yield Backend("flup", path, port, os.path.join(folder, "flup.log"))
     finally:
         for proc in procs:
-            stop_group(proc)
+            with contextlib.suppress(psutil.Error):
+                _kill(psutil.Process(proc.pid).children(recursive=True))
+            proc.kill()
+            proc.wait()
         subprocess.run(["rm", "-rf", folder], check=False)
 
 
@@ -136,6 +145,10 @@ class Variant:
 
 BUFFERS = Limit("not streamed", "buffers the whole response before it sends it on")
 HOST_PARAM = "Debian's fastcgi_params sets HTTP_HOST to $host, without the port"
+APACHE_LIMITS = {
+    "stream": BUFFERS,
+    "head": Limit("Content-Length None", "Apache drops Content-Length from its answer to HEAD"),
+}
 LIGHTTPD_LIMITS = {
     "utf8": Limit("QUERY_STRING='q=%C3%A9t%C3%A9&r=a/b&s=%E2%82%AC'",
                   "url-normalize-required in conf/lighttpd.conf decodes %2F in the query"),
@@ -177,6 +190,7 @@ def _lighttpd(overlay: str | None) -> Starter:
 def _lighttpd_binpath(workdir: Path, backend: Backend) -> Iterator[Front]:
     """conf/lighttpd-binpath.conf: lighttpd binds the socket and starts the server itself."""
     sock_dir = short_tempdir("binpath-")
+    started: list[psutil.Process] = []
     try:
         env = {"FCGISERVER_PYTHON": sys.executable, "FCGISERVER_WORKERS": str(WORKERS), "FCGISERVER_APP": APP}
         conf = LIGHTTPD_BINPATH_CONF
@@ -184,11 +198,26 @@ def _lighttpd_binpath(workdir: Path, backend: Backend) -> Iterator[Front]:
             conf = lighttpd_overlay(workdir, "variant.conf",
                                     LIGHTTPD_FLUP_BINPATH.format(command=backend.binpath_command()),
                                     base=LIGHTTPD_BINPATH_CONF)
-        with running_lighttpd(workdir, socket_path=os.path.join(sock_dir, "app.sock"), conf=conf,
-                              env=env) as front:
+        with contextlib.ExitStack() as stack:
+            stack.callback(_kill, started)
+            sock = os.path.join(sock_dir, "app.sock")
+            front = stack.enter_context(running_lighttpd(workdir, socket_path=sock, conf=conf, env=env))
+            # Callbacks run last-in first-out: the children are listed while lighttpd still runs,
+            # then flup (which would hold lighttpd's graceful stop for its whole timeout) is killed.
+            if backend.name == "flup":
+                stack.callback(_kill, started)
+            stack.callback(lambda: started.extend(psutil.Process(front.proc.pid).children(recursive=True)))
             yield front
     finally:
         subprocess.run(["rm", "-rf", sock_dir], check=False)
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL, for flup above all: its parent waits in select(), which Python retries after a
+    TERM (PEP 475), so it never sees one; its children have process groups of their own."""
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 # ---- nginx --------------------------------------------------------------------------------
@@ -207,7 +236,7 @@ http {{
     uwsgi_temp_path @RUN_DIR@/nginx-uwsgi;
     scgi_temp_path @RUN_DIR@/nginx-scgi;
     client_max_body_size 25m;
-    server {{
+{upstream}    server {{
         listen @HOST@:@PORT@;
 {server}
     }}
@@ -218,6 +247,13 @@ NGINX_PARAMS = """\
 location / {
     include fastcgi_params;
     fastcgi_pass unix:@SOCKET@;
+}"""
+
+NGINX_PARAMS_KEEPCONN = """\
+location / {
+    include fastcgi_params;
+    fastcgi_keep_conn on;
+    fastcgi_pass app;
 }"""
 
 NGINX_PREFIX = """\
@@ -231,14 +267,23 @@ location /app/ {
 }"""
 
 
-def _nginx(server_block: str | None) -> Starter:
+NGINX_UPSTREAM = """\
+upstream app {
+    server unix:@SOCKET@;
+    keepalive 2;
+}
+"""
+
+
+def _nginx(server_block: str | None, upstream: bool = False) -> Starter:
     @contextlib.contextmanager
     def start(workdir: Path, backend: Backend) -> Iterator[Front]:
         template = CONF / "nginx.conf"
         if server_block is not None:
             template = workdir / "nginx.template"
             indented = "\n".join("        " + line for line in server_block.splitlines())
-            template.write_text(NGINX_SKELETON.format(server=indented))
+            template.write_text(NGINX_SKELETON.format(server=indented,
+                                                      upstream=NGINX_UPSTREAM if upstream else ""))
             params = workdir / "fastcgi_params"
             if not params.exists():
                 params.symlink_to("/etc/nginx/fastcgi_params")
@@ -250,55 +295,45 @@ def _nginx(server_block: str | None) -> Starter:
 
 # ---- Apache, HAProxy, Caddy: conf/ as shipped, rendered ------------------------------------------
 
-def _render(template: Path, output: Path, values: dict[str, str]) -> Path:
-    render_nginx_conf(template, output, values)
-    return output
+@contextlib.contextmanager
+def _rendered(kind: str, workdir: Path, template: Path, values: dict[str, str],
+              argv: Callable[[Path], list[str]], env: dict[str, str] | None = None) -> Iterator[Front]:
+    """A daemon whose config is `template` (from conf/) rendered for a free port under workdir."""
+    def config(port: int) -> tuple[list[str], Path]:
+        conf = workdir / template.name
+        render_nginx_conf(template, conf, {"HOST": "127.0.0.1", "PORT": str(port),
+                                           "RUN_DIR": str(workdir / "run"), "LOG_DIR": str(workdir / "log"),
+                                           **values})
+        return argv(conf), conf
+
+    with running_daemon(kind, workdir, config, env=env) as front:
+        yield front
 
 
 def _apache(tcp: bool) -> Starter:
-    @contextlib.contextmanager
-    def start(workdir: Path, backend: Backend) -> Iterator[Front]:
+    def start(workdir: Path, backend: Backend) -> contextlib.AbstractContextManager[Front]:
+        # As root, Apache's children run as www-data: they reach the socket through 0755 folders.
         user = "www-data" if os.getuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
         target = (f"fcgi://127.0.0.1:{backend.tcp_port}/" if tcp
                   else f"unix:{backend.socket_path}|fcgi://localhost/")
         os.chmod(workdir, 0o755)
-
-        def config(port: int) -> tuple[list[str], Path]:
-            conf = _render(CONF / "apache.conf", workdir / "apache.conf", {
-                "HOST": "127.0.0.1", "PORT": str(port), "RUN_DIR": str(workdir / "run"),
-                "LOG_DIR": str(workdir / "log"), "APACHE_USER": user, "BACKEND": target})
-            return [find_binary("apache2"), "-f", str(conf), "-DFOREGROUND"], conf
-
-        with running_daemon("apache", workdir, config) as front:
-            yield front
+        return _rendered("apache", workdir, CONF / "apache.conf", {"APACHE_USER": user, "BACKEND": target},
+                         lambda conf: [find_binary("apache2"), "-f", str(conf), "-DFOREGROUND"])
 
     return start
 
 
-@contextlib.contextmanager
-def _haproxy(workdir: Path, backend: Backend) -> Iterator[Front]:
-    def config(port: int) -> tuple[list[str], Path]:
-        conf = _render(CONF / "haproxy.cfg", workdir / "haproxy.cfg", {
-            "HOST": "127.0.0.1", "PORT": str(port), "RUN_DIR": str(workdir / "run"),
-            "SOCKET": backend.socket_path})
-        return [find_binary("haproxy"), "-db", "-f", str(conf)], conf
-
-    with running_daemon("haproxy", workdir, config) as front:
-        yield front
+def _haproxy(workdir: Path, backend: Backend) -> contextlib.AbstractContextManager[Front]:
+    return _rendered("haproxy", workdir, CONF / "haproxy.cfg", {"SOCKET": backend.socket_path},
+                     lambda conf: [find_binary("haproxy"), "-db", "-f", str(conf)])
 
 
-@contextlib.contextmanager
-def _caddy(workdir: Path, backend: Backend) -> Iterator[Front]:
-    def config(port: int) -> tuple[list[str], Path]:
-        conf = _render(CONF / "Caddyfile", workdir / "Caddyfile", {
-            "HOST": "127.0.0.1", "PORT": str(port), "RUN_DIR": str(workdir / "run"),
-            "UPSTREAM": f"unix/{backend.socket_path}"})
-        return [find_binary("caddy"), "run", "--config", str(conf), "--adapter", "caddyfile"], conf
-
+def _caddy(workdir: Path, backend: Backend) -> contextlib.AbstractContextManager[Front]:
     home = str(workdir / "home")
-    with running_daemon("caddy", workdir, config, env={"HOME": home, "XDG_DATA_HOME": home,
-                                                       "XDG_CONFIG_HOME": home}) as front:
-        yield front
+    return _rendered("caddy", workdir, CONF / "Caddyfile", {"UPSTREAM": f"unix/{backend.socket_path}"},
+                     lambda conf: [find_binary("caddy"), "run", "--config", str(conf), "--adapter",
+                                   "caddyfile"],
+                     env={"HOME": home, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home})
 
 
 VARIANTS: list[Variant] = [
@@ -311,9 +346,12 @@ VARIANTS: list[Variant] = [
     Variant("nginx params", "", _nginx(NGINX_PARAMS),
             {"stream": BUFFERS, "host": Limit(PORT_LOST, HOST_PARAM),
              "external": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host"))}),
+    Variant("nginx params kc", "", _nginx(NGINX_PARAMS_KEEPCONN, upstream=True),
+            {"host": Limit(PORT_LOST, HOST_PARAM),
+             "external": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host"))}),
     Variant("nginx /app split", "/app", _nginx(NGINX_PREFIX), {"stream": BUFFERS}),
-    Variant("apache unix", "", _apache(tcp=False), {"stream": BUFFERS}),
-    Variant("apache tcp", "", _apache(tcp=True), {"stream": BUFFERS}),
+    Variant("apache unix", "", _apache(tcp=False), APACHE_LIMITS),
+    Variant("apache tcp", "", _apache(tcp=True), APACHE_LIMITS),
     Variant("haproxy", "", _haproxy,
             {"chunked": Limit("HTTP 400", "HAProxy answers 400 to a chunked request body for FastCGI")}),
     Variant("caddy", "", _caddy, {"stream": BUFFERS}),

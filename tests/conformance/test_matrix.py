@@ -95,7 +95,9 @@ def test_cell(fronts: Fronts, variant: Variant, app: str, behaviour: Behaviour) 
         note = f"{failure} (claimed limitation, but flup {seen} in {ref_app} / {ref_column})"
     else:
         note = str(failure)
-    if failure.signature == "HTTP 500":
-        note += f" [{fronts.backend('fcgiserver').error_since(log_offset)}]"
+    if failure.signature == "HTTP 500" and (error := fronts.backend("fcgiserver").error_since(log_offset)):
+        note += f" [{error}]"
     matrix.record(row, behaviour.column, matrix.FAIL, note)
-    pytest.fail(f"{row} / {behaviour.column}: {note}\n{fronts.logs(variant, 'fcgiserver')}")
+    server_log = fronts.backend("fcgiserver").log_since(log_offset)[-3000:]
+    pytest.fail(f"{row} / {behaviour.column}: {note}\n--- fcgiserver\n{server_log}\n"
+                f"{fronts.logs(variant, 'fcgiserver')}")
