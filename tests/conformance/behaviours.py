@@ -57,7 +57,7 @@ def _exchange(target: Target, method: str, path: str, body: object = None,
 
 def _expect_status(response: http.client.HTTPResponse, status: int, body: bytes) -> None:
     if response.status != status:
-        raise CellFailure(f"HTTP {response.status}", body[:200].decode("latin-1"))
+        raise CellFailure(f"HTTP {response.status}", " ".join(body[:200].decode("latin-1").split()))
 
 
 def _environ(target: Target, path: str) -> dict[str, str]:

@@ -164,6 +164,10 @@ fastcgi.server := ( "/site.fcgi" => (( "socket" => var.fcgi_socket, "check-local
 LIGHTTPD_ROOT = """\
 fastcgi.server := ( "/" => (( "socket" => var.fcgi_socket, "check-local" => "disable" )) )"""
 
+LIGHTTPD_ROOT_FIX = """\
+fastcgi.server := ( "/" => (( "socket" => var.fcgi_socket, "check-local" => "disable",
+                              "fix-root-scriptname" => "enable" )) )"""
+
 LIGHTTPD_PREFIX_REWRITE = """\
 server.modules += ("mod_rewrite")
 url.rewrite-once = ( "^/app(/.*)$" => "/site.fcgi$1" )
@@ -340,6 +344,7 @@ VARIANTS: list[Variant] = [
     Variant("lighttpd conf/", "", _lighttpd(None), LIGHTTPD_LIMITS),
     Variant("lighttpd rewrite", "", _lighttpd(LIGHTTPD_REWRITE), LIGHTTPD_LIMITS),
     Variant("lighttpd / nofix", "", _lighttpd(LIGHTTPD_ROOT), LIGHTTPD_LIMITS),
+    Variant("lighttpd / fix", "", _lighttpd(LIGHTTPD_ROOT_FIX), LIGHTTPD_LIMITS),
     Variant("lighttpd /app rw", "/app", _lighttpd(LIGHTTPD_PREFIX_REWRITE), LIGHTTPD_LIMITS),
     Variant("lighttpd binpath", "", _lighttpd_binpath, LIGHTTPD_LIMITS),
     Variant("nginx conf/", "", _nginx(None)),

@@ -53,5 +53,5 @@ def render() -> list[str]:
                  "limit = front limitation: flup behind the same front failed the same way")
     notes = [c for c in RESULTS if c.result != PASS]
     for cell in notes:
-        lines.append(f"  {cell.result:5} {cell.row} / {cell.column}: {cell.note}")
+        lines.append(f"  {cell.result:5} {cell.row} / {cell.column}: {' '.join(cell.note.split())}")
     return lines

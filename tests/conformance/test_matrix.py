@@ -9,6 +9,7 @@ behind the same front (started then); only when flup fails the same way is the c
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,7 +76,8 @@ def _run(check: Behaviour, target: Target) -> matrix.CellFailure | None:
 
 
 @pytest.mark.parametrize(("app", "behaviour"), CELLS, ids=[f"{a}-{b.column}" for a, b in CELLS])
-@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name.replace(" ", "_") for v in VARIANTS])
+@pytest.mark.parametrize("variant", VARIANTS, ids=[re.sub(r"[^a-z0-9]+", "-", v.name).strip("-")
+                                                   for v in VARIANTS])
 def test_cell(fronts: Fronts, variant: Variant, app: str, behaviour: Behaviour) -> None:
     row = f"{variant.name} / {app}"
     log_offset = fronts.backend("fcgiserver").log_size()
