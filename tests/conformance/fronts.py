@@ -150,7 +150,7 @@ APACHE_LIMITS = {
     "head": Limit("Content-Length None", "Apache drops Content-Length from its answer to HEAD"),
 }
 LIGHTTPD_LIMITS = {
-    "utf8": Limit("QUERY_STRING='q=%C3%A9t%C3%A9&r=a/b&s=%E2%82%AC'",
+    "query": Limit("QUERY_STRING='q=%C3%A9t%C3%A9&r=a/b&s=%E2%82%AC'",
                   "url-normalize-required in conf/lighttpd.conf decodes %2F in the query"),
 }
 
