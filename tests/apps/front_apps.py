@@ -37,7 +37,8 @@ def _env(environ: Environ, start_response: StartResponse) -> list[bytes]:
     return _json(start_response, data)
 
 
-def _echo_sha256(environ: Environ, start_response: StartResponse) -> list[bytes]:
+def body_digest(environ: Environ) -> tuple[str, int]:
+    """sha256 and size of the CONTENT_LENGTH bytes of the request body, read in pieces."""
     stream = environ["wsgi.input"]
     remaining = int(environ.get("CONTENT_LENGTH") or 0)
     digest = hashlib.sha256()
@@ -49,7 +50,12 @@ def _echo_sha256(environ: Environ, start_response: StartResponse) -> list[bytes]
         digest.update(chunk)
         size += len(chunk)
         remaining -= len(chunk)
-    return _json(start_response, {"sha256": digest.hexdigest(), "size": size})
+    return digest.hexdigest(), size
+
+
+def _echo_sha256(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    digest, size = body_digest(environ)
+    return _json(start_response, {"sha256": digest, "size": size})
 
 
 def _stream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

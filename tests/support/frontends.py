@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -381,3 +381,38 @@ def check_status_pages_answer_localhost_only(port: int, workers: int) -> None:
     for path in ("/fcgiserver-status", "/fcgiserver-status?format=prometheus", "/fcgiserver-ping"):
         remote = get_from("127.0.0.2", port, path)
         assert b" 403 " in remote.split(b"\r\n", 1)[0], remote[:300]
+
+
+@contextlib.contextmanager
+def running_daemon(
+    kind: str,
+    workdir: Path,
+    start: Callable[[int], tuple[list[str], Path]],
+    *,
+    env: Mapping[str, str] | None = None,
+    stop_signal: int = signal.SIGTERM,
+    start_timeout: float = START_TIMEOUT,
+) -> Iterator[Front]:
+    """Any front end in the foreground on a free port, stopped with `stop_signal` on exit.
+
+    `start(port)` writes the daemon's config for that port and returns its command line and
+    the config path; a daemon that dies at start (the port was taken meanwhile) gets another.
+    """
+    log_dir, _run_dir, upload_tmp = _dirs(workdir)
+    stderr_path = log_dir / f"{kind}.stderr"
+    full_env = {**os.environ, **(env or {})}
+    for _attempt in range(5):
+        port = free_port()
+        argv, conf = start(port)
+        proc = _spawn(argv, workdir, stderr_path, full_env)
+        front = Front(kind=kind, port=port, proc=proc, workdir=workdir, log_dir=log_dir,
+                      error_log=log_dir / f"{kind}-error.log", access_log=log_dir / f"{kind}-access.log",
+                      upload_tmp=upload_tmp, config=conf, stderr_path=stderr_path, env=full_env)
+        if _started(front, start_timeout):
+            break
+    else:
+        raise RuntimeError(f"{kind} would not start\n{front.logs()}")
+    try:
+        yield front
+    finally:
+        _stop(proc, stop_signal)
