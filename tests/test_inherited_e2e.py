@@ -233,3 +233,30 @@ def test_a_socket_registered_as_shareable_is_left_alone(tmp_path: Path) -> None:
     # The other connection is still named: registration is per socket.
     assert any(f"-> 127.0.0.1:{peer.port}" in w for w in warnings_of(log)), log
     assert not re.search(SHARED, log), log
+
+
+# ---- a real framework ------------------------------------------------------------------------
+
+def django_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"DJANGO_SETTINGS_MODULE": "django_site.settings",
+            "DJANGO_SITE_DB": str(tmp_path / "django.sqlite3"), **extra}
+
+
+def test_django_with_its_default_lazy_connection_draws_no_warning(tmp_path: Path) -> None:
+    with running_server("django_site.wsgi:application", workers=WORKERS, env=django_env(tmp_path),
+                        ready_timeout=START_TIMEOUT) as server:
+        answers = [fetch(server.address, "/") for _ in range(4)]
+        time.sleep(1.5)  # a run-time check
+        log = server.log_text()
+    assert all(a["value"] == 42 for a in answers), answers
+    assert "inherit" not in log, log
+
+
+def test_django_connecting_at_import_is_named(tmp_path: Path) -> None:
+    """The same project, connected while loading: the check does see Django's connection."""
+    env = django_env(tmp_path, DJANGO_SITE_CONNECT_AT_IMPORT="1")
+    with running_server("django_site.wsgi:application", workers=WORKERS, env=env,
+                        ready_timeout=START_TIMEOUT) as server:
+        log = server.log_text()
+    found = warnings_of(log)
+    assert len(found) == 1 and f"sqlite3 connection to {tmp_path / 'django.sqlite3'}" in found[0], log
