@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fcgiserver.client import FastCGIClient
+from fcgiserver.statuscli import render_table
 from tests.support.server import ServerProcess, running_server, server_command, wait_until
 
 START_TIMEOUT = 60.0
@@ -176,6 +177,8 @@ def test_two_workers_sharing_a_connection_are_reported_with_both_pids(tmp_path: 
     for pid, row in rows.items():
         assert row["shares_with"] == [p for p in workers if p != pid], row
         assert row["shared_connections"] == 3, row
+    table = render_table(status)
+    assert "SHARED" in table and all(f"3 with {p}" in table for p in workers), table
 
 
 def test_close_gives_every_worker_a_clean_failure_then_its_own_connection(tmp_path: Path) -> None:
