@@ -197,7 +197,11 @@ def _socket_resource(fd: int, key: tuple[int, int]) -> Resource | None:
 
 
 def _descriptors() -> Iterator[tuple[int, os.stat_result]]:
-    for name in os.listdir("/proc/self/fd"):
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: nothing can be surveyed
+        return
+    for name in names:
         fd = int(name)
         with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
             yield fd, os.fstat(fd)
@@ -296,11 +300,11 @@ def _holder(target: object, modules: dict[int, str], ignore: set[int]) -> str:
     child_of: dict[int, object] = {id(target): target}
     frontier = [target]
     for _ in range(_HOLDER_DEPTH):
-        mine = {id(child_of), id(frontier), *ignore}
+        above: list[object] = []
+        mine = {id(child_of), id(frontier), id(above), *ignore}
         referrers = gc.get_referrers(*frontier)
         mine.add(id(referrers))
         ids = {id(o) for o in frontier}
-        above: list[object] = []
         for ref in referrers:
             if id(ref) in mine or id(ref) in child_of or isinstance(ref, types.FrameType):
                 continue

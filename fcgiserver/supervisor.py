@@ -586,9 +586,11 @@ class Supervisor:
 
     def _check_inherited(self) -> bool:
         """Name what the worker would inherit from us that must not be shared (inherited.py)."""
+        ours = [s.fileno() for s in self.listeners]
+        if self.access_log is not None:
+            ours.append(self.access_log.file_fd)
         try:
-            self._inherited.before_fork([s.fileno() for s in self.listeners],
-                                        (self.config.error_log, self.config.access_log))
+            self._inherited.before_fork(ours, (self.config.error_log, self.config.access_log))
         except Refused as exc:
             log.critical("%s", exc)
             self._halt(EXIT_REFUSED)

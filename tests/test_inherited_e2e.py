@@ -246,7 +246,9 @@ def django_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_django_with_its_default_lazy_connection_draws_no_warning(tmp_path: Path) -> None:
+    # The access log is a file the supervisor keeps open for writing: ours, not the app's.
     with running_server("django_site.wsgi:application", workers=WORKERS, env=django_env(tmp_path),
+                        args=["--access-log", str(tmp_path / "access.log")],
                         ready_timeout=START_TIMEOUT) as server:
         answers = [fetch(server.address, "/") for _ in range(4)]
         time.sleep(1.5)  # a run-time check
