@@ -361,7 +361,8 @@ def name_holders(resources: list[Resource]) -> dict[tuple[int, int], Resource]:
             owner = owners.get(r.key)
             if owner is None:
                 holder = ("held by no Python object: made by a C library (a database driver, for "
-                          "instance), whose module cannot be told" if r.is_socket else "")
+                          "instance) or inherited from the process that started the server; no "
+                          "module can be named" if r.is_socket else "")
             else:
                 holder = _holder(owner, modules, ignore)
             if r.key in databases:
