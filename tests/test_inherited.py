@@ -19,6 +19,7 @@ from fcgiserver.sharedconns import SharedConnectionCheck, ShareInfo, ShareTable,
 
 # Module globals, so the holder search has something to name.
 HELD: list[socket.socket] = []
+HELD_FILES: list[object] = []
 
 
 @contextlib.contextmanager
@@ -211,3 +212,25 @@ def test_share_table_keeps_at_most_max_peers() -> None:
     info = table.read(1)
     assert info.pid == 7 and info.sockets == 3 and info.peers == tuple(range(100, 108))
     assert table.read(0) == ShareInfo(0, 0, ())
+
+
+def test_a_socket_no_python_object_owns_is_named_without_a_module(tmp_path: Path) -> None:
+    with tcp_pair() as (_, client, _accepted):
+        raw = os.dup(client.fileno())  # as a C library holds one: a number, no socket object
+        try:
+            with open(tmp_path / "out.txt", "w") as log_file:
+                HELD_FILES.append(log_file)
+                named = inherited.name_holders(survey())
+                st = os.fstat(raw)
+                assert named[(st.st_dev, st.st_ino)].holder.startswith("held by ")  # client owns it too
+                by_fd = {fd: r for r in named.values() for fd in r.fds}
+                holder = by_fd[log_file.fileno()].holder
+                assert holder.startswith("held by tests.test_inherited.HELD_FILES (_io.TextIOWrapper"), holder
+                assert holder.endswith("_io.FileIO)"), holder
+            # The socket object lets go of its number without closing it.
+            os.close(client.detach())
+            found = {f: r for r in inherited.name_holders(survey()).values() for f in r.fds}
+            assert found[raw].holder.startswith("held by no Python object"), found[raw]
+        finally:
+            HELD_FILES.clear()
+            os.close(raw)
