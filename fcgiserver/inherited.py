@@ -295,32 +295,45 @@ def _database_files(connection: Any) -> list[str]:
     return [str(row[2]) for row in rows if row[2]]
 
 
-def _holder(target: object, modules: dict[int, str], ignore: set[int]) -> str:
-    """ "held by MODULE.GLOBAL (via TYPE -> TYPE)", from an upward walk of the referrers."""
-    child_of: dict[int, object] = {id(target): target}
-    frontier = [target]
+def _holders(targets: list[object], modules: dict[int, str], ignore: set[int]) -> dict[int, str]:
+    """By id of each target: "held by MODULE.GLOBAL (TYPE -> TYPE)".
+
+    One upward walk of the referrers for all targets together: a level costs one traversal of
+    the heap, however many targets there are.
+    """
+    child_of: dict[int, object] = {id(t): t for t in targets}
+    origin: dict[int, int] = {id(t): id(t) for t in targets}  # object -> the target it leads to
+    found: dict[int, str] = {}
+    frontier = list(targets)
     for _ in range(_HOLDER_DEPTH):
         above: list[object] = []
-        mine = {id(child_of), id(frontier), id(above), *ignore}
+        mine = {id(child_of), id(origin), id(found), id(frontier), id(above), id(targets), *ignore}
         referrers = gc.get_referrers(*frontier)
         mine.add(id(referrers))
         ids = {id(o) for o in frontier}
         for ref in referrers:
             if id(ref) in mine or id(ref) in child_of or isinstance(ref, types.FrameType):
                 continue
-            child = next((o for o in gc.get_referents(ref) if id(o) in ids), None)
+            child = next((o for o in gc.get_referents(ref)
+                          if id(o) in ids and origin[id(o)] not in found), None)
             if child is None:
                 continue
+            target = origin[id(child)]
             if id(ref) in modules and isinstance(ref, dict):
                 name = next((k for k, v in ref.items() if v is child), "?")
-                return f"held by {modules[id(ref)]}.{name}{_path(child, target, child_of)}"
+                found[target] = f"held by {modules[id(ref)]}.{name}{_path(child, child_of[target], child_of)}"
+                continue
             child_of[id(ref)] = child
+            origin[id(ref)] = target
             above.append(ref)
         del referrers
-        if not above:
+        frontier = [o for o in above if origin[id(o)] not in found][:_HOLDER_WIDTH * len(targets)]
+        if not frontier:
             break
-        frontier = above[:_HOLDER_WIDTH]
-    return f"held by no module global found within {_HOLDER_DEPTH} references ({_type_name(target)})"
+    for t in targets:
+        found.setdefault(id(t), f"held by no module global found within {_HOLDER_DEPTH} references "
+                                f"({_type_name(t)})")
+    return found
 
 
 def _path(top: object, target: object, child_of: dict[int, object]) -> str:
@@ -356,6 +369,7 @@ def name_holders(resources: list[Resource]) -> dict[tuple[int, int], Resource]:
         modules = {id(vars(m)): name for name, m in list(sys.modules.items())
                    if isinstance(m, types.ModuleType)}
         ignore = {id(owners), id(resources), id(modules)}
+        held = _holders(list(owners.values()), modules, ignore)
         named: list[Resource] = []
         for r in resources:
             owner = owners.get(r.key)
@@ -364,7 +378,7 @@ def name_holders(resources: list[Resource]) -> dict[tuple[int, int], Resource]:
                           "instance) or inherited from the process that started the server; no "
                           "module can be named" if r.is_socket else "")
             else:
-                holder = _holder(owner, modules, ignore)
+                holder = held[id(owner)]
             if r.key in databases:
                 r = replace(r, kind="sqlite", description=f"sqlite3 connection to {databases[r.key]}")
             named.append(replace(r, holder=holder))
