@@ -299,49 +299,53 @@ def _holders(targets: list[object], modules: dict[int, str], ignore: set[int]) -
     """By id of each target: "held by MODULE.GLOBAL (TYPE -> TYPE)".
 
     One upward walk of the referrers for all targets together: a level costs one traversal of
-    the heap, however many targets there are.
+    the heap, however many targets there are. An object above several targets (a tuple of
+    two sockets) leads to each of them.
     """
-    child_of: dict[int, object] = {id(t): t for t in targets}
-    origin: dict[int, int] = {id(t): id(t) for t in targets}  # object -> the target it leads to
+    # (target id, object id) -> the object one step below it on the way to that target
+    below: dict[tuple[int, int], object] = {(id(t), id(t)): t for t in targets}
+    leads_to: dict[int, set[int]] = {id(t): {id(t)} for t in targets}
+    by_id = {id(t): t for t in targets}
     found: dict[int, str] = {}
-    frontier = list(targets)
+    frontier = list(by_id.values())
     for _ in range(_HOLDER_DEPTH):
         above: list[object] = []
-        mine = {id(child_of), id(origin), id(found), id(frontier), id(above), id(targets), *ignore}
+        mine = {id(below), id(leads_to), id(by_id), id(found), id(frontier), id(above), id(targets),
+                *ignore}
         referrers = gc.get_referrers(*frontier)
         mine.add(id(referrers))
         ids = {id(o) for o in frontier}
         for ref in referrers:
-            if id(ref) in mine or id(ref) in child_of or isinstance(ref, types.FrameType):
+            if id(ref) in mine or id(ref) in leads_to or isinstance(ref, types.FrameType):
                 continue
-            child = next((o for o in gc.get_referents(ref)
-                          if id(o) in ids and origin[id(o)] not in found), None)
-            if child is None:
-                continue
-            target = origin[id(child)]
-            if id(ref) in modules and isinstance(ref, dict):
-                name = next((k for k, v in ref.items() if v is child), "?")
-                found[target] = f"held by {modules[id(ref)]}.{name}{_path(child, child_of[target], child_of)}"
-                continue
-            child_of[id(ref)] = child
-            origin[id(ref)] = target
-            above.append(ref)
+            module = modules.get(id(ref)) if isinstance(ref, dict) else None
+            for child in gc.get_referents(ref):
+                if id(child) not in ids:
+                    continue
+                for target in leads_to[id(child)] - found.keys():
+                    if module is not None:
+                        name = next((k for k, v in ref.items() if v is child), "?")
+                        found[target] = f"held by {module}.{name}{_path(child, target, below)}"
+                    else:
+                        below[target, id(ref)] = child
+                        if id(ref) not in leads_to:
+                            leads_to[id(ref)] = set()
+                            above.append(ref)
+                        leads_to[id(ref)].add(target)
         del referrers
-        frontier = [o for o in above if origin[id(o)] not in found][:_HOLDER_WIDTH * len(targets)]
+        frontier = [o for o in above if leads_to[id(o)] - found.keys()][:_HOLDER_WIDTH * len(by_id)]
         if not frontier:
             break
-    for t in targets:
-        found.setdefault(id(t), f"held by no module global found within {_HOLDER_DEPTH} references "
-                                f"({_type_name(t)})")
-    return found
+    return {t: found.get(t) or f"held by no module global found within {_HOLDER_DEPTH} references "
+                               f"({_type_name(obj)})" for t, obj in by_id.items()}
 
 
-def _path(top: object, target: object, child_of: dict[int, object]) -> str:
-    names = [_type_name(top)] if not isinstance(top, _PLAIN) else []
+def _path(top: object, target: int, below: dict[tuple[int, int], object]) -> str:
+    names = [] if isinstance(top, _PLAIN) else [_type_name(top)]
     obj = top
-    while obj is not target:
-        obj = child_of[id(obj)]
-        if not isinstance(obj, _PLAIN) and obj is not top:
+    while id(obj) != target:
+        obj = below[target, id(obj)]
+        if not isinstance(obj, _PLAIN):
             names.append(_type_name(obj))
     return f" ({' -> '.join(names)})" if names else ""
 
