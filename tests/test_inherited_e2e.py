@@ -205,6 +205,19 @@ def test_close_gives_every_worker_a_clean_failure_then_its_own_connection(tmp_pa
     assert any("each worker closes its copy right after fork" in w for w in warnings_of(log)), log
 
 
+def test_the_fix_the_warning_gives_leaves_nothing_to_report(tmp_path: Path) -> None:
+    """Closed in pre_fork, opened in post_fork: no warning, no sharing, every worker its own."""
+    with echo_peer() as peer, serving({"INHERITED_PEER": peer.spec}, "--hooks", "inherited_apps",
+                                      "--inherited-connections", "refuse") as server:
+        answers = talk_from_every_worker(server)
+        time.sleep(1.5)  # a run-time check
+        log = server.log_text()
+        by_conn = peer.pids_by_connection()
+    assert all("error" not in a and a["reply"] == a["sent"] for a in answers), answers
+    assert "inherit" not in log, log
+    assert by_conn[0] == set() and all(len(pids) == 1 for pids in by_conn[1:]), by_conn
+
+
 def test_refuse_stops_the_start_with_the_list_and_exit_code_5(tmp_path: Path) -> None:
     with echo_peer() as peer:
         sock = tmp_path / "s.sock"

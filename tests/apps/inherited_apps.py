@@ -67,3 +67,17 @@ def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
     body = json.dumps(answer).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+# The fix the warning gives, as hooks (--hooks inherited_apps): the supervisor closes its
+# connection before forking, and every worker opens its own.
+
+def pre_fork(server: object, worker: object) -> None:
+    if PEER is not None:
+        PEER.close()
+
+
+def post_fork(server: object, worker: object) -> None:
+    global PEER
+    if os.environ.get("INHERITED_PEER"):
+        PEER = _connect(os.environ["INHERITED_PEER"])
