@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import io
 import logging
 import os
 import socket
@@ -250,8 +251,6 @@ def _owners(keys: set[tuple[int, int]]) -> tuple[dict[tuple[int, int], object], 
     connections by the database files they name (``PRAGMA database_list``, which reads no
     page of the database).
     """
-    import io
-
     kinds = {*subclasses_of(socket.socket), *subclasses_of(io.FileIO)}
     sqlite = sys.modules.get("sqlite3")
     connection_types = set(subclasses_of(sqlite.Connection)) if sqlite is not None else set()
@@ -283,10 +282,14 @@ def _owners(keys: set[tuple[int, int]]) -> tuple[dict[tuple[int, int], object], 
 
 def _database_files(connection: Any) -> list[str]:
     try:
-        rows = connection.execute("PRAGMA database_list").fetchall()
+        cursor = connection.cursor()
+        cursor.row_factory = None  # plain tuples, whatever the application's factory makes
+        try:
+            return [str(row[2]) for row in cursor.execute("PRAGMA database_list").fetchall() if row[2]]
+        finally:
+            cursor.close()
     except Exception:  # closed, or made in another thread
         return []
-    return [str(row[2]) for row in rows if row[2]]
 
 
 def name_holders(resources: list[Resource]) -> dict[tuple[int, int], Resource]:
@@ -356,7 +359,13 @@ class InheritanceGuard:
         global _to_close
         _to_close = None
         current = survey(own_fds, own_files)
-        fresh = name_holders([r for r in current if r.key not in self._named])
+        new = [r for r in current if r.key not in self._named]
+        try:
+            fresh = name_holders(new)
+        except Exception:
+            # A diagnostic must not stop a fork: name them without their holders.
+            log.exception("could not find what holds the descriptors a worker inherits")
+            fresh = {r.key: r for r in new}
         self._named.update(fresh)
         announce = {id(r) for r in fresh.values()}
         groups: dict[int, tuple[Resource, set[int]]] = {}

@@ -234,3 +234,14 @@ def test_a_socket_no_python_object_owns_is_named_without_a_module(tmp_path: Path
         finally:
             HELD_FILES.clear()
             os.close(raw)
+
+
+def test_an_applications_row_factory_does_not_hide_its_database(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "rows.sqlite3")
+    db.row_factory = lambda cursor, row: {"row": row}  # rows that cannot be indexed
+    db.execute("CREATE TABLE t (x)")
+    try:
+        named = inherited.name_holders(survey())
+        assert f"sqlite3 connection to {tmp_path / 'rows.sqlite3'}" in {r.description for r in named.values()}
+    finally:
+        db.close()
