@@ -245,3 +245,13 @@ def test_an_applications_row_factory_does_not_hide_its_database(tmp_path: Path) 
         assert f"sqlite3 connection to {tmp_path / 'rows.sqlite3'}" in {r.description for r in named.values()}
     finally:
         db.close()
+
+
+def test_the_policy_is_an_option_of_its_own() -> None:
+    from fcgiserver.config import ConfigError, build_config
+
+    assert build_config({}).inherited_connections == "warn"
+    assert build_config({"inherited_connections": "CLOSE"}).inherited_connections == "close"
+    assert build_config({}, {"inherited-connections": "refuse"}).inherited_connections == "refuse"
+    with pytest.raises(ConfigError, match="--inherited-connections: expected one of warn, close, refuse"):
+        build_config({"inherited_connections": "ignore"})
