@@ -152,6 +152,11 @@ class AccessLogSink:
         self._fd = self._open()
         self._partial = b""
 
+    @property
+    def file_fd(self) -> int:
+        """The descriptor of the log file itself (it changes on reopen())."""
+        return self._fd
+
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 

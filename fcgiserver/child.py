@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from fcgiserver import forksafety, privileges
+from fcgiserver import forksafety, inherited, privileges
 from fcgiserver.accesslog import AccessLogMiddleware, AccessLogWriter
 from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
@@ -79,6 +79,7 @@ def _redirect_output(server: Supervisor, output_fd: int) -> None:
 def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: bool) -> int:
     info.pid = os.getpid()
     server.signals.reset_in_child()
+    inherited.close_after_fork()  # --inherited-connections close, before any other code runs here
     slot.booting(info.pid, info.generation)
     if server.identity is not None:
         # Before any hook or application code runs here.

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="module defining server hooks (pre_fork, post_fork, ...)")
     p.add_argument("--no-reseed", dest="reseed", action="store_const", const=False, default=None,
                    help="do not reseed random generators in workers")
+    p.add_argument("--inherited-connections", metavar="POLICY",
+                   help="connections the app opened before the fork, which every worker would share: "
+                        "warn (default) names them; close also closes them in each worker; refuse "
+                        "stops the start (exit code 5)")
     p.add_argument("--script-name", metavar="PATH",
                    help="SCRIPT_NAME for the app (default: from the front end)")
     p.add_argument("--max-params-size", metavar="BYTES", help="largest FastCGI PARAMS stream accepted")

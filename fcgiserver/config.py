@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fcgiserver.addresses import parse_address
+from fcgiserver.inherited import POLICIES
 
 MIB = 1 << 20
 
@@ -88,6 +89,9 @@ class Config:
     # URL paths a worker answers itself, before the app: the status page and "pong".
     status_path: str | None = None
     ping_path: str | None = None
+    # Connections made before the fork that every worker would inherit: "warn", "close" (each
+    # worker closes its copy at once) or "refuse" (the start stops). See inherited.py.
+    inherited_connections: str = "warn"
 
     @property
     def log_level_number(self) -> int:
@@ -300,6 +304,10 @@ def v_log_format(name: str, value: object) -> str:
     return _choice(name, value, LOG_FORMATS)
 
 
+def v_inherited_connections(name: str, value: object) -> str:
+    return _choice(name, value, POLICIES)
+
+
 def v_user(name: str, value: object) -> int | None:
     """A user name or a numeric uid."""
     if value is None:
@@ -386,6 +394,7 @@ VALIDATORS: dict[str, Validator] = {
     "allow_root": v_bool,
     "status_path": v_url_path,
     "ping_path": v_url_path,
+    "inherited_connections": v_inherited_connections,
 }
 
 assert set(VALIDATORS) == {f.name for f in fields(Config)}

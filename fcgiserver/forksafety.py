@@ -29,6 +29,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+# The connection side of fork safety lives in inherited.py; its one public call is here too.
+from fcgiserver.heap import subclasses_of, whole_heap
+from fcgiserver.inherited import shareable
+
 __all__ = [
     "FINGERPRINT_SIZE",
     "Seedable",
@@ -38,6 +42,7 @@ __all__ = [
     "registered",
     "reseed_after_fork",
     "rng_fingerprint",
+    "shareable",
     "unregister",
 ]
 
@@ -103,19 +108,8 @@ def _numpy_random() -> Any | None:
 def _tracked_objects() -> list[object]:
     if gc.get_freeze_count() == 0:
         return gc.get_objects()
-    # gc.get_objects() leaves out the permanent generation. Unfreezing merges it back into
-    # the oldest generation (a list splice, not a copy); freezing again restores the
-    # copy-on-write protection the application asked for.
-    # A collection in between would walk the whole unfrozen heap, so none may run.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    gc.unfreeze()
-    try:
+    with whole_heap():
         return gc.get_objects()
-    finally:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
 
 
 class _Found:
@@ -133,17 +127,6 @@ class _Found:
             bucket.append(obj)
 
 
-def _with_subclasses(cls: type) -> list[type]:
-    out: list[type] = []
-    todo = [cls]
-    while todo:
-        c = todo.pop()
-        if c not in out:
-            out.append(c)
-            todo.extend(c.__subclasses__())
-    return out
-
-
 def _generator_kinds() -> dict[type, str]:
     """Every generator class that exists now, subclasses included, mapped to its kind.
 
@@ -152,15 +135,15 @@ def _generator_kinds() -> dict[type, str]:
     """
     kinds: dict[type, str] = {}
     # SystemRandom reads os.urandom on every call: it has no state to share.
-    system = set(_with_subclasses(random.SystemRandom))
-    for cls in _with_subclasses(random.Random):
+    system = set(subclasses_of(random.SystemRandom))
+    for cls in subclasses_of(random.Random):
         if cls not in system:
             kinds[cls] = "random"
     npr = _numpy_random()
     if npr is not None:
         for kind, base in (("random_state", npr.RandomState), ("generator", npr.Generator),
                            ("bit_generator", npr.BitGenerator)):
-            for cls in _with_subclasses(base):
+            for cls in subclasses_of(base):
                 kinds[cls] = kind
     return kinds
 

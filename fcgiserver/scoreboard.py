@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fcgiserver.poolstats import PoolStats
+    from fcgiserver.sharedconns import ShareTable
 
 SLOT_SIZE = 256
 HEADER_SIZE = 256
@@ -339,6 +340,8 @@ class Scoreboard:
         # The supervisor's pool counters (poolstats.py), for a status page in a worker; the
         # supervisor sets it right after making both.
         self.poolstats: PoolStats | None = None
+        # Inherited connections workers share (sharedconns.py), likewise.
+        self.shared_connections: ShareTable | None = None
         with self._header_write() as header:
             header.pid = os.getpid()
             header.started = time.time()

@@ -29,6 +29,7 @@ from fcgiserver.config import Config
 from fcgiserver.listenqueue import listen_queue
 from fcgiserver.poolstats import PoolInfo
 from fcgiserver.scoreboard import RESTART_CAUSES, Scoreboard, Slot, SlotInfo, SlotState
+from fcgiserver.sharedconns import ShareInfo, ShareTable
 from fcgiserver.sockets import describe
 from fcgiserver.wsgi import WSGIApp
 
@@ -57,6 +58,10 @@ class WorkerRow:
     elapsed: float | None  # seconds the current request has run (None unless busy)
     rss: int | None  # resident memory in bytes (None when the process is gone or unreadable)
     fingerprint: str  # RNG fingerprint, hex ("" when not set)
+    # Inherited sockets this worker holds together with other live workers, and their pids
+    # (the supervisor's run-time check, sharedconns.py; 0 and [] when none or not checked yet).
+    shared_connections: int
+    shares_with: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +129,7 @@ def collect(board: Scoreboard, listeners: Sequence[socket.socket], *, full: bool
     counts = {state: 0 for state in _STATE_NAMES}
     for _, info in used:
         counts[info.state] += 1
-    rows = [_row(i, info, now) for i, info in used] if full else None
+    rows = [_row(i, info, now, board.shared_connections) for i, info in used] if full else None
     lrows = [_listener_row(sock) for sock in listeners]
     queues = [row.queue for row in lrows if row.queue is not None]
     if pool is None:
@@ -156,13 +161,17 @@ def collect(board: Scoreboard, listeners: Sequence[socket.socket], *, full: bool
                   pool=pool.mode, totals=totals, listeners=lrows, workers=rows)
 
 
-def _row(index: int, info: SlotInfo, now: float) -> WorkerRow:
+def _row(index: int, info: SlotInfo, now: float, shares: ShareTable | None) -> WorkerRow:
     busy = info.state == SlotState.BUSY and info.busy_since > 0
+    share = shares.read(index) if shares is not None and index < len(shares) else None
+    if share is None or share.pid != info.pid:
+        share = ShareInfo(info.pid, 0, ())
     return WorkerRow(slot=index, pid=info.pid, generation=info.generation, state=_STATE_NAMES[info.state],
                      requests=info.requests, accepted=info.accepted, last_change=info.last_change,
                      method=info.method, uri=info.uri,
                      elapsed=max(0.0, now - info.busy_since) if busy else None,
-                     rss=_rss(info.pid), fingerprint=info.fingerprint.hex())
+                     rss=_rss(info.pid), fingerprint=info.fingerprint.hex(),
+                     shared_connections=share.sockets, shares_with=list(share.peers))
 
 
 def _rss(pid: int) -> int | None:
@@ -270,6 +279,9 @@ def _families(report: Report) -> list[_Family]:
             _Family("fcgiserver_worker_busy_seconds", "gauge",
                     "How long this worker's current request has run (0 when idle).",
                     per_worker(lambda w: w.elapsed or 0.0)),
+            _Family("fcgiserver_worker_shared_connections", "gauge",
+                    "Inherited connections this worker holds together with another live worker.",
+                    per_worker(lambda w: w.shared_connections)),
         ]
     return families
 

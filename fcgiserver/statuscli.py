@@ -180,6 +180,14 @@ def _mib(value: Any) -> str:
     return f"{value / (1 << 20):.1f}" if isinstance(value, int | float) else "-"
 
 
+def _shares(row: dict[str, Any]) -> str:
+    """Inherited connections this worker holds with others: "2 with 4120,4121" (sharedconns.py)."""
+    peers = row.get("shares_with") or []
+    if not peers:
+        return "-"
+    return f"{row.get('shared_connections', 0)} with {','.join(str(p) for p in peers)}"
+
+
 def render_table(report: dict[str, Any]) -> str:
     t = report["totals"]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report["started"]))
@@ -199,13 +207,13 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append(f"listen    {row['address']}: queue {queue}{backlog}")
     workers = report.get("workers")
     if workers is not None:
-        header = ("SLOT", "PID", "GEN", "STATE", "REQS", "RSS MiB", "ELAPSED", "RNG", "REQUEST")
+        header = ("SLOT", "PID", "GEN", "STATE", "REQS", "RSS MiB", "ELAPSED", "RNG", "SHARED", "REQUEST")
         rows = [header]
         for w in workers:
             request = f"{w['method']} {w['uri']}".strip() or "-"
             elapsed = "-" if w["elapsed"] is None else _duration(w["elapsed"])
             rows.append((str(w["slot"]), str(w["pid"]), str(w["generation"]), w["state"], str(w["requests"]),
-                         _mib(w["rss"]), elapsed, w["fingerprint"][:12] or "-", request))
+                         _mib(w["rss"]), elapsed, w["fingerprint"][:12] or "-", _shares(w), request))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
         lines.append("")
         for r in rows:

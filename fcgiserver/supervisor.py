@@ -36,11 +36,13 @@ from fcgiserver.child import run_child
 from fcgiserver.config import Config
 from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
+from fcgiserver.inherited import EXIT_REFUSED, InheritanceGuard, Refused, shareable_inodes
 from fcgiserver.loader import AppLoader, AppLoadError
 from fcgiserver.logs import LogRelay, flush_logs, reopen_error_log, worker_pipe
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
 from fcgiserver.scoreboard import Scoreboard, SlotState
+from fcgiserver.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
 from fcgiserver.signals import HANDLED, SignalQueue
 from fcgiserver.sockets import describe
 from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
@@ -145,6 +147,10 @@ class Supervisor:
         self._next_watchdog = 0.0
         self._thread_warning: list[str] = []
         self._fingerprints = FingerprintRegistry()
+        self._inherited = InheritanceGuard(config.inherited_connections)
+        self._shared = SharedConnectionCheck(len(self.scoreboard))
+        self.scoreboard.shared_connections = self._shared.table  # for the status page's rows
+        self._next_share_check = 0.0
         self._reseed_replacements = 0
         self._check_pid: int | None = None  # the import check before a re-exec
         self._next_retire = 0.0
@@ -258,6 +264,7 @@ class Supervisor:
                 return
             self._check_ready()
             self._check_fingerprints()
+            self._check_shared_connections()
             if self.state is State.RUNNING:
                 if self.dynamic:
                     self._check_pool()
@@ -542,6 +549,8 @@ class Supervisor:
             self._halt(EXIT_BOOT_ERROR)
             return False
         self._warn_threads()
+        if not self._check_inherited():
+            return False
         slot = self.scoreboard.slot(index)
         slot.clear()
         force_reseed = self._reseed_replacements > 0
@@ -574,6 +583,34 @@ class Supervisor:
             log.warning("forking while other threads run (%s): locks they hold stay locked in the "
                         "worker", ", ".join(threads))
         self._thread_warning = threads
+
+    def _check_inherited(self) -> bool:
+        """Name what the worker would inherit from us that must not be shared (inherited.py)."""
+        ours = [s.fileno() for s in self.listeners]
+        if self.access_log is not None:
+            ours.append(self.access_log.file_fd)
+        try:
+            self._inherited.before_fork(ours, (self.config.error_log, self.config.access_log))
+        except Refused as exc:
+            log.critical("%s", exc)
+            self._halt(EXIT_REFUSED)
+            return False
+        return True
+
+    def _check_shared_connections(self) -> None:
+        """Two live workers holding one inherited socket talk over the same connection."""
+        now = time.monotonic()
+        if now < self._next_share_check:
+            return
+        self._next_share_check = now + CHECK_INTERVAL
+        workers = {c.info.pid: c.info.index for c in self._children.values()
+                   if c.ready and not c.stopping and not c.inherited}
+        ours = frozenset(os.fstat(s.fileno()).st_ino for s in self.listeners) | shareable_inodes()
+        for dup in self._shared.check(workers, ours):
+            what = self._inherited.describe(dup.inode) or f"socket inode {dup.inode}"
+            log.error("workers %d and %d share an inherited connection (%s): their bytes interleave on "
+                      "it; open it in a post_fork hook, or start with --inherited-connections close",
+                      dup.first, dup.second, what)
 
     def _stop_child(self, child: _Child, sig: int, grace: float) -> None:
         child.stopping = True

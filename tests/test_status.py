@@ -467,7 +467,7 @@ def test_status_cli_finds_the_server_from_its_pidfile_and_prints_a_table(tcp_ser
     assert f"listen    {tcp_server.address}: queue 0 of 1024" in out
     header = next(line for line in out.splitlines() if line.startswith("SLOT"))
     assert header.split() == ["SLOT", "PID", "GEN", "STATE", "REQS", "RSS", "MiB", "ELAPSED", "RNG",
-                              "REQUEST"]
+                              "SHARED", "REQUEST"]
     table_pids = {int(line.split()[1]) for line in out.splitlines()[out.splitlines().index(header) + 1:]}
     assert table_pids == set(tcp_server.worker_pids())
     assert f"GET {STATUS}?full" in out  # the worker that answered is busy with it

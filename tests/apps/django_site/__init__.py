@@ -1,0 +1,1 @@
+"""A minimal Django project: one view that queries the default (sqlite3) database."""
