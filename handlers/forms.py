@@ -51,7 +51,8 @@ def content_length(environ: dict[str, Any], limit: int) -> int:
     raw = environ.get("CONTENT_LENGTH", "") or ""
     if not raw.strip():
         raise FormError(411, "length_required", "The upload needs a Content-Length header.")
-    if not raw.strip().isdigit():
+    # isascii: str.isdigit() also takes "²", which int() then refuses.
+    if not (raw.strip().isdigit() and raw.isascii()):
         raise FormError(400, "bad_length", "The Content-Length header is not a number.")
     length = int(raw)
     if length > limit:

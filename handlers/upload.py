@@ -313,7 +313,7 @@ class UploadApp:
     def _form_token(environ: Environ) -> str:
         kind = (environ.get("CONTENT_TYPE", "") or "").split(";")[0].strip().lower()
         raw = (environ.get("CONTENT_LENGTH", "") or "0").strip()
-        if kind != "application/x-www-form-urlencoded" or not raw.isdigit():
+        if kind != "application/x-www-form-urlencoded" or not (raw.isdigit() and raw.isascii()):
             return ""
         length = int(raw)
         if length > MAX_DELETE_BODY:

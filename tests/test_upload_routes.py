@@ -432,6 +432,16 @@ def test_lying_content_length_is_400_either_way(site: Site) -> None:
     assert site.files() == []
 
 
+def test_content_length_of_non_ascii_digits_is_400(site: Site) -> None:
+    body, ctype = corpus.multipart([Part(corpus.picture())])
+    for length in (b"\xb2", b"1\xb2"):  # "²": str.isdigit() says yes, int() says no
+        declared = f"Content-Length: {len(body)}".encode()
+        head = _head(len(body), ctype).replace(declared, b"Content-Length: " + length)
+        answer = raw_exchange(site, head, body, half_close=True)
+        assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:200]
+    assert site.files() == []
+
+
 def test_declared_size_over_the_limit_is_413_before_reading(site: Site) -> None:
     answer = raw_exchange(site, _head(30 * 1024 * 1024, "multipart/form-data; boundary=x"), b"",
                           half_close=False)
