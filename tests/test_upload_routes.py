@@ -192,12 +192,38 @@ def test_hashes_taken_while_spooling_are_those_of_the_bytes_sent_and_stored(site
     assert_clean(site)
 
 
-def test_same_bytes_again_return_the_existing_picture(site: Site) -> None:
+def test_same_bytes_again_get_their_own_id_and_key_and_share_one_stored_copy(site: Site) -> None:
     data = corpus.picture(color=(1, 2, 3))
     first = upload_one(site, data)
-    again = upload_one(site, data, filename="other-name.jpg")
-    assert again["id"] == first["id"] and again["duplicate"] is True and again["delete_token"] is None
-    assert len(os.listdir(site.root / "pictures")) == 1
+    reply = upload(site.base, [Part(data, filename="other-name.jpg")])
+    again = reply.json()["files"][0]
+    # Nothing in the answer tells the second uploader of the first upload.
+    assert first["id"] not in reply.body.decode() and "duplicate" not in again
+    assert again["id"] != first["id"] and again["delete_token"] not in (None, first["delete_token"])
+    third = upload(site.base, [Part(data), Part(data)]).json()["files"]  # twice in one request
+    ids = [first["id"], again["id"], third[0]["id"], third[1]["id"]]
+    assert len(set(ids)) == 4
+    pictures = [site.root / "pictures" / f"{pid}.jpg" for pid in ids]
+    thumbs = [site.root / "thumbs" / f"{pid}.jpg" for pid in ids]
+    for files in (pictures, thumbs):  # stored once: one inode under every id
+        assert len({os.stat(p).st_ino for p in files}) == 1
+    stored = {os.stat(p).st_ino for p in (*pictures, *thumbs)}
+    assert_clean(site)
+    # Each id is removed only with its own key; the bytes stay while any id holds them.
+    wrong = request(site.base, "POST", first["delete_url"], headers={"X-Delete-Token": again["delete_token"]})
+    assert wrong.status == 403
+    for f in (first, again, third[0]):
+        gone = request(site.base, "POST", f["delete_url"], headers={"X-Delete-Token": f["delete_token"]})
+        assert gone.status == 200
+        assert request(site.base, "GET", f["url"]).status == 404
+        assert request(site.base, "GET", third[1]["url"]).body == data
+        assert_clean(site)
+    last = third[1]
+    assert request(site.base, "POST", last["delete_url"],
+                   headers={"X-Delete-Token": last["delete_token"]}).status == 200
+    left = {os.lstat(p).st_ino for p in site.root.rglob("*") if p.is_file()}
+    assert not stored & left, "the bytes are gone with the last id"
+    assert_clean(site)
 
 
 def test_picture_page_as_json(site: Site) -> None:
