@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 # A claim without an owner was made before claims named their request; one this old that
 # was never published belongs to a request that died.
 UNOWNED_CLAIM_AGE = 3600.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def recover(storage: Storage, *, full: bool = False) -> list[str]:
@@ -65,7 +67,7 @@ def _orphans(storage: Storage) -> list[str]:
             storage.finish_delete(record)
             done.append(f".gone/{pid}")
     for sha in sorted({n.partition(".")[0] for n in os.listdir(storage.blobs)}):
-        if storage.detach(sha):
+        if _SHA256.fullmatch(sha) and storage.detach(sha):
             done.append(f".blobs/{sha}")
     return done
 

@@ -261,7 +261,7 @@ class Storage:
                 os.link(owner, self.claims / pid)
             except FileExistsError:
                 continue
-            # A file of this id without a claim (copied in from elsewhere) still owns the id.
+            # A file of this id without a claim (copied in, or planted) still owns the id.
             if any(p.exists() or p.is_symlink() for p in self._all_paths(pid)):
                 unlink_quietly(self.claims / pid)
                 continue
@@ -273,6 +273,7 @@ class Storage:
             yield self.pictures / f"{pid}.{ext}"
             yield self.large / f"{pid}.{ext}"
         yield self.thumb_path(pid)
+        yield self.record_path(pid)
 
     def release_claim(self, pid: str, owner: str) -> bool:
         """Give an id back if ``owner`` claimed it and it was never published."""

@@ -73,6 +73,7 @@ def serve(tmp_path: Path, **overrides: Any) -> Iterator[Site]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+        app.close()
 
 
 @pytest.fixture
@@ -186,7 +187,9 @@ def test_hashes_taken_while_spooling_are_those_of_the_bytes_sent_and_stored(site
         record = json.loads((site.root / ".meta" / f"{f['id']}.json").read_bytes())
         stored = (site.root / ("large" if f["large"] else "pictures") / f"{f['id']}.jpg").read_bytes()
         assert record["sha256"] == hashlib.sha256(data).hexdigest()
-        assert (site.root / ".index" / record["sha256"]).read_bytes() == f["id"].encode()
+        blob = site.root / ".blobs" / f"{record['sha256']}.pic"
+        assert os.path.samestat(os.stat(blob), os.stat(site.root / ("large" if f["large"] else "pictures")
+                                                        / f"{f['id']}.jpg"))
         assert record["served_sha256"] == hashlib.sha256(stored).hexdigest() != record["sha256"]
         assert b"taken at home" not in stored and len(stored) == f["bytes"]
     assert_clean(site)
@@ -382,13 +385,13 @@ def check_threads() -> list[str]:
 
 
 def test_requests_failing_midway_leave_no_file_no_claim_and_no_thread(tmp_path: Path) -> None:
-    private = (".tmp", ".claims", ".index", ".meta")
+    private = (".tmp", ".claims", ".blobs", ".meta", ".txn")
     with serve(tmp_path, max_bytes=1_000_000) as site:
         good, cut = corpus.photo_jpeg(seed=3), corpus.photo_jpeg(seed=4)
         cases = [
             # The second file is over the limit while the first one is being checked.
             ([Part(good), Part(corpus.photo_jpeg((2400, 1800), seed=5))], 413, "file_too_large"),
-            # Cut in its scan: the id and index entry were reserved and the public copy begun
+            # Cut in its scan: the id was claimed and the public copy begun
             # while the decode ran; the decode's verdict undoes them.
             ([Part(cut[: len(cut) * 2 // 3])], 400, "corrupt_image"),
             ([Part(good), Part(corpus.svg())], 415, "unsupported_type"),
@@ -399,7 +402,7 @@ def test_requests_failing_midway_leave_no_file_no_claim_and_no_thread(tmp_path: 
             assert site.files() == [] and check_threads() == []
             assert [p for d in private for p in (site.root / d).iterdir()] == []
         first = upload_one(site, good)
-        assert upload_one(site, good)["id"] == first["id"]  # the duplicate's check is cancelled
+        assert upload_one(site, good)["id"] != first["id"]  # the second copy's check is cancelled
         assert check_threads() == []
         assert_clean(site)
 
@@ -518,7 +521,7 @@ def test_full_disk_is_507_and_leaves_nothing(tmp_path: Path) -> None:
         assert proc.stdout.readline().strip() == b"ready"
         reply = upload(base, [Part(corpus.large_png((9, 9, 9), side=400))])
         assert reply.status == 507 and reply.json()["error"]["code"] == "disk_full"
-        assert [p for d in ("pictures", "large", "thumbs", ".tmp", ".claims", ".index", ".meta")
+        assert [p for d in ("pictures", "large", "thumbs", ".tmp", ".claims", ".blobs", ".meta", ".txn")
                 for p in (root / d).iterdir()] == []
         assert upload(base, [Part(corpus.picture())]).status == 201
         assert check_consistency(root) == []
