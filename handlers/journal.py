@@ -146,12 +146,18 @@ class Transaction:
     # -- the commit point and after -----------------------------------------------------------
 
     def commit(self, staged: list[Staged]) -> list[Published]:
-        """Publish every staged picture under its own id and delete key, or none of them."""
+        """Publish every staged picture under its own id and delete key, or none of them.
+
+        Every file the publishing links is written before the commit point, so a disk that
+        fills up fails the request before it, not halfway through."""
         tokens = [secrets.token_urlsafe(24) for _ in staged]
         created = time.time()
         intent = [
             {"pid": s.pid, "sha256": s.sha256, "picture": s.picture.name, "thumbnail": s.thumbnail.name,
-             "facts": asdict(s.facts), "token_hash": hash_token(token), "created": created}
+             "facts": asdict(s.facts), "facts_file": self.write_temp(s.facts.to_json()).name,
+             "record_file": self.write_temp(
+                 Record.of(s.pid, s.sha256, hash_token(token), created, s.facts).to_json()).name,
+             "token_hash": hash_token(token), "created": created}
             for s, token in zip(staged, tokens, strict=True)
         ]
         fsync_path(self.storage.tmp, directory=True)  # the names the intent gives
@@ -162,19 +168,22 @@ class Transaction:
 
     def _roll_forward(self, intent: list[dict[str, Any]]) -> list[Record]:
         store = self.storage
-        records = []
+        records: list[tuple[Record, Path | None]] = []
         for entry in intent:
             e = _Entry(**entry)
             staged = Staged(e.pid, e.sha256, store.tmp / e.picture, store.tmp / e.thumbnail, Facts(**e.facts))
-            facts = store.attach(staged, self.write_temp)
-            records.append(Record.of(e.pid, e.sha256, e.token_hash, e.created, facts))
+            facts = store.attach(staged, store.tmp / e.facts_file)
+            # A twin stored meanwhile by another request may say other things of the same
+            # bytes (made under other settings): the record follows the blob it links.
+            prepared = store.tmp / e.record_file if facts == staged.facts else None
+            records.append((Record.of(e.pid, e.sha256, e.token_hash, e.created, facts), prepared))
         fsync_dirs(store.pictures, store.large, store.thumbs)
         # The records last, one after another: each makes its picture visible.
-        for record in records:
-            link_as(self.write_temp(record.to_json()), store.record_path(record.id))
+        for record, prepared in records:
+            link_as(prepared or self.write_temp(record.to_json()), store.record_path(record.id))
         fsync_dirs(store.meta)
         self._rolled = True
-        return records
+        return [record for record, _ in records]
 
     def delete(self, record: Record) -> bool:
         """Delete a picture; False when someone else deleted it first. The tombstone is the
@@ -230,6 +239,7 @@ class _Entry:
     """One picture of an intent, as written by commit()."""
 
     def __init__(self, pid: str, sha256: str, picture: str, thumbnail: str, facts: dict[str, Any],
-                 token_hash: str, created: float) -> None:
+                 facts_file: str, record_file: str, token_hash: str, created: float) -> None:
         self.pid, self.sha256, self.picture, self.thumbnail = pid, sha256, picture, thumbnail
-        self.facts, self.token_hash, self.created = facts, token_hash, created
+        self.facts, self.facts_file, self.record_file = facts, facts_file, record_file
+        self.token_hash, self.created = token_hash, created

@@ -318,10 +318,11 @@ class Storage:
             os.link(blob.thumbnail, thumbnail)
             return facts
 
-    def attach(self, staged: Staged, write_temp: Callable[[bytes], Path]) -> Facts:
+    def attach(self, staged: Staged, facts_file: Path) -> Facts:
         """Give ``staged.pid`` its public picture and thumbnail: links to the blob of its bytes,
-        made from the staged files when there is none yet. Idempotent, so a request can be
-        rolled forward again after a crash. Returns the facts of the blob linked."""
+        made from the staged files (and ``facts_file``, holding ``staged.facts``) when there is
+        none yet. Idempotent, so a request can be rolled forward again after a crash. Returns
+        the facts of the blob linked."""
         with self.blob_lock(staged.sha256) as blob:
             facts = self.read_facts(blob)
             if facts is None:
@@ -331,7 +332,7 @@ class Storage:
                 unlink_quietly(blob.thumbnail)
                 os.link(staged.picture, blob.picture)
                 os.link(staged.thumbnail, blob.thumbnail)
-                os.link(write_temp(staged.facts.to_json()), blob.facts)
+                os.link(facts_file, blob.facts)
                 _fsync_dir(self.blobs)
                 facts = staged.facts
             link_as(blob.picture, self.public_path(staged.pid, facts.ext, large=facts.large))

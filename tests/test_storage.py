@@ -238,11 +238,11 @@ def test_recovery_rolls_a_dead_committed_request_forward(tmp_path: Path,
     attach = store.attach
     calls = []
 
-    def dies_after_one(s: Staged, write_temp: Callable[[bytes], Path]) -> Facts:
+    def dies_after_one(s: Staged, facts_file: Path) -> Facts:
         calls.append(s.pid)
         if len(calls) > 1:
             raise KeyboardInterrupt  # stands for the kill, after the commit point
-        return attach(s, write_temp)
+        return attach(s, facts_file)
 
     monkeypatch.setattr(store, "attach", dies_after_one)
     with pytest.raises(KeyboardInterrupt):
