@@ -168,22 +168,29 @@ class Transaction:
 
     def _roll_forward(self, intent: list[dict[str, Any]]) -> list[Record]:
         store = self.storage
-        records: list[tuple[Record, Path | None]] = []
+        records: list[Record] = []
+        unlinked: list[tuple[Record, Path | None]] = []
         for entry in intent:
             e = _Entry(**entry)
+            # Published by an earlier run (and maybe deleted since): done, never done again.
+            done = store.read_record(e.pid)
+            if done is not None or (store.gone / e.pid).exists():
+                records += [done] if done is not None else []
+                continue
             staged = Staged(e.pid, e.sha256, store.tmp / e.picture, store.tmp / e.thumbnail, Facts(**e.facts))
             facts = store.attach(staged, store.tmp / e.facts_file)
+            record = Record.of(e.pid, e.sha256, e.token_hash, e.created, facts)
             # A twin stored meanwhile by another request may say other things of the same
             # bytes (made under other settings): the record follows the blob it links.
-            prepared = store.tmp / e.record_file if facts == staged.facts else None
-            records.append((Record.of(e.pid, e.sha256, e.token_hash, e.created, facts), prepared))
+            unlinked.append((record, store.tmp / e.record_file if facts == staged.facts else None))
+            records.append(record)
         fsync_dirs(store.pictures, store.large, store.thumbs)
         # The records last, one after another: each makes its picture visible.
-        for record, prepared in records:
+        for record, prepared in unlinked:
             link_as(prepared or self.write_temp(record.to_json()), store.record_path(record.id))
         fsync_dirs(store.meta)
         self._rolled = True
-        return [record for record, _ in records]
+        return records
 
     def delete(self, record: Record) -> bool:
         """Delete a picture; False when someone else deleted it first. The tombstone is the
@@ -198,16 +205,20 @@ class Transaction:
         return True
 
     def close(self) -> None:
-        """End the request: roll a committed one forward (if not done yet), undo the rest of
-        what the journal names, then remove temp files, intent and journal."""
+        """End the request: roll a committed one forward (if not done yet) and drop its intent,
+        undo the rest of what the journal names, then remove temp files and the journal."""
         store = self.storage
         try:
             try:
                 intent = json.loads(self.intent.read_bytes())
             except FileNotFoundError:
                 intent = None
-            if intent is not None and not self._rolled:
-                self._roll_forward(intent)
+            if intent is not None:
+                if not self._rolled:
+                    self._roll_forward(intent)
+                # Complete: what follows only tidies up, and needs the intent no more.
+                unlink_quietly(self.intent)
+                fsync_dirs(store.txn)
             notes = self._notes()
             for kind, what in notes:
                 if kind == _CLAIM:
@@ -224,7 +235,6 @@ class Transaction:
             for kind, what in notes:
                 if kind == _HOLD:
                     store.detach(what)
-            unlink_quietly(self.intent)
             unlink_quietly(self.journal)
         finally:
             os.close(self._fd)
