@@ -112,13 +112,15 @@ class Transaction:
         path = self.temp_path()
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), path
 
-    def write_temp(self, data: bytes) -> Path:
-        """A durable temp file holding ``data``, ready to be linked."""
+    def write_temp(self, data: bytes, *, durable: bool = True) -> Path:
+        """A temp file holding ``data``, ready to be linked (``durable``: its bytes on disk
+        before any name points at it)."""
         fd, path = self.temp_fd()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            sync_data(f.fileno())
+            if durable:
+                sync_data(f.fileno())
         return path
 
     # -- before the commit point --------------------------------------------------------------
@@ -129,7 +131,9 @@ class Transaction:
     def _owner_file(self) -> Path:
         """The file every claim and tombstone of this request is a link to: it names the request."""
         if self._owner is None:
-            self._owner = self.write_temp(self.txid.encode())
+            # Not synced: a claim that lost its content in a power cut is an unowned claim,
+            # which recovery gives back once it is old (handlers.recovery).
+            self._owner = self.write_temp(self.txid.encode(), durable=False)
         return self._owner
 
     def claim_id(self) -> str:
@@ -184,7 +188,7 @@ class Transaction:
             # bytes (made under other settings): the record follows the blob it links.
             unlinked.append((record, store.tmp / e.record_file if facts == staged.facts else None))
             records.append(record)
-        fsync_dirs(store.pictures, store.large, store.thumbs)
+        fsync_dirs(*(store.picture_path(r).parent for r in records), store.thumbs)
         # The records last, one after another: each makes its picture visible.
         for record, prepared in unlinked:
             link_as(prepared or self.write_temp(record.to_json()), store.record_path(record.id))
@@ -216,9 +220,9 @@ class Transaction:
             if intent is not None:
                 if not self._rolled:
                     self._roll_forward(intent)
-                # Complete: what follows only tidies up, and needs the intent no more.
+                # Complete: what follows only tidies up, and needs the intent no more (should
+                # it come back after a power cut, a roll forward skips what is published).
                 unlink_quietly(self.intent)
-                fsync_dirs(store.txn)
             notes = self._notes()
             for kind, what in notes:
                 if kind == _CLAIM:

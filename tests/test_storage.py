@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from handlers.journal import Transaction
-from handlers.recovery import recover
+from handlers.recovery import Recoverer, recover
 from handlers.signing import load_or_create_secret
 from handlers.spool import Abandoned, SpoolFile, SpoolReader
 from handlers.storage import (
@@ -27,6 +27,7 @@ from handlers.storage import (
     check_consistency,
     random_id,
 )
+from tests.support.server import wait_until
 
 
 def ids(*values: str) -> Callable[[], str]:
@@ -252,6 +253,24 @@ def test_recovery_rolls_a_dead_committed_request_forward(tmp_path: Path,
     assert store.lookup("FirstOne") is None  # linked, but no record yet
     assert f".txn/{txn.txid}" in recover(store)
     assert [store.lookup(s.pid) is not None for s in staged] == [True, True, True]
+    assert check_consistency(tmp_path, deep=True) == []
+
+
+def test_the_recovery_thread_recovers_at_start_and_then_periodically(tmp_path: Path) -> None:
+    store = make_storage(tmp_path)
+    before = Transaction.begin(store)
+    stage(before, b"dead before the start")
+    _die(before)
+    recoverer = Recoverer(store, interval=0.2).start()
+    try:
+        assert wait_until(lambda: os.listdir(tmp_path / ".txn") == [], 10)
+        later = Transaction.begin(store)
+        stage(later, b"dead while it runs")
+        _die(later)
+        assert os.listdir(tmp_path / ".txn") == [later.txid]
+        assert wait_until(lambda: os.listdir(tmp_path / ".txn") == [], 10)
+    finally:
+        recoverer.stop()
     assert check_consistency(tmp_path, deep=True) == []
 
 
