@@ -10,6 +10,7 @@ checked again: the request holds links to them instead (handlers.journal).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,11 +51,16 @@ class _Public:
     sha256: str
 
 
-def stage_picture(upload: SpooledFile[Check], txn: Transaction, settings: Settings) -> Staged:
+def stage_picture(upload: SpooledFile[Check], txn: Transaction, settings: Settings,
+                  twin: Staged | None = None) -> Staged:
+    """``twin``: a picture of the same request with the same bytes, staged already."""
     check = upload.watcher
     if upload.size == 0:
         check.cancel()
         raise ImageError(400, "empty_file", "The file is empty.")
+    if twin is not None:  # its files serve both ids: the blob made of them is linked twice
+        check.cancel()
+        return dataclasses.replace(twin, pid=txn.claim_id())
     held = txn.hold(upload.sha256)
     if held is not None:  # these bytes passed the check when they were first stored
         check.cancel()

@@ -210,7 +210,8 @@ class UploadApp:
         with Transaction.begin(self.storage) as txn, \
                 Checker(self.settings.max_pixels, self.settings.thumb_size) as checker:
             spooled = read_files(environ, txn, self.limits, checker.start)
-            done = txn.commit([self._stage(item, len(spooled), txn) for item in spooled])
+            staged: dict[str, Staged] = {}
+            done = txn.commit([self._stage(item, len(spooled), txn, staged) for item in spooled])
         cookies = [self._token_cookie(r, environ) for r in done]
         if wants_json(environ):
             files = [self._describe(r.record, r.token) for r in done]
@@ -220,9 +221,12 @@ class UploadApp:
         return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
                               *cookies])
 
-    def _stage(self, item: SpooledFile[Check], count: int, txn: Transaction) -> Staged:
+    def _stage(self, item: SpooledFile[Check], count: int, txn: Transaction,
+               staged: dict[str, Staged]) -> Staged:
         try:
-            return stage_picture(item, txn, self.settings)
+            result = stage_picture(item, txn, self.settings, staged.get(item.sha256))
+            staged.setdefault(item.sha256, result)
+            return result
         except UploadError as e:
             if count > 1 and item.filename:
                 e.message = f"{item.filename}: {e.message}"
