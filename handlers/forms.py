@@ -7,13 +7,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 import multipart  # type: ignore[import-untyped]
 
 from handlers.errors import UploadError
 from handlers.spool import SpoolFile
-from handlers.storage import Storage, unlink_quietly
+from handlers.storage import unlink_quietly
 
 FILE_FIELD = "file"
 # Large reads mean few trips through the parser; small enough that a picture check following
@@ -22,6 +22,12 @@ CHUNK = 256 * 1024
 # Other form fields are ignored, but may not be used to smuggle in large bodies.
 MAX_OTHER_FIELD = 64 * 1024
 MAX_FILENAME_SHOWN = 120
+
+
+class TempFiles(Protocol):
+    """Where spooled parts go (a request's handlers.journal.Transaction)."""
+
+    def temp_fd(self) -> tuple[int, Path]: ...
 
 
 class FormError(UploadError):
@@ -51,7 +57,8 @@ def content_length(environ: dict[str, Any], limit: int) -> int:
     raw = environ.get("CONTENT_LENGTH", "") or ""
     if not raw.strip():
         raise FormError(411, "length_required", "The upload needs a Content-Length header.")
-    if not raw.strip().isdigit():
+    # isascii: str.isdigit() also takes "²", which int() then refuses.
+    if not (raw.strip().isdigit() and raw.isascii()):
         raise FormError(400, "bad_length", "The Content-Length header is not a number.")
     length = int(raw)
     if length > limit:
@@ -67,7 +74,7 @@ def boundary_of(environ: dict[str, Any]) -> str:
     return str(boundary)
 
 
-def read_files(environ: dict[str, Any], storage: Storage, limits: Limits,
+def read_files(environ: dict[str, Any], storage: TempFiles, limits: Limits,
                on_file: Callable[[SpoolFile], W]) -> list[SpooledFile[W]]:
     """Spool every ``file`` part to .tmp/; on any error remove what was spooled and raise.
 
@@ -150,7 +157,7 @@ class _Body:
 
 
 class _Spool(Generic[W]):
-    def __init__(self, storage: Storage, filename: str | None, max_bytes: int,
+    def __init__(self, storage: TempFiles, filename: str | None, max_bytes: int,
                  on_file: Callable[[SpoolFile], W]) -> None:
         self.file = SpoolFile(*storage.temp_fd())
         self.path = self.file.path

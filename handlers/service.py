@@ -1,14 +1,16 @@
-"""One spooled upload in, one published picture out (or an ImageError/StorageError).
+"""One spooled upload in, one picture staged for its request's commit out (or an
+ImageError/StorageError).
 
 The picture's check (decode and thumbnail, handlers.checks) runs on another thread. Meanwhile
 this thread does what does not depend on the verdict, touching private folders only: it
-reserves the id and index entry, writes the public copy and makes it durable. Only the links
-into the public folders wait for the verdict.
+claims the id, writes the public copy and makes it durable. Bytes stored already are not
+checked again: the request holds links to them instead (handlers.journal).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,12 +20,11 @@ from typing import BinaryIO
 from handlers.checks import Check, Checked
 from handlers.forms import SpooledFile
 from handlers.images import ImageError, ImageInfo, copy_without_metadata, has_trailing_data, reencode
+from handlers.journal import Transaction
 from handlers.settings import Settings
 from handlers.storage import (
-    Picture,
-    Published,
-    Record,
-    Storage,
+    Facts,
+    Staged,
     StorageError,
     fsync_path,
     sha256_file,
@@ -50,37 +51,32 @@ class _Public:
     sha256: str
 
 
-def store_picture(upload: SpooledFile[Check], storage: Storage, settings: Settings) -> Published:
+def stage_picture(upload: SpooledFile[Check], txn: Transaction, settings: Settings,
+                  twin: Staged | None = None) -> Staged:
+    """``twin``: a picture of the same request with the same bytes, staged already."""
     check = upload.watcher
-    twin = storage.find_duplicate(upload.sha256)
-    if twin is not None:
-        check.cancel()
-        return Published(twin, None, True)
     if upload.size == 0:
         check.cancel()
         raise ImageError(400, "empty_file", "The file is empty.")
+    if twin is not None:  # its files serve both ids: the blob made of them is linked twice
+        check.cancel()
+        return dataclasses.replace(twin, pid=txn.claim_id())
+    held = txn.hold(upload.sha256)
+    if held is not None:  # these bytes passed the check when they were first stored
+        check.cancel()
+        picture, thumbnail, facts = held
+        return Staged(txn.claim_id(), upload.sha256, picture, thumbnail, facts)
     header = check.header()
     with _verdict_first(check):
-        reserved = storage.reserve(upload.sha256)
-    if isinstance(reserved, Record):  # the same bytes were stored meanwhile
-        check.cancel()
-        return Published(reserved, None, True)
-    try:
-        public, checked = _prepare(upload, check, header, storage, settings)
-    except BaseException:
-        storage.cancel(reserved)
-        raise
-    try:
-        # commit() cancels the reservation itself when it fails.
-        info = checked.info
-        return storage.commit(reserved, Picture(
-            path=public.path, thumbnail=checked.thumbnail, served_sha256=public.sha256, size=public.size,
-            large=public.size > settings.large_threshold, ext=info.ext, format=info.format,
-            width=info.width, height=info.height, thumb_size=checked.thumb_size,
-        ))
-    finally:
-        if public.path != upload.path:
-            unlink_quietly(public.path)
+        pid = txn.claim_id()
+    public, checked = _prepare(upload, check, header, txn, settings)
+    info = checked.info
+    facts = Facts(
+        ext=info.ext, format=info.format, width=info.width, height=info.height, size=public.size,
+        large=public.size > settings.large_threshold, served_sha256=public.sha256,
+        thumb_width=checked.thumb_size[0], thumb_height=checked.thumb_size[1],
+    )
+    return Staged(pid, upload.sha256, public.path, txn.write_temp(checked.thumbnail), facts)
 
 
 @contextlib.contextmanager
@@ -94,11 +90,11 @@ def _verdict_first(check: Check) -> Iterator[None]:
         raise
 
 
-def _prepare(upload: SpooledFile[Check], check: Check, header: ImageInfo, storage: Storage,
+def _prepare(upload: SpooledFile[Check], check: Check, header: ImageInfo, txn: Transaction,
              settings: Settings) -> tuple[_Public, Checked]:
     """The durable file to publish and the check's verdict, or the error refusing the upload."""
     with _verdict_first(check):
-        draft = _draft(upload, header, storage, settings.keep_metadata)
+        draft = _draft(upload, header, txn, settings.keep_metadata)
     try:
         checked = check.result()
         # Phones append videos to JPEGs (motion photos): the public copy simply drops them.
@@ -114,7 +110,7 @@ def _prepare(upload: SpooledFile[Check], check: Check, header: ImageInfo, storag
         raise
 
 
-def _draft(upload: SpooledFile[Check], info: ImageInfo, storage: Storage, keep_metadata: bool) -> _Draft:
+def _draft(upload: SpooledFile[Check], info: ImageInfo, txn: Transaction, keep_metadata: bool) -> _Draft:
     """Runs before the verdict: decodes nothing, writes to .tmp/ only."""
     with _open(upload.path) as src:
         trailing = (keep_metadata or info.format != "JPEG") and has_trailing_data(src, info)
@@ -123,7 +119,7 @@ def _draft(upload: SpooledFile[Check], info: ImageInfo, storage: Storage, keep_m
         if not trailing:
             fsync_path(upload.path)
         return _Draft(upload.path, upload.size, upload.sha256, trailing)
-    fd, path = storage.temp_fd()
+    fd, path = txn.temp_fd()
     try:
         with os.fdopen(fd, "w+b") as dst, _open(upload.path) as src:
             sha256 = copy_without_metadata(src, dst, info)

@@ -30,6 +30,7 @@ class Settings:
     sendfile: str = "x-sendfile"
     accel_prefix: str = "/_large/"
     id_tries: int = 16
+    recover_seconds: int = 30  # 0: no recovery thread (the tests of a single app)
 
     @property
     def pictures(self) -> Path:
@@ -94,4 +95,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sendfile=sendfile,
         accel_prefix=prefix,
         id_tries=_int(env, "UPLOAD_ID_TRIES", 16),
+        recover_seconds=_int(env, "UPLOAD_RECOVER_SECONDS", 30, minimum=0),
     )

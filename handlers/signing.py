@@ -15,6 +15,9 @@ from pathlib import Path
 SECRET_FILE = ".secret"
 _SECRET_BYTES = 32
 _HEX = re.compile(r"[0-9a-fA-F]+")
+# str.isdigit() and int() also take superscripts and other scripts' digits ("²"): an expiry
+# is ASCII digits only.
+_EXPIRY = re.compile(r"[0-9]{1,12}")
 
 
 class LinkState(enum.Enum):
@@ -76,7 +79,7 @@ def signed_query(secret: bytes, name: str, now: float, lifetime: int) -> str:
 
 def verify(secret: bytes, name: str, expiry_text: str, signature: str, now: float) -> LinkState:
     """Check the signature first, so a tampered link never learns whether it had expired."""
-    if not expiry_text.isdigit() or len(expiry_text) > 12:
+    if not _EXPIRY.fullmatch(expiry_text):
         return LinkState.BAD_SIGNATURE
     if len(signature) != 64 or not _HEX.fullmatch(signature):
         return LinkState.BAD_SIGNATURE

@@ -1,30 +1,32 @@
 """One id namespace over pictures/, large/ and thumbs/; nothing is ever written over.
 
-Layout under the storage root:
+Layout under the storage root (the full story, with the commit protocol and recovery, is in
+docs/upload-storage.md):
 
     pictures/<id>.<ext>   public pictures up to the large threshold
     large/<id>.<ext>      larger pictures, reachable only through signed links
     thumbs/<id>.jpg       thumbnails
-    .claims/<id>          made with O_EXCL before any file of the id exists; kept after a delete,
-                          so an id is never handed out twice
+    .claims/<id>          made with link() before any file of the id exists, naming the request
+                          that claimed it; kept after a delete, so an id is never handed out twice
     .meta/<id>.json       the published record; its presence means "the picture is complete"
     .gone/<id>            tombstone of a deleted id (also the lock that makes a delete happen once)
-    .index/<sha256>       the id holding an upload's exact bytes (dedup)
-    .tmp/                 files being written; empty when nobody is uploading
+    .blobs/<sha256>.*     the stored bytes of an upload (.pic, .thumb) and what they are (.json,
+                          written last): every id holding those bytes is a hard link to them
+    .locks/<xx>           flock()ed around every change to the blobs whose hash begins with xx
+    .txn/<txid>           the journal of a request in progress, flock()ed by its live owner
+    .txn/<txid>.commit    the request's intent: once it exists, the request is published whole
+    .tmp/<txid>.*         files a request is writing; empty when nobody is uploading
 
-Every file is written to .tmp/, fsynced, and published with link(), which fails with EEXIST
-instead of replacing a file, then its directory is fsynced.
-
-Publishing has two steps so that the first can run while the picture is still being checked:
-reserve() claims the id and the index entry of the upload's bytes (private folders only), and
-commit() links the files into the public folders, the record last; cancel() undoes a
-reservation that is not committed.
+Every file is written to .tmp/, made durable, and published with link(), which fails with
+EEXIST instead of replacing a file; then its folder is fsynced. handlers.journal runs the
+requests, handlers.recovery finishes or undoes those whose process died.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import hmac
 import json
@@ -32,11 +34,9 @@ import os
 import re
 import secrets
 import string
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from handlers.errors import UploadError
 
@@ -45,10 +45,8 @@ ID_ALPHABET = string.ascii_letters
 ID_RE = re.compile(r"[A-Za-z]{8}")
 EXTENSIONS = ("jpg", "png", "gif", "webp")
 PUBLIC_DIRS = ("pictures", "large", "thumbs")
-PRIVATE_DIRS = (".claims", ".meta", ".gone", ".index", ".tmp")
+PRIVATE_DIRS = (".claims", ".meta", ".gone", ".blobs", ".locks", ".txn", ".tmp")
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-# How long an upload waits for a concurrent upload of the same bytes to finish.
-DEDUP_WAIT_SECONDS = 30.0
 
 IdSource = Callable[[], str]
 
@@ -67,6 +65,28 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
+class Facts:
+    """What a stored upload is: the same for every id holding its bytes."""
+
+    ext: str
+    format: str
+    width: int
+    height: int
+    size: int
+    large: bool
+    served_sha256: str  # of the public file
+    thumb_width: int
+    thumb_height: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Facts:
+        return cls(**json.loads(data))
+
+
+@dataclass(frozen=True)
 class Record:
     id: str
     ext: str
@@ -75,12 +95,21 @@ class Record:
     height: int
     size: int
     large: bool
-    sha256: str  # of the bytes as uploaded (the dedup key)
+    sha256: str  # of the bytes as uploaded (the key of the blob holding them)
     served_sha256: str  # of the public file
     token_hash: str
     created: float
     thumb_width: int
     thumb_height: int
+
+    @classmethod
+    def of(cls, pid: str, sha256: str, token_hash: str, created: float, facts: Facts) -> Record:
+        return cls(id=pid, sha256=sha256, token_hash=token_hash, created=created, **asdict(facts))
+
+    @property
+    def facts(self) -> Facts:
+        fields = asdict(self)
+        return Facts(**{k: fields[k] for k in Facts.__dataclass_fields__})
 
     @property
     def filename(self) -> str:
@@ -95,37 +124,21 @@ class Record:
 
 
 @dataclass(frozen=True)
-class Reservation:
-    """An id claimed for one upload, and (``indexed``) the index entry naming it for the
-    upload's bytes; undone by Storage.cancel() unless committed."""
+class Staged:
+    """One picture of a request, ready to publish: its claimed id, and durable files in .tmp/
+    holding the public picture and the thumbnail (a fresh copy, or links to a stored blob)."""
 
     pid: str
     sha256: str
-    indexed: bool
-
-
-@dataclass(frozen=True)
-class Picture:
-    """A checked picture ready to publish: its durable temp file ``path`` and what the record
-    says of it."""
-
-    path: Path
-    thumbnail: bytes
-    served_sha256: str  # of the file at ``path``
-    size: int
-    large: bool
-    ext: str
-    format: str
-    width: int
-    height: int
-    thumb_size: tuple[int, int]
+    picture: Path
+    thumbnail: Path
+    facts: Facts
 
 
 @dataclass(frozen=True)
 class Published:
     record: Record
-    token: str | None  # None when the bytes were already stored: the token stays with its owner
-    duplicate: bool
+    token: str  # the delete key: only its hash is stored
 
 
 def hash_token(token: str) -> str:
@@ -170,6 +183,9 @@ def unlink_quietly(path: Path) -> None:
 
 
 class Storage:
+    """The layout and the operations on it that keep it consistent. What a request writes goes
+    through a handlers.journal.Transaction, which names its temp files and claims."""
+
     def __init__(self, root: Path, id_source: IdSource = random_id, id_tries: int = 16) -> None:
         self.root = root
         self.id_source = id_source
@@ -180,7 +196,9 @@ class Storage:
         self.claims = root / ".claims"
         self.meta = root / ".meta"
         self.gone = root / ".gone"
-        self.index = root / ".index"
+        self.blobs = root / ".blobs"
+        self.locks = root / ".locks"
+        self.txn = root / ".txn"
         self.tmp = root / ".tmp"
 
     def ensure_layout(self) -> None:
@@ -190,83 +208,60 @@ class Storage:
         for name in PRIVATE_DIRS:
             (self.root / name).mkdir(mode=0o700, exist_ok=True)
 
-    # -- temp files -------------------------------------------------------------------------
-
-    def temp_fd(self) -> tuple[int, Path]:
-        """A new file in .tmp/ (same filesystem as the published dirs, so link() works)."""
-        while True:
-            path = self.tmp / f"{secrets.token_hex(8)}.part"
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            except FileExistsError:
-                continue
-            return fd, path
-
-    def temp_file(self) -> tuple[BinaryIO, Path]:
-        fd, path = self.temp_fd()
-        return os.fdopen(fd, "w+b"), path
-
-    def _write_temp(self, data: bytes) -> Path:
-        """A durable temp file holding ``data``, ready to be linked."""
-        fd, tmp = self.temp_fd()
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                sync_data(f.fileno())
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
-        return tmp
-
-    def _publish_bytes(self, data: bytes, dest: Path) -> None:
-        tmp = self._write_temp(data)
-        try:
-            os.link(tmp, dest)
-        finally:
-            unlink_quietly(tmp)
-
     # -- reading ------------------------------------------------------------------------------
 
     def lookup(self, pid: str) -> Record | None:
         """The published, not deleted record of ``pid``."""
-        if not ID_RE.fullmatch(pid):
-            return None
-        try:
-            record = Record.from_json(_read_small(self.meta / f"{pid}.json"))
-        except (FileNotFoundError, ValueError, TypeError, OSError):
-            return None
-        if (self.gone / pid).exists():
+        record = self.read_record(pid)
+        if record is None or (self.gone / pid).exists():
             return None
         return record
 
+    def read_record(self, pid: str) -> Record | None:
+        """The record of ``pid``, deleted or not."""
+        if not ID_RE.fullmatch(pid):
+            return None
+        try:
+            return Record.from_json(_read_small(self.record_path(pid)))
+        except (FileNotFoundError, ValueError, TypeError, OSError):
+            return None
+
+    def record_path(self, pid: str) -> Path:
+        return self.meta / f"{pid}.json"
+
     def picture_path(self, record: Record) -> Path:
-        return (self.large if record.large else self.pictures) / record.filename
+        return self.public_path(record.id, record.ext, large=record.large)
+
+    def public_path(self, pid: str, ext: str, *, large: bool) -> Path:
+        return (self.large if large else self.pictures) / f"{pid}.{ext}"
 
     def thumb_path(self, pid: str) -> Path:
         return self.thumbs / f"{pid}.jpg"
 
-    def find_duplicate(self, sha256: str) -> Record | None:
+    def owner(self, path: Path) -> str:
+        """The transaction id a claim or tombstone names ("" for one made before journals)."""
         try:
-            pid = _read_small(self.index / sha256, 64).decode("ascii", "replace")
+            return _read_small(path, 64).decode("ascii", "replace")
         except OSError:
-            return None
-        return self.lookup(pid)
+            return ""
 
     # -- ids ----------------------------------------------------------------------------------
 
-    def claim_id(self) -> str:
-        """Claim a fresh id with O_EXCL; after ``id_tries`` taken ids, give up with 503."""
+    def claim_id(self, owner: Path, note: Callable[[str], None]) -> str:
+        """Claim a fresh id: link ``owner`` (a file naming the claiming request) as
+        .claims/<id>, which fails if the id is taken. ``note`` is told each id before it is
+        tried, so a journal knows every claim its request may hold. After ``id_tries`` taken
+        ids, give up with 503."""
         for _ in range(self.id_tries):
             pid = self.id_source()
             if not ID_RE.fullmatch(pid):
                 raise ValueError(f"id source returned {pid!r}, not 8 letters")
+            note(pid)
             try:
-                fd = os.open(self.claims / pid, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                os.link(owner, self.claims / pid)
             except FileExistsError:
                 continue
-            os.close(fd)
-            # A file of this id without a claim (copied in from elsewhere) still owns the id.
+            # A file of this id without a claim (copied in, or planted) still owns the id.
             if any(p.exists() or p.is_symlink() for p in self._all_paths(pid)):
                 unlink_quietly(self.claims / pid)
                 continue
@@ -278,148 +273,130 @@ class Storage:
             yield self.pictures / f"{pid}.{ext}"
             yield self.large / f"{pid}.{ext}"
         yield self.thumb_path(pid)
+        yield self.record_path(pid)
 
-    def release_id(self, pid: str) -> None:
-        unlink_quietly(self.claims / pid)
+    def release_claim(self, pid: str, owner: str) -> bool:
+        """Give an id back if ``owner`` claimed it and it was never published."""
+        claim = self.claims / pid
+        if self.owner(claim) != owner or self.read_record(pid) is not None or (self.gone / pid).exists():
+            return False
+        unlink_quietly(claim)
+        return True
 
-    # -- publishing ---------------------------------------------------------------------------
+    # -- blobs: the bytes of an upload, shared by every id holding them ------------------------
 
-    def publish(self, sha256: str, picture: Picture) -> Published:
-        """Publish ``picture`` (uploaded as bytes hashing to ``sha256``) under a fresh id, or
-        find its twin: reserve() and commit() in one step.
+    def blob(self, sha256: str) -> Blob:
+        base = self.blobs / sha256
+        return Blob(base.with_suffix(".pic"), base.with_suffix(".thumb"), base.with_suffix(".json"))
 
-        Either everything of the id appears (picture, thumbnail, record, index entry) or,
-        on any error, nothing of it remains and the claim is released.
-        """
-        reserved = self.reserve(sha256)
-        if isinstance(reserved, Record):
-            return Published(reserved, None, True)
-        return self.commit(reserved, picture)
-
-    def reserve(self, sha256: str) -> Reservation | Record:
-        """Claim a fresh id and the index entry for bytes hashing to ``sha256``, or return the
-        record already holding those bytes (then nothing stays claimed). Touches private
-        folders only, so it may run before the upload is known to be a picture."""
-        pid = self.claim_id()
+    @contextlib.contextmanager
+    def blob_lock(self, sha256: str) -> Iterator[Blob]:
+        """Held around every change of a blob and of the links to it: a blob is removed only
+        when no id and no request holds a link to it, and that stays true while it is held."""
+        fd = os.open(self.locks / sha256[:2], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            twin, indexed = self._claim_index(sha256, pid)
-        except BaseException:
-            self.release_id(pid)
-            raise
-        if twin is not None:
-            self.release_id(pid)
-            return twin
-        return Reservation(pid, sha256, indexed)
-
-    def cancel(self, reservation: Reservation) -> None:
-        """Undo a reservation that was not committed: its index entry, then its claim."""
-        if reservation.indexed:
-            unlink_quietly(self.index / reservation.sha256)
-        self.release_id(reservation.pid)
-
-    def commit(self, reservation: Reservation, picture: Picture) -> Published:
-        """Link the picture's file (durable already), its thumbnail and the record under the
-        reserved id. On any error nothing of the id remains and the reservation is cancelled."""
-        pid = reservation.pid
-        token = secrets.token_urlsafe(24)
-        record = Record(
-            id=pid, ext=picture.ext, format=picture.format, width=picture.width, height=picture.height,
-            size=picture.size, large=picture.large, sha256=reservation.sha256,
-            served_sha256=picture.served_sha256, token_hash=hash_token(token), created=time.time(),
-            thumb_width=picture.thumb_size[0], thumb_height=picture.thumb_size[1],
-        )
-        target = self.picture_path(record)
-        linked: list[Path] = []
-        temps: list[Path] = []
-        try:
-            # Both small files are durable before any name points at them; the folders are
-            # then fsynced once each, and the record goes last: once it exists the picture
-            # is complete and visible.
-            temps.append(self._write_temp(picture.thumbnail))
-            temps.append(self._write_temp(record.to_json()))
-            for source, dest in ((picture.path, target), (temps[0], self.thumb_path(pid))):
-                os.link(source, dest)
-                linked.append(dest)
-            _fsync_dir(target.parent)
-            _fsync_dir(self.thumbs)
-            meta = self.meta / f"{pid}.json"
-            os.link(temps[1], meta)
-            linked.append(meta)
-            _fsync_dir(self.meta)
-            return Published(record, token, False)
-        except BaseException:
-            for path in reversed(linked):
-                unlink_quietly(path)
-            self.cancel(reservation)
-            raise
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self.blob(sha256)
         finally:
-            for tmp in temps:
-                unlink_quietly(tmp)
+            os.close(fd)
 
-    def _claim_index(self, sha256: str, pid: str) -> tuple[Record | None, bool]:
-        """Make .index/<sha256> name ``pid`` (-> None, True), or find the record already
-        holding these bytes (-> record, False)."""
-        entry = self.index / sha256
-        deadline = time.monotonic() + DEDUP_WAIT_SECONDS
-        while True:
+    def read_facts(self, blob: Blob) -> Facts | None:
+        try:
+            return Facts.from_json(_read_small(blob.facts))
+        except (FileNotFoundError, ValueError, TypeError, OSError):
+            return None
+
+    def hold(self, sha256: str, picture: Path, thumbnail: Path) -> Facts | None:
+        """Link a stored upload's files to ``picture`` and ``thumbnail`` (temp names of the
+        caller), which keeps them from being removed, and say what they are; None when no
+        upload of these bytes is stored."""
+        with self.blob_lock(sha256) as blob:
+            facts = self.read_facts(blob)
+            if facts is None:
+                return None
+            os.link(blob.picture, picture)
+            os.link(blob.thumbnail, thumbnail)
+            return facts
+
+    def attach(self, staged: Staged, facts_file: Path) -> Facts:
+        """Give ``staged.pid`` its public picture and thumbnail: links to the blob of its bytes,
+        made from the staged files (and ``facts_file``, holding ``staged.facts``) when there is
+        none yet. Idempotent, so a request can be rolled forward again after a crash. Returns
+        the facts of the blob linked."""
+        with self.blob_lock(staged.sha256) as blob:
+            facts = self.read_facts(blob)
+            if facts is None:
+                # Parts of a blob whose maker died before its facts: the maker's own roll
+                # forward makes them again, from the same files.
+                unlink_quietly(blob.picture)
+                unlink_quietly(blob.thumbnail)
+                os.link(staged.picture, blob.picture)
+                os.link(staged.thumbnail, blob.thumbnail)
+                os.link(facts_file, blob.facts)
+                _fsync_dir(self.blobs)
+                facts = staged.facts
+            link_as(blob.picture, self.public_path(staged.pid, facts.ext, large=facts.large))
+            link_as(blob.thumbnail, self.thumb_path(staged.pid))
+        return facts
+
+    def detach(self, sha256: str) -> bool:
+        """Remove a blob no id and no request links to any more (its facts first: without
+        them it is not there). True if it was removed."""
+        with self.blob_lock(sha256) as blob:
             try:
-                self._publish_bytes(pid.encode(), entry)
-                _fsync_dir(self.index)
-                return None, True
-            except FileExistsError:
-                pass
-            try:
-                other = _read_small(entry, 64).decode("ascii", "replace")
+                unused = all(os.lstat(p).st_nlink == 1 for p in (blob.picture, blob.thumbnail))
             except FileNotFoundError:
-                continue  # its upload failed a moment ago; try again
-            record = self.lookup(other)
-            if record is not None:
-                return record, False
-            in_progress = (self.claims / other).exists() and not (self.gone / other).exists()
-            if in_progress and time.monotonic() < deadline:
-                time.sleep(0.05)
-                continue
-            # A crashed upload or a deleted picture left the entry behind.
-            if not in_progress:
-                with contextlib.suppress(OSError):
-                    if _read_small(entry, 64) == other.encode():
-                        unlink_quietly(entry)
-                continue
-            return None, False  # waited long enough: store a second copy, without an index entry
+                unused = True
+            if not unused:
+                return False
+            for path in (blob.facts, blob.picture, blob.thumbnail):
+                unlink_quietly(path)
+        return True
 
     # -- deleting -----------------------------------------------------------------------------
 
     def check_token(self, record: Record, token: str) -> bool:
         return hmac.compare_digest(hash_token(token), record.token_hash)
 
-    def remove(self, record: Record, *, forget: bool = False) -> bool:
-        """Delete a picture; False when someone else deleted it first.
-
-        The claim stays as a tombstone so the id is never reused, unless ``forget`` (a picture
-        rolled back before anyone learned its id).
-        """
-        try:
-            fd = os.open(self.gone / record.id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            return False
-        os.close(fd)
-        entry = self.index / record.sha256
-        with contextlib.suppress(OSError):
-            if _read_small(entry, 64) == record.id.encode():
-                unlink_quietly(entry)
-        for path in (self.picture_path(record), self.thumb_path(record.id), self.meta / f"{record.id}.json"):
-            unlink_quietly(path)
-        if forget:
-            self.release_id(record.id)
-            unlink_quietly(self.gone / record.id)
-        for d in (self.picture_path(record).parent, self.thumbs, self.meta, self.gone, self.index):
+    def finish_delete(self, record: Record) -> None:
+        """Everything of a tombstoned id but its claim and tombstone: its names, the blob once
+        no id holds it, and the record last (it says which files to remove)."""
+        unlink_quietly(self.picture_path(record))
+        unlink_quietly(self.thumb_path(record.id))
+        self.detach(record.sha256)
+        unlink_quietly(self.record_path(record.id))
+        for d in (self.picture_path(record).parent, self.thumbs, self.blobs, self.meta):
             _fsync_dir(d)
-        return True
+
+
+@dataclass(frozen=True)
+class Blob:
+    picture: Path
+    thumbnail: Path
+    facts: Path
+
+
+def link_as(source: Path, dest: Path) -> None:
+    """link(), where a name already linking the same file counts as done (a roll forward run
+    again); any other file there is replaced (the id is ours: it was claimed before its files)."""
+    try:
+        os.link(source, dest)
+    except FileExistsError:
+        if os.path.samestat(os.lstat(source), os.lstat(dest)):
+            return
+        os.unlink(dest)
+        os.link(source, dest)
+
+
+def fsync_dirs(*dirs: Path) -> None:
+    for d in dict.fromkeys(dirs):
+        _fsync_dir(d)
 
 
 def check_consistency(root: Path, *, deep: bool = False) -> list[str]:
     """Problems in a storage root at rest: every file belongs to exactly one live id, no temp
-    or orphan files, no id with two pictures, every index entry and record agree.
+    or orphan files, no journal left, every record and the blob holding its bytes agree, and
+    every blob is linked by exactly the ids whose records name it.
 
     ``deep`` also re-hashes every public picture against its record.
     """
@@ -433,6 +410,7 @@ def check_consistency(root: Path, *, deep: bool = False) -> list[str]:
         if not (root / d).is_dir():
             problems.append(f"missing directory {d}/")
     problems += [f"temp file left behind: .tmp/{n}" for n in names(store.tmp)]
+    problems += [f"journal left behind: .txn/{n}" for n in names(store.txn)]
 
     claims = set(names(store.claims))
     gone = set(names(store.gone))
@@ -485,80 +463,40 @@ def check_consistency(root: Path, *, deep: bool = False) -> list[str]:
                 problems.append(f"{picture.relative_to(root)} has {size} bytes, its record says {rec.size}")
             elif deep and sha256_file(picture) != rec.served_sha256:
                 problems.append(f"{picture.relative_to(root)} does not match its record's hash")
-
-    by_sha: dict[str, list[str]] = {}
-    for pid, rec in records.items():
-        by_sha.setdefault(rec.sha256, []).append(pid)
-    for pids in by_sha.values():
-        if len(pids) > 1:
-            problems.append(f"ids {', '.join(sorted(pids))} hold the same upload")
-    for n in names(store.index):
-        try:
-            pid = _read_small(store.index / n, 64).decode("ascii", "replace")
-        except OSError as e:
-            problems.append(f"unreadable index entry .index/{n}: {e}")
-            continue
-        held = records.get(pid)
-        if held is None or held.sha256 != n:
-            problems.append(f"index entry .index/{n} names {pid!r}, which does not hold those bytes")
-    for sha, pids in sorted(by_sha.items()):
-        for pid in pids:
-            if not (store.index / sha).exists():
-                problems.append(f"id {pid} has no index entry")
+    problems += _blob_problems(store, records)
     return problems
 
 
-def sweep_stale(root: Path, max_age: float = 3600.0, now: float | None = None) -> list[str]:
-    """Remove what uploads killed midway left behind (temp files, claims never published, and
-    their partial files and index entries), and finish deletes killed midway, once older than
-    ``max_age`` seconds. Returns what was removed. Safe while the service runs: live uploads
-    and deletes are younger than ``max_age``."""
-    store = Storage(root)
-    now = time.time() if now is None else now
-    removed: list[str] = []
-
-    def old(path: Path) -> bool:
-        try:
-            return now - path.lstat().st_mtime > max_age
-        except FileNotFoundError:
-            return False
-
-    for n in sorted(os.listdir(store.tmp)):
-        if old(store.tmp / n):
-            unlink_quietly(store.tmp / n)
-            removed.append(f".tmp/{n}")
-    dead = {pid for pid in os.listdir(store.claims)
-            if not (store.meta / f"{pid}.json").exists() and not (store.gone / pid).exists()
-            and old(store.claims / pid)}
-    for pid in sorted(dead):
-        for path in store._all_paths(pid):
-            if path.exists() or path.is_symlink():
-                unlink_quietly(path)
-                removed.append(str(path.relative_to(root)))
-    for n in sorted(os.listdir(store.index)):
-        with contextlib.suppress(OSError):
-            if _read_small(store.index / n, 64).decode("ascii", "replace") in dead:
-                unlink_quietly(store.index / n)
-                removed.append(f".index/{n}")
-    for pid in sorted(dead):
-        store.release_id(pid)
-        removed.append(f".claims/{pid}")
-    # Deletes killed after their tombstone: it already hides the id, so finish the job in
-    # remove()'s order (index entry, files, record last).
-    for pid in sorted(os.listdir(store.gone)):
-        meta = store.meta / f"{pid}.json"
-        if not (meta.exists() or meta.is_symlink()) or not old(store.gone / pid):
+def _blob_problems(store: Storage, records: dict[str, Record]) -> list[str]:
+    problems: list[str] = []
+    holders: dict[str, list[Record]] = {}
+    for rec in records.values():
+        holders.setdefault(rec.sha256, []).append(rec)
+    seen = {n.rpartition(".")[0] for n in os.listdir(store.blobs)} if store.blobs.is_dir() else set()
+    for sha in sorted(seen | set(holders)):
+        blob, recs = store.blob(sha), holders.get(sha, [])
+        facts = store.read_facts(blob)
+        if facts is None:
+            problems.append(f"blob {sha} has no facts" if sha in seen else
+                            f"ids {', '.join(r.id for r in recs)} hold bytes with no blob")
             continue
-        for n in sorted(os.listdir(store.index)):
-            with contextlib.suppress(OSError):
-                if _read_small(store.index / n, 64) == pid.encode():
-                    unlink_quietly(store.index / n)
-                    removed.append(f".index/{n}")
-        for path in (*store._all_paths(pid), meta):
-            if path.exists() or path.is_symlink():
-                unlink_quietly(path)
-                removed.append(str(path.relative_to(root)))
-    return removed
+        if not recs:
+            problems.append(f"blob {sha} is held by no id")
+        for rec in recs:
+            if rec.facts != facts:
+                problems.append(f"id {rec.id} disagrees with the facts of its blob")
+        for part, names in ((blob.picture, [store.picture_path(r) for r in recs]),
+                            (blob.thumbnail, [store.thumb_path(r.id) for r in recs])):
+            try:
+                st = os.lstat(part)
+            except FileNotFoundError:
+                problems.append(f"blob {sha} is missing {part.name}")
+                continue
+            linked = [n for n in names if n.exists() and os.path.samestat(st, os.lstat(n))]
+            if len(linked) != len(names) or st.st_nlink != len(names) + 1:
+                problems.append(f"{part.name} has {st.st_nlink} links, {len(names)} ids hold it "
+                                f"({len(linked)} of them linked to it)")
+    return problems
 
 
 def sha256_file(path: Path) -> str:

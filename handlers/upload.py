@@ -29,17 +29,19 @@ from handlers.checks import Check, Checker
 from handlers.errors import UploadError
 from handlers.forms import Limits, SpooledFile, read_files
 from handlers.images import MIME_TYPES, guard_pillow
-from handlers.service import store_picture
+from handlers.journal import Transaction
+from handlers.recovery import Recoverer
+from handlers.service import stage_picture
 from handlers.settings import Settings, load_settings
 from handlers.signing import LinkState, load_or_create_secret, signed_query, verify
 from handlers.storage import (
     IdSource,
     Published,
     Record,
+    Staged,
     Storage,
     is_disk_full,
     random_id,
-    unlink_quietly,
 )
 
 StartResponse = Callable[..., Any]
@@ -138,6 +140,13 @@ class UploadApp:
         self.clock = clock
         self.limits = Limits(settings.max_bytes, settings.max_request_bytes, settings.max_files)
         guard_pillow(settings.max_pixels)
+        # Dead requests are recovered at start and then periodically, by every worker.
+        self.recoverer = Recoverer(self.storage, settings.recover_seconds).start() \
+            if settings.recover_seconds else None
+
+    def close(self) -> None:
+        if self.recoverer is not None:
+            self.recoverer.stop()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -197,36 +206,27 @@ class UploadApp:
 
     def upload(self, environ: Environ) -> Response:
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
-        with Checker(self.settings.max_pixels, self.settings.thumb_size) as checker:
-            done = self._store_all(read_files(environ, self.storage, self.limits, checker.start))
-        cookies = [self._token_cookie(r, environ) for r in done if r.token]
+        # One request, one transaction: every picture is published, or none.
+        with Transaction.begin(self.storage) as txn, \
+                Checker(self.settings.max_pixels, self.settings.thumb_size) as checker:
+            spooled = read_files(environ, txn, self.limits, checker.start)
+            staged: dict[str, Staged] = {}
+            done = txn.commit([self._stage(item, len(spooled), txn, staged) for item in spooled])
+        cookies = [self._token_cookie(r, environ) for r in done]
         if wants_json(environ):
-            files = [self._describe(r.record, r.token, r.duplicate) for r in done]
+            files = [self._describe(r.record, r.token) for r in done]
             headers = cookies if environ.get("HTTP_X_UPLOAD_PAGE") else []
             return json_response(201, {"files": files}, headers)
         target = "/" + ",".join(r.record.id for r in done)
         return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
                               *cookies])
 
-    def _store_all(self, spooled: list[SpooledFile[Check]]) -> list[Published]:
-        done: list[Published] = []
+    def _stage(self, item: SpooledFile[Check], count: int, txn: Transaction,
+               staged: dict[str, Staged]) -> Staged:
         try:
-            for item in spooled:
-                done.append(self._store_one(item, len(spooled)))
-        except BaseException:
-            # One request, one outcome: pictures stored earlier in a failed request are rolled back.
-            for result in done:
-                if not result.duplicate:
-                    self.storage.remove(result.record, forget=True)
-            raise
-        finally:
-            for item in spooled:
-                unlink_quietly(item.path)
-        return done
-
-    def _store_one(self, item: SpooledFile[Check], count: int) -> Published:
-        try:
-            return store_picture(item, self.storage, self.settings)
+            result = stage_picture(item, txn, self.settings, staged.get(item.sha256))
+            staged.setdefault(item.sha256, result)
+            return result
         except UploadError as e:
             if count > 1 and item.filename:
                 e.message = f"{item.filename}: {e.message}"
@@ -245,7 +245,7 @@ class UploadApp:
         expiry = int(urllib.parse.parse_qs(query)["e"][0])
         return f"/l/{record.filename}?{query}", expiry
 
-    def _describe(self, record: Record, token: str | None, duplicate: bool) -> dict[str, object]:
+    def _describe(self, record: Record, token: str | None) -> dict[str, object]:
         url, expires = self._picture_url(record)
         return {
             "id": record.id,
@@ -255,7 +255,6 @@ class UploadApp:
             "page_url": f"/{record.id}",
             "delete_url": f"/{record.id}/delete",
             "delete_token": token,
-            "duplicate": duplicate,
             "width": record.width,
             "height": record.height,
             "bytes": record.size,
@@ -274,13 +273,13 @@ class UploadApp:
         with contextlib.suppress(http.cookies.CookieError):
             cookies.load(environ.get("HTTP_COOKIE", "") or "")
         if wants_json(environ):
-            described = [self._describe(r, None, False) for r in found]
+            described = [self._describe(r, None) for r in found]
             return json_response(200, described[0] if len(ids) == 1 else {"files": described})
         views = []
         for record in found:
             morsel = cookies.get(f"dt_{record.id}")
             token = morsel.value if morsel and self.storage.check_token(record, morsel.value) else None
-            info = self._describe(record, token, False)
+            info = self._describe(record, token)
             views.append(templates.PictureView(
                 id=record.id, url=str(info["url"]), thumbnail_url=str(info["thumbnail_url"]),
                 page_url=str(info["page_url"]), delete_url=str(info["delete_url"]), width=record.width,
@@ -302,7 +301,9 @@ class UploadApp:
             raise HTTPError(404, "not_found", "No such picture (it may have been deleted already).")
         if not token or not self.storage.check_token(record, token):
             raise HTTPError(403, "bad_token", "The delete key does not match this picture.")
-        if not self.storage.remove(record):
+        with Transaction.begin(self.storage) as txn:
+            removed = txn.delete(record)
+        if not removed:
             raise HTTPError(404, "not_found", "The picture was deleted already.")
         expire = ("Set-Cookie", f"dt_{pid}=; Path=/{pid}; Max-Age=0; HttpOnly; SameSite=Strict")
         if wants_json(environ):
@@ -313,7 +314,7 @@ class UploadApp:
     def _form_token(environ: Environ) -> str:
         kind = (environ.get("CONTENT_TYPE", "") or "").split(";")[0].strip().lower()
         raw = (environ.get("CONTENT_LENGTH", "") or "0").strip()
-        if kind != "application/x-www-form-urlencoded" or not raw.isdigit():
+        if kind != "application/x-www-form-urlencoded" or not (raw.isdigit() and raw.isascii()):
             return ""
         length = int(raw)
         if length > MAX_DELETE_BODY:
@@ -413,9 +414,20 @@ _SETTINGS = load_settings()  # bad UPLOAD_* values fail at import, where the ser
 _app: UploadApp | None = None
 
 
-def application(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    """The WSGI entry point; storage is set up on the first request, in the worker."""
+def _the_app() -> UploadApp:
     global _app
     if _app is None:
         _app = UploadApp(_SETTINGS)
-    return _app(environ, start_response)
+    return _app
+
+
+def application(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The WSGI entry point; storage is set up in the worker: by post_worker_init, or else
+    on the first request."""
+    return _the_app()(environ, start_response)
+
+
+def post_worker_init(worker: object) -> None:
+    """fcgiserver hook (``--hooks handlers.upload``): set storage up and recover what dead
+    requests left as each worker starts, not at its first request."""
+    _the_app()

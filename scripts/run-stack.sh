@@ -65,7 +65,7 @@ trap stop_all EXIT
 
 "$PY" -m fcgiserver --bind "unix:$SOCK" --workers "$WORKERS" --pidfile "$FCGI_PIDFILE" \
     --status-path /fcgiserver-status --ping-path /fcgiserver-ping \
-    handlers.upload:application &
+    --hooks handlers.upload handlers.upload:application &
 FCGI_PID=$!
 
 # lighttpd connects to the socket only when a request comes, but a backend that fails to

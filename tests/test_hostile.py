@@ -230,7 +230,7 @@ TRAVERSALS = [
     "/l/../../secret.txt", "/l/..%2f..%2fsecret.txt.jpg?e=1&s=x", "/%2e%2e/%2e%2e/etc/passwd",
     "/pictures/%252e%252e/%252e%252e/secret.txt", "/..\\..\\secret.txt", "/pictures/..\\..\\secret.txt",
     "/pictures/x.jpg%00.txt", "/AAAAAAAA/../../secret.txt", "/large/../secret.txt", "/.secret",
-    "/.meta/", "/.claims/", "/.index/", "/.tmp/", "/pictures/.%2e/.%2e/secret.txt",
+    "/.meta/", "/.claims/", "/.blobs/", "/.txn/", "/.tmp/", "/pictures/.%2e/.%2e/secret.txt",
     "//etc/passwd", "/pictures//..//..//secret.txt", "/%c0%ae%c0%ae/secret.txt",
 ]
 LEAKS = (SECRET_TEXT, b"root:x:0:", b"def load_settings", b"UPLOAD_", b"token_hash")
@@ -334,22 +334,30 @@ def test_symlinks_planted_in_private_folders_are_never_followed_by_the_app(stack
         (stack.media_root / ".meta" / "elsewhere.json").unlink()
         meta.write_bytes(saved)
     # A symlink where the next temp file or claim would go: O_EXCL refuses to follow it.
-    for folder in (".tmp", ".claims", ".index"):
+    for folder in (".tmp", ".claims", ".blobs"):
         (stack.media_root / folder / "planted").symlink_to(secret)
     try:
         _upload(stack, corpus.picture("PNG", (41, 40), (9, 9, 200)))
     finally:
-        for folder in (".tmp", ".claims", ".index"):
-            (stack.media_root / folder / "planted").unlink()
+        for folder in (".tmp", ".claims", ".blobs"):
+            # Recovery may have taken the one in .tmp/ already: no request owns it.
+            (stack.media_root / folder / "planted").unlink(missing_ok=True)
     assert secret.read_bytes() == SECRET_TEXT
     assert check_consistency(stack.media_root) == []
 
 
-def _plant_over(path: Path, target: Path) -> bytes:
-    saved = path.read_bytes()
-    path.unlink()
+def _plant_over(path: Path, target: Path) -> Path:
+    """A symlink in place of ``path``; the file itself is moved aside (the same inode, which
+    the stored blob shares), to be put back with _put_back."""
+    saved = path.with_name(path.name + ".aside")
+    path.rename(saved)
     path.symlink_to(target)
     return saved
+
+
+def _put_back(path: Path, saved: Path) -> None:
+    path.unlink()
+    saved.rename(path)
 
 
 @pytest.mark.parametrize("folder", ["pictures", "thumbs"])
@@ -363,8 +371,7 @@ def test_symlinks_planted_in_public_folders_are_never_followed_by_the_front(stac
     try:
         reply = http_request(stack.base_url, "GET", f"/{folder}/{path.name}")
     finally:
-        path.unlink()
-        path.write_bytes(saved)
+        _put_back(path, saved)
     assert SECRET_TEXT not in reply.body, f"lighttpd served the symlink's target from {folder}/"
 
 
@@ -377,8 +384,7 @@ def test_a_symlink_planted_over_a_large_picture_is_not_sent_through_its_signed_l
     try:
         reply = http_request(stack.base_url, "GET", str(record["url"]))
     finally:
-        path.unlink()
-        path.write_bytes(saved)
+        _put_back(path, saved)
     assert SECRET_TEXT not in reply.body, "the signed link sent the symlink's target"
 
 

@@ -1,4 +1,5 @@
-"""handlers.storage: one id namespace, O_EXCL claims, link() publishing, deletes, consistency."""
+"""handlers.storage and handlers.journal: one id namespace, link() claims and publishing, blobs
+shared by the ids holding the same bytes, deletes, recovery of dead requests, consistency."""
 
 from __future__ import annotations
 
@@ -12,20 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from handlers.journal import Transaction
+from handlers.recovery import Recoverer, recover
 from handlers.signing import load_or_create_secret
 from handlers.spool import Abandoned, SpoolFile, SpoolReader
 from handlers.storage import (
     ID_RE,
-    Picture,
+    Facts,
     Published,
-    Record,
-    Reservation,
+    Staged,
     Storage,
     StorageError,
     check_consistency,
     random_id,
-    sweep_stale,
 )
+from tests.support.server import wait_until
 
 
 def ids(*values: str) -> Callable[[], str]:
@@ -39,18 +41,21 @@ def make_storage(root: Path, id_source: Callable[[], str] = random_id, tries: in
     return store
 
 
+def stage(txn: Transaction, content: bytes, *, large: bool = False, ext: str = "jpg") -> Staged:
+    digest = hashlib.sha256(content).hexdigest()
+    facts = Facts(ext=ext, format="JPEG", width=1, height=1, size=len(content), large=large,
+                  served_sha256=digest, thumb_width=1, thumb_height=1)
+    return Staged(txn.claim_id(), digest, txn.write_temp(content), txn.write_temp(b"thumb:" + content), facts)
+
+
 def publish(store: Storage, content: bytes, *, large: bool = False, ext: str = "jpg") -> Published:
-    f, tmp = store.temp_file()
-    with f:
-        f.write(content)
-    try:
-        digest = hashlib.sha256(content).hexdigest()
-        return store.publish(digest, Picture(
-            path=tmp, thumbnail=b"thumb:" + content, served_sha256=digest, size=len(content),
-            large=large, ext=ext, format="JPEG", width=1, height=1, thumb_size=(1, 1),
-        ))
-    finally:
-        os.unlink(tmp)
+    with Transaction.begin(store) as txn:
+        return txn.commit([stage(txn, content, large=large, ext=ext)])[0]
+
+
+def delete(store: Storage, published: Published) -> bool:
+    with Transaction.begin(store) as txn:
+        return txn.delete(published.record)
 
 
 def test_random_ids_are_eight_letters_and_differ() -> None:
@@ -94,17 +99,15 @@ def test_file_of_unclaimed_id_is_never_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "large/Imported.png").read_bytes() == b"old"
 
 
-def test_failed_publish_removes_every_file_and_releases_the_claim(tmp_path: Path) -> None:
-    store = make_storage(tmp_path, ids("Plantedx"))
+def test_an_id_with_a_planted_record_is_never_claimed(tmp_path: Path) -> None:
+    store = make_storage(tmp_path, ids("Plantedx", "OtherOne"))
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep me")
-    # A symlink planted where the record goes: link() refuses it, and nothing follows it.
     os.symlink(victim, tmp_path / ".meta/Plantedx.json")
-    with pytest.raises(FileExistsError):
-        publish(store, b"content")
+    assert publish(store, b"content").record.id == "OtherOne"
     assert victim.read_bytes() == b"keep me"
     assert not (tmp_path / ".claims/Plantedx").exists()
-    for d in ("pictures", "large", "thumbs", ".index", ".tmp", ".claims"):
+    for d in (".tmp", ".txn"):
         assert os.listdir(tmp_path / d) == [], d
 
 
@@ -114,14 +117,20 @@ def _claim(store: Storage, pid: str) -> str:
     return pid
 
 
-def test_same_bytes_return_the_existing_picture_without_its_token(tmp_path: Path) -> None:
+def test_same_bytes_get_a_new_id_and_key_over_one_stored_copy(tmp_path: Path) -> None:
     store = make_storage(tmp_path)
     first = publish(store, b"same bytes")
     again = publish(store, b"same bytes")
-    assert again.duplicate and again.token is None
-    assert again.record.id == first.record.id
-    assert len(os.listdir(tmp_path / ".claims")) == 1
-    assert check_consistency(tmp_path) == []
+    assert again.record.id != first.record.id and again.token != first.token
+    assert not store.check_token(again.record, first.token)
+    pictures = [store.picture_path(p.record) for p in (first, again)]
+    assert os.path.samestat(os.stat(pictures[0]), os.stat(pictures[1]))
+    assert check_consistency(tmp_path, deep=True) == []
+    assert delete(store, first) and pictures[1].read_bytes() == b"same bytes"
+    assert check_consistency(tmp_path, deep=True) == []
+    assert delete(store, again)
+    assert os.listdir(tmp_path / ".blobs") == [] and os.listdir(tmp_path / "pictures") == []
+    assert check_consistency(tmp_path, deep=True) == []
 
 
 def _publish_in_child(root: str, content: bytes, queue: multiprocessing.Queue[str]) -> None:
@@ -129,7 +138,7 @@ def _publish_in_child(root: str, content: bytes, queue: multiprocessing.Queue[st
     queue.put(publish(store, content).record.id)
 
 
-def test_concurrent_uploads_of_same_bytes_in_several_processes_keep_one_copy(tmp_path: Path) -> None:
+def test_concurrent_uploads_of_same_bytes_in_several_processes_share_one_copy(tmp_path: Path) -> None:
     make_storage(tmp_path)
     ctx = multiprocessing.get_context("fork")
     queue: multiprocessing.Queue[str] = ctx.Queue()
@@ -141,8 +150,9 @@ def test_concurrent_uploads_of_same_bytes_in_several_processes_keep_one_copy(tmp
     finally:
         for p in procs:
             p.join(60)
-    assert len(got) == 1
-    assert check_consistency(tmp_path) == []
+    assert len(got) == 6
+    assert len({os.stat(tmp_path / "pictures" / f"{pid}.jpg").st_ino for pid in got}) == 1
+    assert check_consistency(tmp_path, deep=True) == []
 
 
 def test_delete_keeps_a_tombstone_so_the_id_is_never_reused(tmp_path: Path) -> None:
@@ -150,8 +160,8 @@ def test_delete_keeps_a_tombstone_so_the_id_is_never_reused(tmp_path: Path) -> N
     result = publish(store, b"bytes")
     assert result.token and store.check_token(result.record, result.token)
     assert not store.check_token(result.record, "wrong")
-    assert store.remove(result.record)
-    assert not store.remove(result.record)  # a second delete finds it gone
+    assert delete(store, result)
+    assert not delete(store, result)  # a second delete finds it gone
     assert store.lookup("GoneAway") is None
     assert not (tmp_path / "pictures/GoneAway.jpg").exists()
     assert not (tmp_path / "thumbs/GoneAway.jpg").exists()
@@ -198,47 +208,82 @@ def test_signing_secret_is_made_once_for_all_processes(tmp_path: Path) -> None:
     assert (tmp_path / ".secret").stat().st_mode & 0o077 == 0
 
 
-def test_sweep_removes_what_a_killed_upload_left_and_nothing_else(tmp_path: Path) -> None:
-    store = make_storage(tmp_path, ids("KeepThis", "HalfDone", "YoungOne"))
+def _die(txn: Transaction) -> None:
+    """What SIGKILL does to a request: its lock is dropped, nothing else happens."""
+    os.close(txn._fd)
+
+
+def test_recovery_undoes_a_dead_uncommitted_request_and_leaves_a_live_one_alone(tmp_path: Path) -> None:
+    store = make_storage(tmp_path, ids("KeepThis", "HalfDone", "LiveOnes"))
     publish(store, b"kept")
-    # A worker killed after claiming, linking the picture and the index entry.
-    assert store.claim_id() == "HalfDone"
-    (tmp_path / "pictures/HalfDone.jpg").write_bytes(b"partial")
-    (tmp_path / ".index/abc").write_bytes(b"HalfDone")
-    f, tmp = store.temp_file()
-    f.close()
-    for path in (tmp_path / ".claims/HalfDone", tmp_path / "pictures/HalfDone.jpg", tmp):
-        os.utime(path, (1, 1))
-    assert store.claim_id() == "YoungOne"  # an upload still in progress
-    removed = sweep_stale(tmp_path, max_age=60)
-    assert sorted(removed) == sorted([".claims/HalfDone", "pictures/HalfDone.jpg", ".index/abc",
-                                      f".tmp/{tmp.name}"])
-    assert (tmp_path / ".claims/YoungOne").exists()
-    store.release_id("YoungOne")
+    dead = Transaction.begin(store)
+    stage(dead, b"never published")
+    _die(dead)
+    live = Transaction.begin(store)
+    staged = stage(live, b"in progress")
+    done = recover(store, full=True)
+    assert f".txn/{dead.txid}" in done and ".claims/HalfDone" not in os.listdir(tmp_path / ".claims")
+    assert (tmp_path / ".claims/LiveOnes").exists() and staged.picture.exists()
+    assert all(n.startswith(live.txid) for n in os.listdir(tmp_path / ".tmp"))
+    assert live.commit([staged])[0].record.id == "LiveOnes"
+    live.close()
+    assert recover(store, full=True) == []
     assert check_consistency(tmp_path, deep=True) == []
 
 
-# -- reserving before the picture is checked ----------------------------------------------------
+def test_recovery_rolls_a_dead_committed_request_forward(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_storage(tmp_path, ids("FirstOne", "SecondOn", "ThirdOne"))
+    txn = Transaction.begin(store)
+    staged = [stage(txn, bytes([n]) * 10) for n in range(3)]
+    attach = store.attach
+    calls = []
+
+    def dies_after_one(s: Staged, facts_file: Path) -> Facts:
+        calls.append(s.pid)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # stands for the kill, after the commit point
+        return attach(s, facts_file)
+
+    monkeypatch.setattr(store, "attach", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        txn.commit(staged)
+    _die(txn)
+    monkeypatch.undo()
+    assert store.lookup("FirstOne") is None  # linked, but no record yet
+    assert f".txn/{txn.txid}" in recover(store)
+    assert [store.lookup(s.pid) is not None for s in staged] == [True, True, True]
+    assert check_consistency(tmp_path, deep=True) == []
 
 
-def test_a_reservation_holds_id_and_index_entry_in_private_folders_until_cancelled(
-        tmp_path: Path) -> None:
-    store = make_storage(tmp_path, ids("Reserved", "Reserved", "AnyOther"))
-    sha = hashlib.sha256(b"picture").hexdigest()
-    reserved = store.reserve(sha)
-    assert reserved == Reservation("Reserved", sha, indexed=True)
-    assert (tmp_path / ".claims/Reserved").exists()
-    assert (tmp_path / ".index" / sha).read_bytes() == b"Reserved"
-    for d in ("pictures", "large", "thumbs", ".meta", ".tmp"):
-        assert os.listdir(tmp_path / d) == [], d
-    store.cancel(reserved)
-    assert os.listdir(tmp_path / ".claims") == [] and os.listdir(tmp_path / ".index") == []
-    assert check_consistency(tmp_path) == []
-    # Given back: the id is drawn again, and the bytes are stored under it.
-    assert publish(store, b"picture").record.id == "Reserved"
-    twin = store.reserve(sha)
-    assert isinstance(twin, Record) and twin.id == "Reserved"
-    assert sorted(os.listdir(tmp_path / ".claims")) == ["Reserved"]  # the draw for the twin is released
+def test_the_recovery_thread_recovers_at_start_and_then_periodically(tmp_path: Path) -> None:
+    store = make_storage(tmp_path)
+    before = Transaction.begin(store)
+    stage(before, b"dead before the start")
+    _die(before)
+    recoverer = Recoverer(store, interval=0.2).start()
+    try:
+        assert wait_until(lambda: os.listdir(tmp_path / ".txn") == [], 10)
+        later = Transaction.begin(store)
+        stage(later, b"dead while it runs")
+        _die(later)
+        assert os.listdir(tmp_path / ".txn") == [later.txid]
+        assert wait_until(lambda: os.listdir(tmp_path / ".txn") == [], 10)
+    finally:
+        recoverer.stop()
+    assert check_consistency(tmp_path, deep=True) == []
+
+
+def test_a_held_blob_outlives_its_last_id_until_the_holder_ends(tmp_path: Path) -> None:
+    store = make_storage(tmp_path)
+    first = publish(store, b"shared")
+    txn = Transaction.begin(store)
+    held = txn.hold(first.record.sha256)
+    assert held is not None and held[0].read_bytes() == b"shared"
+    assert delete(store, first)
+    assert len(os.listdir(tmp_path / ".blobs")) == 3  # kept for the holder
+    txn.close()  # never committed
+    assert os.listdir(tmp_path / ".blobs") == []
     assert check_consistency(tmp_path, deep=True) == []
 
 
@@ -246,7 +291,8 @@ def test_a_reservation_holds_id_and_index_entry_in_private_folders_until_cancell
 
 
 def _spool(store: Storage) -> SpoolFile:
-    return SpoolFile(*store.temp_fd())
+    path = store.tmp / "spooled.part"
+    return SpoolFile(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL), path)
 
 
 def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:

@@ -73,6 +73,7 @@ def serve(tmp_path: Path, **overrides: Any) -> Iterator[Site]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+        app.close()
 
 
 @pytest.fixture
@@ -186,18 +187,46 @@ def test_hashes_taken_while_spooling_are_those_of_the_bytes_sent_and_stored(site
         record = json.loads((site.root / ".meta" / f"{f['id']}.json").read_bytes())
         stored = (site.root / ("large" if f["large"] else "pictures") / f"{f['id']}.jpg").read_bytes()
         assert record["sha256"] == hashlib.sha256(data).hexdigest()
-        assert (site.root / ".index" / record["sha256"]).read_bytes() == f["id"].encode()
+        blob = site.root / ".blobs" / f"{record['sha256']}.pic"
+        assert os.path.samestat(os.stat(blob), os.stat(site.root / ("large" if f["large"] else "pictures")
+                                                        / f"{f['id']}.jpg"))
         assert record["served_sha256"] == hashlib.sha256(stored).hexdigest() != record["sha256"]
         assert b"taken at home" not in stored and len(stored) == f["bytes"]
     assert_clean(site)
 
 
-def test_same_bytes_again_return_the_existing_picture(site: Site) -> None:
+def test_same_bytes_again_get_their_own_id_and_key_and_share_one_stored_copy(site: Site) -> None:
     data = corpus.picture(color=(1, 2, 3))
     first = upload_one(site, data)
-    again = upload_one(site, data, filename="other-name.jpg")
-    assert again["id"] == first["id"] and again["duplicate"] is True and again["delete_token"] is None
-    assert len(os.listdir(site.root / "pictures")) == 1
+    reply = upload(site.base, [Part(data, filename="other-name.jpg")])
+    again = reply.json()["files"][0]
+    # Nothing in the answer tells the second uploader of the first upload.
+    assert first["id"] not in reply.body.decode() and "duplicate" not in again
+    assert again["id"] != first["id"] and again["delete_token"] not in (None, first["delete_token"])
+    third = upload(site.base, [Part(data), Part(data)]).json()["files"]  # twice in one request
+    ids = [first["id"], again["id"], third[0]["id"], third[1]["id"]]
+    assert len(set(ids)) == 4
+    pictures = [site.root / "pictures" / f"{pid}.jpg" for pid in ids]
+    thumbs = [site.root / "thumbs" / f"{pid}.jpg" for pid in ids]
+    for files in (pictures, thumbs):  # stored once: one inode under every id
+        assert len({os.stat(p).st_ino for p in files}) == 1
+    stored = {os.stat(p).st_ino for p in (*pictures, *thumbs)}
+    assert_clean(site)
+    # Each id is removed only with its own key; the bytes stay while any id holds them.
+    wrong = request(site.base, "POST", first["delete_url"], headers={"X-Delete-Token": again["delete_token"]})
+    assert wrong.status == 403
+    for f in (first, again, third[0]):
+        gone = request(site.base, "POST", f["delete_url"], headers={"X-Delete-Token": f["delete_token"]})
+        assert gone.status == 200
+        assert request(site.base, "GET", f["url"]).status == 404
+        assert request(site.base, "GET", third[1]["url"]).body == data
+        assert_clean(site)
+    last = third[1]
+    assert request(site.base, "POST", last["delete_url"],
+                   headers={"X-Delete-Token": last["delete_token"]}).status == 200
+    left = {os.lstat(p).st_ino for p in site.root.rglob("*") if p.is_file()}
+    assert not stored & left, "the bytes are gone with the last id"
+    assert_clean(site)
 
 
 def test_picture_page_as_json(site: Site) -> None:
@@ -356,13 +385,13 @@ def check_threads() -> list[str]:
 
 
 def test_requests_failing_midway_leave_no_file_no_claim_and_no_thread(tmp_path: Path) -> None:
-    private = (".tmp", ".claims", ".index", ".meta")
+    private = (".tmp", ".claims", ".blobs", ".meta", ".txn")
     with serve(tmp_path, max_bytes=1_000_000) as site:
         good, cut = corpus.photo_jpeg(seed=3), corpus.photo_jpeg(seed=4)
         cases = [
             # The second file is over the limit while the first one is being checked.
             ([Part(good), Part(corpus.photo_jpeg((2400, 1800), seed=5))], 413, "file_too_large"),
-            # Cut in its scan: the id and index entry were reserved and the public copy begun
+            # Cut in its scan: the id was claimed and the public copy begun
             # while the decode ran; the decode's verdict undoes them.
             ([Part(cut[: len(cut) * 2 // 3])], 400, "corrupt_image"),
             ([Part(good), Part(corpus.svg())], 415, "unsupported_type"),
@@ -373,7 +402,7 @@ def test_requests_failing_midway_leave_no_file_no_claim_and_no_thread(tmp_path: 
             assert site.files() == [] and check_threads() == []
             assert [p for d in private for p in (site.root / d).iterdir()] == []
         first = upload_one(site, good)
-        assert upload_one(site, good)["id"] == first["id"]  # the duplicate's check is cancelled
+        assert upload_one(site, good)["id"] != first["id"]  # the second copy's check is cancelled
         assert check_threads() == []
         assert_clean(site)
 
@@ -432,6 +461,16 @@ def test_lying_content_length_is_400_either_way(site: Site) -> None:
     assert site.files() == []
 
 
+def test_content_length_of_non_ascii_digits_is_400(site: Site) -> None:
+    body, ctype = corpus.multipart([Part(corpus.picture())])
+    for length in (b"\xb2", b"1\xb2"):  # "²": str.isdigit() says yes, int() says no
+        declared = f"Content-Length: {len(body)}".encode()
+        head = _head(len(body), ctype).replace(declared, b"Content-Length: " + length)
+        answer = raw_exchange(site, head, body, half_close=True)
+        assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:200]
+    assert site.files() == []
+
+
 def test_declared_size_over_the_limit_is_413_before_reading(site: Site) -> None:
     answer = raw_exchange(site, _head(30 * 1024 * 1024, "multipart/form-data; boundary=x"), b"",
                           half_close=False)
@@ -482,7 +521,7 @@ def test_full_disk_is_507_and_leaves_nothing(tmp_path: Path) -> None:
         assert proc.stdout.readline().strip() == b"ready"
         reply = upload(base, [Part(corpus.large_png((9, 9, 9), side=400))])
         assert reply.status == 507 and reply.json()["error"]["code"] == "disk_full"
-        assert [p for d in ("pictures", "large", "thumbs", ".tmp", ".claims", ".index", ".meta")
+        assert [p for d in ("pictures", "large", "thumbs", ".tmp", ".claims", ".blobs", ".meta", ".txn")
                 for p in (root / d).iterdir()] == []
         assert upload(base, [Part(corpus.picture())]).status == 201
         assert check_consistency(root) == []

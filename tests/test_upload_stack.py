@@ -175,12 +175,15 @@ def test_a_photo_through_lighttpd_is_stored_under_the_hashes_of_its_bytes(tmp_pa
         stored = (root / "large" / f"{f['id']}.jpg").read_bytes()
         assert f["large"] and (f["width"], f["height"]) == (3000, 2250)
         assert record["sha256"] == sha(data)
-        assert (root / ".index" / sha(data)).read_bytes() == f["id"].encode()
+        assert os.path.samestat(os.stat(root / ".blobs" / f"{sha(data)}.pic"),
+                                os.stat(root / "large" / f"{f['id']}.jpg"))
         assert record["served_sha256"] == sha(stored) and b"taken at home" not in stored
         assert Image.open(io.BytesIO(fetch(stack.base_url, f["thumbnail_url"]))).size == (200, 150)
         again = upload(stack.base_url, [Part(data)]).json()["files"][0]
-        assert again["id"] == f["id"] and again["duplicate"] is True
-        assert [p for d in (".tmp", ".claims") for p in (root / d).iterdir() if p.name != f["id"]] == []
+        assert again["id"] != f["id"] and again["delete_token"] != f["delete_token"]
+        assert os.path.samestat(os.stat(root / "large" / f"{again['id']}.jpg"),
+                                os.stat(root / "large" / f"{f['id']}.jpg"))
+        assert [p for d in (".tmp", ".txn") for p in (root / d).iterdir()] == []
         assert check_consistency(root, deep=True) == []
 
 
