@@ -23,6 +23,7 @@ from fcgiserver.statuscli import render_table
 from tests.support.server import ServerProcess, running_server, server_command, wait_until
 
 START_TIMEOUT = 60.0
+DJANGO_SITE = Path(__file__).resolve().parent / "django_site"
 WORKERS = 2
 # Concurrent batches of requests until every worker answered; each request holds its worker
 # only briefly, so a batch may land on one worker.
@@ -253,17 +254,21 @@ def test_a_socket_registered_as_shareable_is_left_alone(tmp_path: Path) -> None:
 
 # ---- a real framework ------------------------------------------------------------------------
 
+def _pythonpath(first: Path) -> str:
+    return os.pathsep.join([str(first), os.environ.get("PYTHONPATH", "")])
+
+
 def django_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"DJANGO_SETTINGS_MODULE": "django_site.settings",
-            "DJANGO_SITE_DB": str(tmp_path / "django.sqlite3"), **extra}
+    return {"DJANGO_SETTINGS_MODULE": "djsite.settings", "PYTHONPATH": _pythonpath(DJANGO_SITE),
+            "DJSITE_DB": str(tmp_path / "django.sqlite3"), **extra}
 
 
 def test_django_with_its_default_lazy_connection_draws_no_warning(tmp_path: Path) -> None:
     # The access log is a file the supervisor keeps open for writing: ours, not the app's.
-    with running_server("django_site.wsgi:application", workers=WORKERS, env=django_env(tmp_path),
+    with running_server("djsite.wsgi:application", workers=WORKERS, env=django_env(tmp_path),
                         args=["--access-log", str(tmp_path / "access.log")],
                         ready_timeout=START_TIMEOUT) as server:
-        answers = [fetch(server.address, "/") for _ in range(4)]
+        answers = [fetch(server.address, "/query/") for _ in range(4)]
         time.sleep(1.5)  # a run-time check
         log = server.log_text()
     assert all(a["value"] == 42 for a in answers), answers
@@ -272,8 +277,8 @@ def test_django_with_its_default_lazy_connection_draws_no_warning(tmp_path: Path
 
 def test_django_connecting_at_import_is_named(tmp_path: Path) -> None:
     """The same project, connected while loading: the check does see Django's connection."""
-    env = django_env(tmp_path, DJANGO_SITE_CONNECT_AT_IMPORT="1")
-    with running_server("django_site.wsgi:application", workers=WORKERS, env=env,
+    env = django_env(tmp_path, DJSITE_CONNECT_AT_IMPORT="1")
+    with running_server("djsite.wsgi:application", workers=WORKERS, env=env,
                         ready_timeout=START_TIMEOUT) as server:
         log = server.log_text()
     found = warnings_of(log)

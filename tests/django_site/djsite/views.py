@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from html import escape
 
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from django.templatetags.static import static
@@ -46,3 +48,11 @@ def upload(request: HttpRequest) -> HttpResponse:
         digest.update(chunk)
     return JsonResponse({"name": received.name, "size": received.size, "sha256": digest.hexdigest(),
                          "note": request.POST.get("note", "")})
+
+
+def query(request: HttpRequest) -> JsonResponse:
+    """Reads the database: the connection Django opens lazily, in the worker."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 40 + 2")
+        (value,) = cursor.fetchone()
+    return JsonResponse({"pid": os.getpid(), "value": value})
