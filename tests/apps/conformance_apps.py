@@ -177,11 +177,30 @@ def flask_app() -> WSGIApp:
     return app
 
 
+DJANGO_SITE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "django_site")
+
+
+def django_app() -> WSGIApp:
+    """The tests' Django project (tests/django_site), its URLs under /t/dj/."""
+    import sys
+
+    if DJANGO_SITE not in sys.path:
+        sys.path.insert(0, DJANGO_SITE)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "djsite.settings"
+    from django.conf import settings
+
+    settings.ROOT_URLCONF = "djsite.conformance"
+    from djsite.wsgi import application as app
+
+    return app  # type: ignore[no-any-return]
+
+
 # name -> "module:callable" (imported on first use) or a factory of the app.
 APPS: dict[str, str | Callable[[], WSGIApp]] = {
     "test": lambda: probe_app,
     "validator": lambda: validator(probe_app),
     "flask": flask_app,
+    "django": django_app,
 }
 _loaded: dict[str, WSGIApp] = {}
 

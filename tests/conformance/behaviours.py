@@ -270,6 +270,70 @@ def flask_external(target: Target) -> None:
                           f"{got!r}, the browser used {want!r}")
 
 
+DJANGO_ROOT = "/t/dj/"
+
+
+def _django_json(target: Target, path: str) -> dict[str, str]:
+    response, body = _exchange(target, "GET", path)
+    _expect_status(response, 200, body)
+    data: dict[str, str] = json.loads(body)
+    return data
+
+
+def django_urls(target: Target) -> None:
+    """reverse() and build_absolute_uri() give the URLs the browser uses."""
+    got = _django_json(target, DJANGO_ROOT)
+    want = target.path(DJANGO_ROOT + "upload/")
+    if got["upload"] != want:
+        raise CellFailure(f"reverse() gave {got['upload']!r}", f"the browser's URL is {want!r}")
+    absolute = f"http://127.0.0.1:{target.port}{want}"
+    if got["upload_absolute"] != absolute:
+        host = urllib.parse.urlsplit(got["upload_absolute"]).netloc
+        raise CellFailure(PORT_LOST if host == "127.0.0.1" else "build_absolute_uri: other URL",
+                          f"{got['upload_absolute']!r}, the browser used {absolute!r}")
+
+
+def django_admin(target: Target) -> None:
+    """/admin/ redirects to the login page, which the browser then reaches."""
+    response, body = _exchange(target, "GET", DJANGO_ROOT + "admin/")
+    _expect_status(response, 302, body)
+    location = urllib.parse.urlsplit(response.getheader("Location", ""))
+    want = target.path(DJANGO_ROOT + "admin/login/")
+    if location.path != want:
+        raise CellFailure(f"redirect to {location.path!r}", f"the login page is at {want!r}")
+    conn = target.connection()
+    conn.request("GET", location.path + "?" + location.query, headers=target.headers())
+    login = conn.getresponse()
+    page = login.read()
+    _expect_status(login, 200, page)
+    if b'name="password"' not in page:
+        raise CellFailure("no login form", page[:200].decode("latin-1"))
+
+
+UPLOAD_SIZE = 300 * 1024
+
+
+def django_csrf_upload(target: Target) -> None:
+    """A CSRF-protected multipart upload arrives byte for byte."""
+    response, page = _exchange(target, "GET", DJANGO_ROOT + "upload/")
+    _expect_status(response, 200, page)
+    cookie = response.getheader("Set-Cookie", "").split(";", 1)[0]
+    token = page.split(b'name="csrfmiddlewaretoken" value="', 1)[-1].split(b'"', 1)[0].decode()
+    data = os.urandom(UPLOAD_SIZE)
+    boundary = "conformance-django-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="csrfmiddlewaretoken"\r\n\r\n{token}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n")
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+    response, reply = _exchange(target, "POST", DJANGO_ROOT + "upload/", body,
+                                {"Content-Type": content_type, "Cookie": cookie})
+    _expect_status(response, 200, reply)
+    got = json.loads(reply)
+    if (got["size"], got["sha256"]) != (len(data), hashlib.sha256(data).hexdigest()):
+        raise CellFailure("upload changed", f"{got['size']} bytes, sha256 {got['sha256']}")
+
+
 @dataclass(frozen=True)
 class Behaviour:
     column: str
@@ -294,4 +358,7 @@ BEHAVIOURS: list[Behaviour] = [
     Behaviour("disconnect", client_disconnect, ("test",)),
     Behaviour("url_for", flask_url_for, ("flask",)),
     Behaviour("external", flask_external, ("flask",)),
+    Behaviour("dj-urls", django_urls, ("django",)),
+    Behaviour("dj-admin", django_admin, ("django",)),
+    Behaviour("dj-csrf", django_csrf_upload, ("django",)),
 ]

@@ -165,6 +165,7 @@ LIGHTTPD_NOFIX_LIMITS = {
                       ROOT_SPLIT),
     "url_for": Limit("HTTP 404", ROOT_SPLIT),
     "external": Limit("HTTP 404", ROOT_SPLIT),
+    **dict.fromkeys(("dj-urls", "dj-admin", "dj-csrf"), Limit("HTTP 404", ROOT_SPLIT)),
 }
 
 # ---- lighttpd -----------------------------------------------------------------------------
@@ -363,10 +364,12 @@ VARIANTS: list[Variant] = [
     Variant("nginx conf/", "", _nginx(None)),
     Variant("nginx params", "", _nginx(NGINX_PARAMS),
             {"stream": BUFFERS, "host": Limit(PORT_LOST, HOST_PARAM),
-             "external": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host"))}),
+             "external": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host")),
+             "dj-urls": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host"))}),
     Variant("nginx params kc", "", _nginx(NGINX_PARAMS_KEEPCONN, upstream=True),
             {"host": Limit(PORT_LOST, HOST_PARAM),
-             "external": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host"))}),
+             "external": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host")),
+             "dj-urls": Limit(PORT_LOST, HOST_PARAM, evidence=("test", "host"))}),
     Variant("nginx /app split", "/app", _nginx(NGINX_PREFIX), {"stream": BUFFERS}),
     Variant("apache unix", "", _apache(tcp=False), APACHE_LIMITS),
     Variant("apache tcp", "", _apache(tcp=True), APACHE_LIMITS),
