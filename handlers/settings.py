@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from handlers.budget import Budget
+
 MB = 1024 * 1024
 SENDFILE_MODES = ("x-sendfile", "x-accel", "none")
 
@@ -30,6 +32,20 @@ class Settings:
     sendfile: str = "x-sendfile"
     accel_prefix: str = "/_large/"
     id_tries: int = 16
+    # The decoding budget of a picture and of a request (handlers.budget); max_pixels above.
+    max_frames: int = Budget.max_frames
+    max_frame_pixels: int = Budget.max_frame_pixels
+    max_animation_pixels: int = Budget.max_animation_pixels
+    max_jpeg_scans: int = Budget.max_scans
+    max_segments: int = Budget.max_segments
+    max_request_pixels: int = Budget.max_request_pixels
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(max_pixels=self.max_pixels, max_frames=self.max_frames,
+                      max_frame_pixels=self.max_frame_pixels, max_animation_pixels=self.max_animation_pixels,
+                      max_scans=self.max_jpeg_scans, max_segments=self.max_segments,
+                      max_request_pixels=self.max_request_pixels)
 
     @property
     def pictures(self) -> Path:
@@ -94,4 +110,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sendfile=sendfile,
         accel_prefix=prefix,
         id_tries=_int(env, "UPLOAD_ID_TRIES", 16),
+        max_frames=_int(env, "UPLOAD_MAX_FRAMES", Budget.max_frames),
+        max_frame_pixels=_int(env, "UPLOAD_MAX_FRAME_PIXELS", Budget.max_frame_pixels),
+        max_animation_pixels=_int(env, "UPLOAD_MAX_ANIMATION_PIXELS", Budget.max_animation_pixels),
+        max_jpeg_scans=_int(env, "UPLOAD_MAX_JPEG_SCANS", Budget.max_scans),
+        max_segments=_int(env, "UPLOAD_MAX_SEGMENTS", Budget.max_segments),
+        max_request_pixels=_int(env, "UPLOAD_MAX_REQUEST_PIXELS", Budget.max_request_pixels),
     )

@@ -197,7 +197,7 @@ class UploadApp:
 
     def upload(self, environ: Environ) -> Response:
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
-        with Checker(self.settings.max_pixels, self.settings.thumb_size) as checker:
+        with Checker(self.settings.budget, self.settings.thumb_size) as checker:
             done = self._store_all(read_files(environ, self.storage, self.limits, checker.start))
         cookies = [self._token_cookie(r, environ) for r in done if r.token]
         if wants_json(environ):
