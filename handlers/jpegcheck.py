@@ -72,9 +72,8 @@ def decode_scaled(data: bytes, size: int, cmyk_rawmode: str = "CMYK") -> Image.I
         raise JpegDecodeError("libjpeg-turbo could not start")
     try:
         w, h, sub, space = (ctypes.c_int() for _ in range(4))
-        if tj.tjDecompressHeader3(handle, data, len(data), ctypes.byref(w), ctypes.byref(h),
-                                  ctypes.byref(sub), ctypes.byref(space)) != 0:
-            raise JpegDecodeError(_message(tj, handle))
+        _check(tj, handle, tj.tjDecompressHeader3(handle, data, len(data), ctypes.byref(w), ctypes.byref(h),
+                                                  ctypes.byref(sub), ctypes.byref(space)))
         scale = scale_for(w.value, h.value, size)
         width, height = -(-w.value // scale), -(-h.value // scale)
         if space.value == _TJCS_GRAY:
@@ -85,14 +84,20 @@ def decode_scaled(data: bytes, size: int, cmyk_rawmode: str = "CMYK") -> Image.I
             mode, rawmode, pixel_format, channels = "RGB", "RGB", _TJPF_RGB, 3
         out = ctypes.create_string_buffer(width * height * channels)
         # ctypes lets go of the GIL for the call: the request's thread runs meanwhile.
-        if tj.tjDecompress2(handle, data, len(data), out, width, 0, height, pixel_format,
-                            _TJFLAG_LIMITSCANS) != 0:
-            message = _message(tj, handle)
-            if tj.tjGetErrorCode(handle) != _TJERR_WARNING or not any(h in message for h in _HARMLESS):
-                raise JpegDecodeError(message)
+        _check(tj, handle, tj.tjDecompress2(handle, data, len(data), out, width, 0, height, pixel_format,
+                                            _TJFLAG_LIMITSCANS))
         return Image.frombuffer(mode, (width, height), out.raw, "raw", rawmode, 0, 1)
     finally:
         tj.tjDestroy(handle)
+
+
+def _check(tj: ctypes.CDLL, handle: int, result: int) -> None:
+    """Raise unless the call succeeded or only warned of something harmless."""
+    if result == 0:
+        return
+    message = _message(tj, handle)
+    if tj.tjGetErrorCode(handle) != _TJERR_WARNING or not any(h in message for h in _HARMLESS):
+        raise JpegDecodeError(message)
 
 
 def _message(tj: ctypes.CDLL, handle: int) -> str:

@@ -12,6 +12,7 @@ declare -A need=(
     [chromium]=chromium
     [chromedriver]=chromium-driver
     [systemd-analyze]=systemd
+    [exiftool]=libimage-exiftool-perl
 )
 
 missing=()
@@ -20,6 +21,11 @@ for cmd in "${!need[@]}"; do
         missing+=("${need[$cmd]}")
     fi
 done
+
+# Libraries, not commands: the upload service decodes JPEGs with libjpeg-turbo's TurboJPEG API.
+if ! ldconfig -p | grep -q 'libturbojpeg\.so\.0 '; then
+    missing+=(libturbojpeg0)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0

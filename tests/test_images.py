@@ -13,16 +13,18 @@ import pytest
 from PIL import Image, ImageChops
 
 from handlers.checks import Checker
+from handlers.clean import Unclean, check_clean
 from handlers.images import (
     ImageError,
     ImageInfo,
     has_trailing_data,
     inspect_image,
     make_thumbnail,
+    reencode,
     write_public_copy,
 )
 from handlers.spool import Abandoned, SpoolFile
-from tests.support import corpus
+from tests.support import corpus, planted
 
 LIMIT = 40_000_000
 
@@ -217,3 +219,39 @@ def test_a_check_nobody_needs_stops_and_leaving_the_checker_ends_its_thread(tmp_
             with pytest.raises((Abandoned, CancelledError)):
                 check.result()
     assert check_threads() == []
+
+
+# -- the fallback re-encoding and the cleanliness check of what is published ------------------------
+
+
+@pytest.mark.parametrize("name", sorted(planted.PLANTED_PICTURES))
+def test_the_fallback_reencoding_keeps_every_frame_and_no_metadata(tmp_path: Path, name: str) -> None:
+    make, frames = planted.PLANTED_PICTURES[name]
+    src = write(tmp_path, make())
+    info = inspect_image(src, LIMIT)
+    with open(src, "rb") as s, open(tmp_path / "public", "w+b") as d:
+        reencode(s, d, info)
+    served = (tmp_path / "public").read_bytes()
+    assert planted.PLANTED not in served
+    check_clean(served, info.format)
+    with Image.open(io.BytesIO(served)) as im:
+        assert getattr(im, "n_frames", 1) == frames == info.frames
+        assert im.size == (info.width, info.height)
+
+
+@pytest.mark.parametrize("name", sorted(planted.PLANTED_PICTURES))
+def test_the_cleanliness_check_refuses_every_planted_original(name: str) -> None:
+    make, _ = planted.PLANTED_PICTURES[name]
+    data = make()
+    fmt = Image.open(io.BytesIO(data)).format
+    assert fmt is not None
+    with pytest.raises(Unclean):
+        check_clean(data, fmt)
+
+
+def test_jfif_and_adobe_segments_are_rewritten_to_their_standard_fields(tmp_path: Path) -> None:
+    served, _ = public_copy(tmp_path, planted.jpeg_jfif_thumbnail_adobe_zip())
+    assert served[2:20] == b"\xff\xe0\x00\x10JFIF\x00\x01\x02\x01\x00\x48\x00\x48\x00\x00"
+    adobe = served.index(b"\xff\xee")
+    assert served[adobe:adobe + 16] == b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01"
+    check_clean(served, "JPEG")
