@@ -22,7 +22,7 @@ from handlers.clean import check_clean, is_clean
 from handlers.errors import ImageError as ImageError  # re-exported: callers import it from here
 from handlers.jpegcheck import JpegDecodeError, decode_scaled
 from handlers.metadata import NullSink, StripError, orientation_exif, strip_metadata
-from handlers.survey import Survey, survey
+from handlers.survey import Survey, sniff, survey
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
@@ -35,6 +35,7 @@ REENCODE_MAX_PIXELS = 32_000_000
 # up to the interpreter's switch interval: a 12 MP JPEG (47 ms alone) took 1250 ms in 64 KiB
 # calls beside a busy loop, 123 ms in 1 MiB calls. Alone, the block size changes nothing.
 DECODE_BLOCK = 1 << 20
+_SNIFF_BYTES = 12  # enough for every format's signature
 _ORIENTATION = 0x0112
 _UNSUPPORTED = "Only JPEG, PNG, GIF and WebP pictures are accepted."
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
@@ -113,9 +114,17 @@ def inspect_image(source: Path | BinaryIO, max_pixels: int, thumb_size: int = 0,
 
 def _read_all(source: Path | BinaryIO) -> bytes:
     """The whole file: the container walk needs all of it before anything is decoded. A file
-    still being spooled is read as far as it will be written."""
+    still being spooled is read as far as it will be written. Anything that does not start
+    like a picture is refused from its first bytes, unread."""
     with _opened(source) as fp:
-        return fp.read()
+        head = fp.read(_SNIFF_BYTES)
+        if sniff(head) is None:
+            raise ImageError(415, "unsupported_type", _UNSUPPORTED)
+        # Seeking to the end waits for the writer to finish; then one read takes it all,
+        # instead of a wake-up for every piece the writer adds.
+        size = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+        return fp.read(size)
 
 
 def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_size: int,
