@@ -33,7 +33,7 @@ class Budget:
     max_animation_pixels: int = 100_000_000
     # Scans of a progressive JPEG: each one walks every block of the frame (libjpeg-turbo's
     # scan limit; an encoder writes about 10).
-    max_scans: int = 100
+    max_scans: int = 50
     # Marker segments, chunks or blocks a parser steps through one by one, beyond one per
     # 128 bytes of the file (a GIF's 255-byte data blocks, a PNG's IDAT chunks).
     max_segments: int = 10_000

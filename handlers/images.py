@@ -149,6 +149,9 @@ def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_
             return header
         return dataclasses.replace(header, preview=_with_orientation(preview, header.orientation))
     frames = int(getattr(im, "n_frames", 1))
+    # The decoder is held to what the container walk counted and the budget allowed.
+    if frames > found.frames or width * height > found.width * found.height:
+        raise ImageError(400, "corrupt_image", "The picture's frames do not match its container.")
     first = None
     for frame in range(frames):
         im.seek(frame)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 
+from handlers.budget import Budget
 from handlers.checks import Checker
 from handlers.clean import Unclean, check_clean
 from handlers.images import (
@@ -255,3 +256,20 @@ def test_jfif_and_adobe_segments_are_rewritten_to_their_standard_fields(tmp_path
     adobe = served.index(b"\xff\xee")
     assert served[adobe:adobe + 16] == b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01"
     check_clean(served, "JPEG")
+
+
+def test_a_request_shares_one_pixel_budget_charged_before_each_decode(tmp_path: Path) -> None:
+    # Each picture is 100 x 100; the request may decode 25,000 pixels: two fit, the third not.
+    budget = Budget(max_request_pixels=25_000)
+    with Checker(budget, 50) as checker:
+        checks = []
+        for i in range(3):
+            spool = new_spool(tmp_path, f"p{i}")
+            checks.append(checker.start(spool))
+            spool.write(corpus.picture("PNG", (100, 100), corpus.colour_for(i)))
+            spool.complete()
+        assert [c.result().info.width for c in checks[:2]] == [100, 100]
+        with pytest.raises(ImageError) as err:
+            checks[2].result()
+    assert (err.value.status, err.value.code) == (413, "too_many_pixels")
+    assert "request" in err.value.message

@@ -202,7 +202,7 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "png_million_chunks": chunk_flood_png,
     "apng_6000_canvas_11_frames": big_apng,
     "png_bomb_8000": lambda: corpus.decompression_bomb(8000, 8000),
-    "jpeg_100_scans_6324": lambda: repeated_scan_jpeg(6324, 90),
+    "jpeg_50_scans_6324": lambda: repeated_scan_jpeg(6324, 45),
     "webp_2896_canvas_11_frames": lambda: animated_webp(NEAR_LIMIT, 11),
     "gif_2896_screen_11_frames": lambda: gif(NEAR_LIMIT, 11),
     "gif_1000_frames": lambda: many_frames_gif(1000),
