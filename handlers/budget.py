@@ -37,6 +37,9 @@ class Budget:
     # Marker segments, chunks or blocks a parser steps through one by one, beyond one per
     # 128 bytes of the file (a GIF's 255-byte data blocks, a PNG's IDAT chunks).
     max_segments: int = 10_000
+    # Memory one picture's check may take while it decodes (the decoders' buffers and
+    # Pillow's images, estimated per canvas pixel from the container before decoding).
+    max_decode_bytes: int = 192 << 20
     # All pictures of one request together.
     max_request_pixels: int = 500_000_000
 

@@ -35,6 +35,7 @@ REENCODE_MAX_PIXELS = 32_000_000
 # up to the interpreter's switch interval: a 12 MP JPEG (47 ms alone) took 1250 ms in 64 KiB
 # calls beside a busy loop, 123 ms in 1 MiB calls. Alone, the block size changes nothing.
 DECODE_BLOCK = 1 << 20
+_THUMB_MODES = ("RGB", "L", "CMYK", "RGBA")
 _SNIFF_BYTES = 12  # enough for every format's signature
 _ORIENTATION = 0x0112
 _UNSUPPORTED = "Only JPEG, PNG, GIF and WebP pictures are accepted."
@@ -167,11 +168,16 @@ def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_
 
 def _small_copy(im: Image.Image, size: int) -> Image.Image:
     """The decoded frame, shrunk to fit ``size`` (a copy: the file goes on to its next frame)."""
-    src = im if im.mode in ("RGB", "L", "CMYK", "RGBA") else im.convert("RGBA")
-    w, h = src.size
+    w, h = im.size
     if w <= size and h <= size:
-        return src.copy()
+        return im.convert("RGBA") if im.mode not in _THUMB_MODES else im.copy()
     fit = (size, max(1, round(h * size / w))) if w >= h else (max(1, round(w * size / h)), size)
+    src = im
+    if im.mode not in _THUMB_MODES:
+        # A palette (or 16-bit, or grey+alpha) frame is shrunk to a few times the thumbnail
+        # before it becomes RGBA: a full-size RGBA copy would cost 4 bytes a pixel.
+        step = (min(w, 4 * fit[0]), min(h, 4 * fit[1]))
+        src = (im.resize(step, Image.Resampling.NEAREST) if step != (w, h) else im).convert("RGBA")
     return src.resize(fit, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 

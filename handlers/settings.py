@@ -39,13 +39,14 @@ class Settings:
     max_jpeg_scans: int = Budget.max_scans
     max_segments: int = Budget.max_segments
     max_request_pixels: int = Budget.max_request_pixels
+    max_decode_bytes: int = Budget.max_decode_bytes
 
     @property
     def budget(self) -> Budget:
         return Budget(max_pixels=self.max_pixels, max_frames=self.max_frames,
                       max_frame_pixels=self.max_frame_pixels, max_animation_pixels=self.max_animation_pixels,
                       max_scans=self.max_jpeg_scans, max_segments=self.max_segments,
-                      max_request_pixels=self.max_request_pixels)
+                      max_request_pixels=self.max_request_pixels, max_decode_bytes=self.max_decode_bytes)
 
     @property
     def pictures(self) -> Path:
@@ -116,4 +117,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_jpeg_scans=_int(env, "UPLOAD_MAX_JPEG_SCANS", Budget.max_scans),
         max_segments=_int(env, "UPLOAD_MAX_SEGMENTS", Budget.max_segments),
         max_request_pixels=_int(env, "UPLOAD_MAX_REQUEST_PIXELS", Budget.max_request_pixels),
+        max_decode_bytes=_int(env, "UPLOAD_MAX_DECODE_BYTES", Budget.max_decode_bytes),
     )

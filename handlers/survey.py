@@ -25,6 +25,13 @@ class Survey:
     height: int
     frames: int
     scans: int  # a JPEG's; 0 for other formats
+    # Bytes of memory the check needs per canvas pixel while it decodes (measured with the
+    # decoders used, rounded up): see decode_bytes.
+    bytes_per_pixel: float = 4
+
+    @property
+    def decode_bytes(self) -> int:
+        return int(self.width * self.height * self.bytes_per_pixel)
 
     @property
     def cost(self) -> int:
@@ -72,6 +79,10 @@ def check_cost(found: Survey, budget: Budget) -> None:
     if found.frames > 1 and canvas > budget.max_frame_pixels:
         raise BudgetError("too_many_pixels", f"An animation may be at most {budget.max_frame_pixels:,} "
                           f"pixels large; this one is {found.width} x {found.height}.")
+    if found.decode_bytes > budget.max_decode_bytes:
+        raise BudgetError("too_many_pixels", f"The picture ({found.width} x {found.height}) would take "
+                          f"{found.decode_bytes >> 20} MiB to decode; the limit is "
+                          f"{budget.max_decode_bytes >> 20} MiB.")
     if found.cost > budget.max_animation_pixels and found.frames > 1:
         raise BudgetError("too_many_pixels", "The animation has too many pixels in all its frames; the "
                           f"limit is {budget.max_animation_pixels:,}.")
@@ -110,12 +121,13 @@ def _u16be(data: bytes, pos: int) -> int:
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _ARITHMETIC = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 
 
 def _jpeg(data: bytes, segments: _Counter, budget: Budget) -> Survey:
     pos, size = 2, len(data)
     width = height = scans = entropy = 0
-    mcus = 0
+    mcus, per_pixel = 0, 1.0
     while True:
         if data[pos] != 0xFF:
             # Stray bytes between segments: libjpeg skips them with a warning, so do we.
@@ -139,8 +151,12 @@ def _jpeg(data: bytes, segments: _Counter, budget: Budget) -> Survey:
             if width:
                 raise corrupt("two frame headers")
             height, width = _u16be(data, pos + 3), _u16be(data, pos + 5)
+            sof = data[pos + 2 : pos + length]
             # Arithmetic coding may spend less than a bit on a block: no lower bound then.
-            mcus = 0 if marker in _ARITHMETIC else _jpeg_mcus(data[pos + 2 : pos + length], width, height)
+            mcus = 0 if marker in _ARITHMETIC else _jpeg_mcus(sof, width, height)
+            # A progressive decode keeps every coefficient (2 bytes each) until the last scan;
+            # a sequential one streams, and the scaled output is small.
+            per_pixel = 1 + 2 * _jpeg_samples(sof) if marker in _PROGRESSIVE else 1
         pos += length
         if marker == 0xDA:
             if not width:
@@ -159,21 +175,32 @@ def _jpeg(data: bytes, segments: _Counter, budget: Budget) -> Survey:
     # fewer bytes than that cannot hold the picture, whatever end marker follows them.
     if entropy * 8 < mcus:
         raise corrupt(f"{entropy} bytes of scan data cannot hold {width} x {height} pixels")
-    return Survey("JPEG", width, height, 1, scans)
+    return Survey("JPEG", width, height, 1, scans, per_pixel)
+
+
+def _sampling(sof: bytes) -> tuple[list[tuple[int, int]], int, int]:
+    """Each component's sampling factors, and the largest of each."""
+    factors = [(sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in range(sof[5])]
+    hmax = max((h for h, _ in factors), default=1) or 1
+    vmax = max((v for _, v in factors), default=1) or 1
+    return factors, hmax, vmax
 
 
 def _jpeg_mcus(sof: bytes, width: int, height: int) -> int:
     """Interleaved MCUs of the frame: every scan together codes at least one bit for each."""
-    components = sof[5]
-    factors = [(sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in range(components)]
-    hmax = max((h for h, _ in factors), default=1) or 1
-    vmax = max((v for _, v in factors), default=1) or 1
+    _, hmax, vmax = _sampling(sof)
     return -(-width // (8 * hmax)) * -(-height // (8 * vmax))
+
+
+def _jpeg_samples(sof: bytes) -> float:
+    """Samples per pixel: 3 for colour without subsampling, 1.5 with 4:2:0, 1 for grey."""
+    factors, hmax, vmax = _sampling(sof)
+    return sum(h * v for h, v in factors) / (hmax * vmax)
 
 
 def _png(data: bytes, segments: _Counter, budget: Budget) -> Survey:
     pos, size = 8, len(data)
-    width = height = 0
+    width = height = depth = colour = 0
     declared = controls = 0
     while True:
         if pos + 12 > size:
@@ -182,7 +209,7 @@ def _png(data: bytes, segments: _Counter, budget: Budget) -> Survey:
         kind = data[pos + 4 : pos + 8]
         segments.step()
         if kind == b"IHDR":
-            width, height = struct.unpack_from(">II", data, pos + 8)
+            width, height, depth, colour = struct.unpack_from(">IIBB", data, pos + 8)
         elif kind == b"acTL":
             declared = struct.unpack_from(">I", data, pos + 8)[0]
         elif kind == b"fcTL":
@@ -192,7 +219,12 @@ def _png(data: bytes, segments: _Counter, budget: Budget) -> Survey:
             break
     if not width or not height:
         raise corrupt("no IHDR chunk")
-    return Survey("PNG", width, height, max(1, declared, controls), 0)
+    frames = max(1, declared, controls)
+    # Pillow holds 4 bytes a pixel; 16-bit colour takes a second full-size buffer on the way
+    # (16-bit grey is held in 2); an animation also keeps the previous frame and the area
+    # to dispose.
+    per_pixel = (8 if depth > 8 and colour != 0 else 4) + (8 if frames > 1 else 0)
+    return Survey("PNG", width, height, frames, 0, per_pixel)
 
 
 def _gif(data: bytes, segments: _Counter, budget: Budget) -> Survey:
@@ -218,7 +250,8 @@ def _gif(data: bytes, segments: _Counter, budget: Budget) -> Survey:
             pos += 1  # Pillow skips a stray byte between blocks
     if not frames or not width or not height:
         raise corrupt("no frame")
-    return Survey("GIF", width, height, frames, 0)
+    # A still frame stays 1 byte a pixel (palette); later frames are RGB(A), beside the previous.
+    return Survey("GIF", width, height, frames, 0, 2 if frames == 1 else 10)
 
 
 def _gif_sub_blocks(data: bytes, pos: int, segments: _Counter) -> int:
@@ -263,4 +296,6 @@ def _webp(data: bytes, segments: _Counter, budget: Budget) -> Survey:
         width, height = still
     if not width or not height or not (frames or still):
         raise corrupt("no frame")
-    return Survey("WEBP", width, height, max(1, frames), 0)
+    # Pillow decodes every WebP through libwebp's animation decoder: its canvas and previous
+    # canvas, the copy handed over and Pillow's own image, 4 bytes a pixel each.
+    return Survey("WEBP", width, height, max(1, frames), 0, 16)

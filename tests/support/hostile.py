@@ -187,6 +187,27 @@ def flat_png(side: int = 6324) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + pixels + _png_chunk(b"IEND", b"")
 
 
+def flat(fmt: str, mode: str, side: int = 6324, **save: object) -> bytes:
+    """A flat picture of ``side`` x ``side``: a few KB that decode to tens of megapixels."""
+    colour = {"L": 90, "P": 3, "I;16": 300, "LA": (3, 100)}.get(mode, (9, 99, 200, 100)[:len(mode)])
+    buf = io.BytesIO()
+    Image.new(mode, (side, side), colour).save(buf, fmt, **save)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _webp_4000x3000() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (9, 99, 200)).save(buf, "WEBP", lossless=True)
+    return buf.getvalue()
+
+
+def rgba16_png(side: int = 6324) -> bytes:
+    row = b"\0" + b"\x12\x34" * 4 * side
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    pixels = _png_chunk(b"IDAT", zlib.compress(row * side, 9))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + pixels + _png_chunk(b"IEND", b"")
+
+
 # At the default limits, just inside them: stored, and within the budget all the same.
 NEAR_LIMIT = 2896  # 2896 x 2896 = 8,386,816 pixels, under the 8,388,608 of an animation's canvas
 
@@ -208,4 +229,13 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "gif_1000_frames": lambda: many_frames_gif(1000),
     "apng_2896_canvas_11_frames": lambda: big_apng(NEAR_LIMIT, 11),
     "png_6324_flat": flat_png,
+    "webp_6324_still": lambda: flat("WEBP", "RGB", lossless=True),
+    "webp_4000x3000_still": _webp_4000x3000,
+    "png_6324_rgba16": rgba16_png,
+    "png_6324_grey_alpha": lambda: flat("PNG", "LA"),
+    "png_6324_palette": lambda: flat("PNG", "P"),
+    "png_6324_16bit_grey": lambda: flat("PNG", "I;16"),
+    "gif_6324_still": lambda: flat("GIF", "P"),
+    "jpeg_6324_progressive_444": lambda: flat("JPEG", "RGB", progressive=True, subsampling=0),
+    "jpeg_6324_progressive_420": lambda: flat("JPEG", "RGB", progressive=True, subsampling=2),
 }
