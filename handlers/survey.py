@@ -292,8 +292,9 @@ def _webp(data: bytes, segments: _Counter, budget: Budget) -> Survey:
             bits: int = struct.unpack_from("<I", data, body + 1)[0]
             still = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
         pos = body + length + (length & 1)
-    if not width and still is not None:
-        width, height = still
+    if still is not None:
+        # A bitstream larger than the canvas it declares is decoded at its own size.
+        width, height = max(width, still[0]), max(height, still[1])
     if not width or not height or not (frames or still):
         raise corrupt("no frame")
     # Pillow decodes every WebP through libwebp's animation decoder: its canvas and previous
