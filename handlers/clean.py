@@ -82,6 +82,9 @@ def _jpeg(data: bytes) -> None:
         elif marker == 0xEE:
             if length != _ADOBE_LENGTH or not payload.startswith(b"Adobe"):
                 raise Unclean("an APP14 segment other than a plain Adobe header")
+        elif marker == 0xDC:
+            if length != 4:
+                raise Unclean("a DNL segment of unusual size")
         elif marker not in _JPEG_TABLES and marker not in _JPEG_FRAMES and marker != 0xDA:
             raise Unclean(f"marker 0x{marker:02X}")
         pos += length

@@ -27,9 +27,10 @@ from handlers.survey import Survey, sniff, survey
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
 MIME_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
-# A re-encoded animation holds all its frames at once (Pillow's writers need them): beyond
-# this many pixels in all, a picture the lossless copy cannot handle is refused instead.
-REENCODE_MAX_PIXELS = 32_000_000
+# A re-encode decodes at full size (a turned copy beside it) and an animation holds all its
+# frames at once (Pillow's writers need them): beyond this many pixels in all, a picture the
+# lossless copy cannot handle is refused instead (4 bytes a pixel, twice: 192 MB).
+REENCODE_MAX_PIXELS = 24_000_000
 # Bytes fed to the decoder per call (Pillow's default is 64 KiB). The decoder runs without the
 # GIL but takes it back between calls, and beside a thread running Python each take can wait
 # up to the interpreter's switch interval: a 12 MP JPEG (47 ms alone) took 1250 ms in 64 KiB
@@ -302,9 +303,9 @@ def reencode(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> None:
     """Rewrite ``dst`` as a new encoding of ``src``, upright, every frame kept, without
     metadata; what is written passes the cleanliness check or raises Unclean. Decodes the
     whole picture: only for a file already checked by inspect_image()."""
-    if info.frames > 1 and info.width * info.height * info.frames > REENCODE_MAX_PIXELS:
-        raise ImageError(400, "unsupported_structure", "The animation is built in a way it cannot be "
-                         "stored in; save it again with another program.")
+    if info.width * info.height * info.frames > REENCODE_MAX_PIXELS:
+        raise ImageError(400, "unsupported_structure", "The picture is built in a way it cannot be "
+                         "stored in at this size; save it again with another program.")
     dst.seek(0)
     dst.truncate()
     src.seek(0)

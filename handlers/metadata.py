@@ -202,6 +202,22 @@ def _gif_sub_blocks_end(m: mmap.mmap, pos: int) -> int:
             return pos
 
 
+def _gif_control(m: mmap.mmap, pos: int) -> bytes | None:
+    """A graphic control extension: disposal, delay and transparency, 4 bytes."""
+    if m[pos + 2] < 4:
+        return None
+    return b"\x21\xf9\x04" + m[pos + 3 : pos + 7] + b"\x00"
+
+
+def _gif_loop(m: mmap.mmap, pos: int) -> bytes | None:
+    """A NETSCAPE2.0 (or ANIMEXTS1.0) extension: the loop count only."""
+    if m[pos + 2] != 11 or m[pos + 3 : pos + 14] not in _GIF_APPS_KEPT:
+        return None
+    if m[pos + 14] < 3 or m[pos + 15] != 1:
+        return None
+    return b"\x21\xff\x0b" + m[pos + 3 : pos + 14] + b"\x03\x01" + m[pos + 16 : pos + 18] + b"\x00"
+
+
 def _strip_gif(m: mmap.mmap, dst: Sink) -> int:
     if m[0:6] not in (b"GIF87a", b"GIF89a"):
         raise StripError("no GIF signature")
@@ -216,10 +232,12 @@ def _strip_gif(m: mmap.mmap, dst: Sink) -> int:
         if block == 0x21:
             label = m[pos + 1]
             end = _gif_sub_blocks_end(m, pos + 2)
-            app_id = m[pos + 3 : pos + 14] if label == 0xFF else b""
-            # Plain-text (0x01) and comment extensions carry text, not pixels: dropped.
-            if label == 0xF9 or (label == 0xFF and app_id in _GIF_APPS_KEPT):
-                _write_range(m, pos, end, dst)
+            # Plain-text (0x01), comment and other application extensions carry text, not
+            # pixels: dropped. What is kept is rewritten to its standard fields, so nothing
+            # rides along in extra sub-blocks.
+            kept = _gif_control(m, pos) if label == 0xF9 else _gif_loop(m, pos) if label == 0xFF else None
+            if kept is not None:
+                dst.write(kept)
             pos = end
         elif block == 0x2C:
             flags = m[pos + 9]

@@ -71,6 +71,18 @@ def gif_stray_byte_before_trailer() -> bytes:
     return data[:-1] + plain_text + xmp + b"\x07" + b"\x3b"
 
 
+def gif_extra_sub_blocks() -> bytes:
+    """Three frames whose first control extension and loop extension carry an extra sub-block."""
+    frames = [Image.new("RGB", (40, 30), corpus.colour_for(i * 11 + 5)) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = buf.getvalue()
+    loop = data.index(b"NETSCAPE2.0") + 11 + 4  # the terminator after the loop count
+    data = data[:loop] + b"\x0bSECRET-LOOP" + data[loop:]
+    gce = data.index(b"\x21\xf9\x04") + 7  # its terminator
+    return data[:gce] + b"\x0aSECRET-GCE" + data[gce:]
+
+
 def png_text_and_exif() -> bytes:
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "SECRET-PNG-TEXT")
@@ -105,6 +117,7 @@ PLANTED_PICTURES: dict[str, tuple[Callable[[], bytes], int]] = {
     "jpeg_stray_byte_before_dqt": (jpeg_stray_byte_before_dqt, 1),
     "jpeg_jfif_thumbnail_adobe_zip": (jpeg_jfif_thumbnail_adobe_zip, 1),
     "gif_stray_byte_before_trailer": (gif_stray_byte_before_trailer, 3),
+    "gif_extra_sub_blocks": (gif_extra_sub_blocks, 3),
     "png_text_and_exif": (png_text_and_exif, 1),
     "webp_exif_xmp": (webp_exif_xmp, 1),
     "webp_animated_exif_xmp": (animated_webp_exif, 3),
