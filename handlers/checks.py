@@ -1,10 +1,12 @@
 """Every uploaded picture is checked on a second thread while the request goes on.
 
-Decoding a 12 MP JPEG to the end is most of what an upload costs, and Pillow decodes in C
-without holding the GIL. So the check follows the spool file from its first bytes (the
-parser's writes and hashing go on beside it), and while it decodes, the request's own thread
-reserves the id, writes the public copy and makes it durable. What the request waits for is
-about the decode alone.
+Decoding a 12 MP JPEG to the end is most of what an upload costs, and the decoders run in C
+without holding the GIL. The check starts with the spool file's first bytes, but its budget
+is read from the whole container (handlers.survey), so it decodes once the file is complete;
+while it decodes, the request's own thread reserves the id, writes the public copy and makes
+it durable. What the request waits for is about the decode alone.
+
+The request's pictures share one budget (handlers.budget), each charged before its decode.
 
 A request's checks run one after another on one thread of their own: one decode at a time, as
 when everything ran on the request's thread, so memory stays bounded however many files come.

@@ -100,3 +100,18 @@ def test_twenty_hostile_pictures_in_one_request_stay_within_their_budgets(stack:
     assert cost.status in (201, 400, 413), cost
     assert within_budget(cost, pictures=20), cost
     assert check_consistency(stack.media_root) == []
+
+
+def test_every_limit_is_a_setting() -> None:
+    from handlers.settings import load_settings
+
+    names = {"UPLOAD_MAX_PIXELS": "max_pixels", "UPLOAD_MAX_FRAMES": "max_frames",
+             "UPLOAD_MAX_FRAME_PIXELS": "max_frame_pixels",
+             "UPLOAD_MAX_ANIMATION_PIXELS": "max_animation_pixels",
+             "UPLOAD_MAX_JPEG_SCANS": "max_scans", "UPLOAD_MAX_SEGMENTS": "max_segments",
+             "UPLOAD_MAX_REQUEST_PIXELS": "max_request_pixels",
+             "UPLOAD_MAX_DECODE_BYTES": "max_decode_bytes"}
+    env = {name: str(1000 + i) for i, name in enumerate(names)}
+    budget = load_settings({"UPLOAD_ROOT": "/nonexistent", **env}).budget
+    assert {field: getattr(budget, field) for field in names.values()} == {
+        field: int(env[name]) for name, field in names.items()}
