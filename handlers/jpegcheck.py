@@ -21,7 +21,7 @@ _TJCS_GRAY, _TJCS_CMYK, _TJCS_YCCK = 2, 3, 4
 _TJPF_RGB, _TJPF_GRAY, _TJPF_CMYK = 0, 6, 11
 # Warnings that say nothing is missing: stray bytes between segments (some cameras pad before
 # the end marker) and header quirks libjpeg works around.
-_HARMLESS = ("extraneous bytes before marker", "JFIF", "Adobe", "bad ICC marker", "Unknown APP")
+_HARMLESS = ("extraneous bytes before marker", "JFIF revision", "Adobe color transform", "bad ICC marker")
 
 
 class JpegDecodeError(ValueError):
