@@ -297,3 +297,13 @@ def test_each_hostile_picture_gets_its_verdict(tmp_path: Path, name: str) -> Non
     with pytest.raises(ImageError) as err:
         inspect_image(path, LIMIT, 200)
     assert err.value.code == HOSTILE_VERDICTS[name], err.value.message
+
+
+def test_padding_before_the_end_marker_is_a_harmless_warning_and_a_cut_scan_is_not(tmp_path: Path) -> None:
+    # Some cameras pad before the end marker: libjpeg-turbo warns, nothing is missing.
+    data = corpus.photo_jpeg((320, 240), seed=8)
+    padded = data[:-2] + b"\x00\x00\x00" + data[-2:]
+    assert inspect_image(write(tmp_path, padded, "padded.jpg"), LIMIT, 200).width == 320
+    with pytest.raises(ImageError) as err:
+        inspect_image(write(tmp_path, data[: len(data) * 3 // 4] + b"\xff\xd9", "cut.jpg"), LIMIT, 200)
+    assert err.value.code == "corrupt_image"
