@@ -171,6 +171,17 @@ def upload_table(upload: dict[str, Any]) -> str:
                 f"  worker CPU (mean) vs bare CPU       {cpu_over:+.0%}  "
                 f"(bare {u['bare_open_thumbnail_cpu_ms']} ms; the check runs on a second thread)",
             ]
+    h = upload.get("hostile")
+    if isinstance(h, dict):
+        honest = u["worker_cpu_ms_mean"] if isinstance(u, dict) else "?"
+        for key, label in (("worst_cpu", "worst hostile case, CPU"),
+                           ("worst_rss", "worst hostile case, RSS")):
+            w = h[key]
+            lines.append(f"  {label:<36}{w['name']}: {w['status']}, worker {w['worker_cpu_ms']} ms CPU, "
+                         f"RSS growth {w['rss_growth_mib']} MiB")
+        lines.append(f"  hostile corpus ({len(h['cases'])} pictures)       goal <= 1000 ms and 256 MiB each: "
+                     f"{'met' if h['goal_met'] else 'NOT met'}; "
+                     f"honest 12 MP photo: worker {honest} ms CPU (mean)")
     for key, label in (("big_upload_fresh_worker", "fresh worker"),
                        ("big_upload_warm_worker", "warm worker")):
         b = upload.get(key)

@@ -25,6 +25,7 @@ from bench.lighttpd import start_lighttpd
 from bench.memory import cpu_seconds, workers_of
 from bench.multipart import form_with_file
 from bench.procs import ProcessGroup, StartError, bench_env, wait_until_connectable
+from tests.support.hostile import HOSTILE
 
 UPLOAD_APP = "handlers.upload:application"
 UPLOAD_PATH = "/upload"
@@ -123,6 +124,61 @@ def big_upload_memory(port: int, server_pid: int, mib: int) -> dict[str, object]
         "workers_replaced": sorted(set(pids) - after),
         "goal_met": worst < 5 * MIB and bool(pids) and set(pids) <= after,
         "response_head": resp.body[:200].decode("utf-8", "replace"),
+    }
+
+
+def _reset_peak_rss(pid: int) -> bool:
+    """Reset the kernel's peak RSS mark (VmHWM) of ``pid``; False where that is not allowed
+    (then the 2 ms sampler stands in, and may miss a short peak)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def hostile_costs(port: int, server_pid: int) -> dict[str, Any]:
+    """Each picture of the hostile corpus uploaded alone: the worker's CPU and peak RSS growth
+    for it, against the budget every upload is held to (1 s of CPU, 256 MiB of RSS)."""
+    cases: dict[str, dict[str, Any]] = {}
+    for name, build in HOSTILE.items():
+        data = build()
+        form = form_with_file(FILE_FIELD, f"{name}.bin", "application/octet-stream", data)
+        pids = workers_of(server_pid)
+        exact = all(_reset_peak_rss(pid) for pid in pids)
+        before = {pid: psutil.Process(pid).memory_info().rss for pid in pids}
+        sampler = PeakRss(pids)
+        sampler.start()
+        c0 = cpu_seconds(pids)
+        try:
+            resp = post_form(port, form)
+        finally:
+            sampler.stop()
+        cpu = cpu_seconds(pids) - c0
+        peaks = {pid: _peak_rss(pid) for pid in pids} if exact else sampler.peaks
+        growth = max((peaks.get(pid, rss) - rss for pid, rss in before.items()), default=0)
+        cases[name] = {"bytes": len(data), "status": resp.status, "worker_cpu_ms": round(cpu * 1000, 1),
+                       "rss_growth_mib": round(growth / MIB, 1),
+                       "worker_replaced": set(workers_of(server_pid)) != set(pids)}
+        log(f"[upload] hostile {name}: {resp.status}, {cases[name]['worker_cpu_ms']} ms CPU, "
+            f"{cases[name]['rss_growth_mib']} MiB")
+    worst_cpu = max(cases, key=lambda n: cases[n]["worker_cpu_ms"])
+    worst_rss = max(cases, key=lambda n: cases[n]["rss_growth_mib"])
+    return {
+        "cases": cases,
+        "worst_cpu": {"name": worst_cpu, **cases[worst_cpu]},
+        "worst_rss": {"name": worst_rss, **cases[worst_rss]},
+        "goal_cpu_ms_at_most": 1000,
+        "goal_rss_growth_mib_at_most": 256,
+        "goal_met": all(c["worker_cpu_ms"] <= 1000 and c["rss_growth_mib"] <= 256 and not c["worker_replaced"]
+                        for c in cases.values()),
     }
 
 
@@ -241,6 +297,7 @@ def run_upload(workdir: Path, settings: UploadSettings) -> dict[str, Any]:
         log(f"[upload] {ok}/{settings.uploads} ok, median {out['uploads']['upload_ms']['median']} ms/upload "
             f"vs bare {out['uploads']['bare_open_thumbnail_ms']} ms: overhead {overhead:+.0%}")
 
+        out["hostile"] = hostile_costs(port, server.pid)
         out["big_upload_warm_worker"] = big_upload_memory(port, server.pid, settings.big_mib)
         log(f"[upload] {settings.big_mib} MiB body, warm worker: "
             f"RSS growth {out['big_upload_warm_worker']['worker_rss_growth_mib']} MiB")

@@ -1,10 +1,12 @@
 """Every uploaded picture is checked on a second thread while the request goes on.
 
-Decoding a 12 MP JPEG to the end is most of what an upload costs, and Pillow decodes in C
-without holding the GIL. So the check follows the spool file from its first bytes (the
-parser's writes and hashing go on beside it), and while it decodes, the request's own thread
-reserves the id, writes the public copy and makes it durable. What the request waits for is
-about the decode alone.
+Decoding a 12 MP JPEG to the end is most of what an upload costs, and the decoders run in C
+without holding the GIL. The check starts with the spool file's first bytes, but its budget
+is read from the whole container (handlers.survey), so it decodes once the file is complete;
+while it decodes, the request's own thread reserves the id, writes the public copy and makes
+it durable. What the request waits for is about the decode alone.
+
+The request's pictures share one budget (handlers.budget), each charged before its decode.
 
 A request's checks run one after another on one thread of their own: one decode at a time, as
 when everything ran on the request's thread, so memory stays bounded however many files come.
@@ -18,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
+from handlers.budget import Budget, RequestBudget
 from handlers.images import ImageInfo, inspect_image, make_thumbnail
 from handlers.spool import SpoolFile
 
@@ -34,10 +37,10 @@ class Check:
     checks (for a JPEG, before the long decode), result() once it decoded to the end; both
     raise the ImageError that refused the picture."""
 
-    def __init__(self, spool: SpoolFile, max_pixels: int, thumb_size: int) -> None:
+    def __init__(self, spool: SpoolFile, budget: RequestBudget, thumb_size: int) -> None:
         # Made on the writer's thread, while the spool file is still open (see reader()).
         self._reader = spool.reader()
-        self._max_pixels = max_pixels
+        self._budget = budget
         self._thumb_size = thumb_size
         self._header: Future[ImageInfo] = Future()
         self._result: Future[Checked] = Future()
@@ -75,7 +78,9 @@ class Check:
 
     def _check(self) -> Checked:
         fp = self._reader
-        info = inspect_image(fp, self._max_pixels, self._thumb_size, on_header=self._set_header)
+        budget = self._budget.budget
+        info = inspect_image(fp, budget.max_pixels, self._thumb_size, on_header=self._set_header,
+                             budget=budget, charge=self._budget.charge)
         self._set_header(info)  # formats whose orientation shows only after decoding
         fp.seek(0, io.SEEK_SET)
         thumbnail, width, height = make_thumbnail(fp, self._thumb_size, info.preview)
@@ -90,15 +95,17 @@ class Checker:
     """The checks of one request, run in the order their files arrive (a context manager:
     leaving it cancels what is left and waits for the thread)."""
 
-    def __init__(self, max_pixels: int, thumb_size: int) -> None:
-        self._max_pixels = max_pixels
+    def __init__(self, budget: Budget | int, thumb_size: int) -> None:
+        # One budget for all of the request's pictures (an int: the pixel limit, other limits
+        # at their defaults).
+        self._budget = RequestBudget(budget if isinstance(budget, Budget) else Budget(max_pixels=budget))
         self._thumb_size = thumb_size
         self._checks: list[Check] = []
         self._pool: ThreadPoolExecutor | None = None
 
     def start(self, spool: SpoolFile) -> Check:
         """Start checking a file that is still being written (read_files' on_file)."""
-        check = Check(spool, self._max_pixels, self._thumb_size)
+        check = Check(spool, self._budget, self._thumb_size)
         self._checks.append(check)
         if self._pool is None:
             # Made per request, on the request's thread: nothing outlives the request or a fork.

@@ -11,3 +11,7 @@ class UploadError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class ImageError(UploadError):
+    """The picture itself is refused."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -14,29 +15,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 
-from handlers.errors import UploadError
-from handlers.metadata import NullSink, StripError, strip_metadata
+from handlers.budget import Budget
+from handlers.clean import check_clean, is_clean
+from handlers.errors import ImageError as ImageError  # re-exported: callers import it from here
+from handlers.jpegcheck import JpegDecodeError, decode_scaled
+from handlers.metadata import NullSink, StripError, orientation_exif, strip_metadata
+from handlers.survey import Survey, sniff, survey
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
 MIME_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
-# An animation may decode this many times the single-picture pixel limit, all frames together.
-ANIMATION_BUDGET = 10
+# A re-encode decodes at full size (a turned copy beside it) and an animation holds all its
+# frames at once (Pillow's writers need them): beyond this many pixels in all, a picture the
+# lossless copy cannot handle is refused instead (4 bytes a pixel, twice: 192 MB).
+REENCODE_MAX_PIXELS = 24_000_000
 # Bytes fed to the decoder per call (Pillow's default is 64 KiB). The decoder runs without the
 # GIL but takes it back between calls, and beside a thread running Python each take can wait
 # up to the interpreter's switch interval: a 12 MP JPEG (47 ms alone) took 1250 ms in 64 KiB
 # calls beside a busy loop, 123 ms in 1 MiB calls. Alone, the block size changes nothing.
 DECODE_BLOCK = 1 << 20
+_THUMB_MODES = ("RGB", "L", "CMYK", "RGBA")
+_SNIFF_BYTES = 12  # enough for every format's signature
 _ORIENTATION = 0x0112
-_GPS_IFD = 0x8825
 _UNSUPPORTED = "Only JPEG, PNG, GIF and WebP pictures are accepted."
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
-
-
-class ImageError(UploadError):
-    """The picture itself is refused."""
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
+                  JpegDecodeError)
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,8 @@ class ImageInfo:
         return MIME_TYPES[self.ext]
 
 
-def _open(fp: BinaryIO) -> Image.Image:
-    im = Image.open(fp, formats=list(FORMATS))
+def _open(fp: BinaryIO, formats: tuple[str, ...] = FORMATS) -> Image.Image:
+    im = Image.open(fp, formats=list(formats))
     if isinstance(im, ImageFile.ImageFile):
         im.decodermaxblock = DECODE_BLOCK
     return im
@@ -78,56 +83,109 @@ def guard_pillow(max_pixels: int) -> None:
 
 
 def inspect_image(source: Path | BinaryIO, max_pixels: int, thumb_size: int = 0,
-                  on_header: Callable[[ImageInfo], None] | None = None) -> ImageInfo:
-    """Identify by content only and decode every frame, so truncated or corrupt files fail here.
+                  on_header: Callable[[ImageInfo], None] | None = None, *, budget: Budget | None = None,
+                  charge: Callable[[int], None] | None = None) -> ImageInfo:
+    """Identify by content only, check the cost against ``budget`` from the container (before
+    decoding), then decode every frame once, so truncated or corrupt files fail here.
 
-    With ``thumb_size``, a JPEG is decoded at the smallest scale that still covers a thumbnail
-    of that size, and the result is kept as ``preview`` for make_thumbnail(). ``on_header``
-    gets a JPEG's info (without preview) as soon as its header passed the checks, before the
-    long decode; other formats know their orientation only after decoding.
+    ``charge`` is told the picture's decoded pixels before the decode starts (the request's
+    budget; it raises to refuse). With ``thumb_size``, the first frame is kept as ``preview``,
+    no smaller than a thumbnail of that size, for make_thumbnail(): a JPEG is decoded at the
+    smallest scale that still covers it. ``on_header`` gets the info (without preview) once
+    the container passed its checks, before the decode; for formats whose orientation shows
+    only after decoding it may be corrected afterwards.
     """
+    budget = budget or Budget(max_pixels=max_pixels)
+    data = _read_all(source)
+    found = survey(data, budget)
+    if charge is not None:
+        charge(found.cost)
     try:
-        with _opened(source) as fp, _open(fp) as im:
-            return _inspect(im, max_pixels, thumb_size, on_header)
+        with _open(io.BytesIO(data), (found.format,)) as im:
+            return _inspect(im, data, found, budget, thumb_size, on_header)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(415, "unsupported_type", _UNSUPPORTED) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _too_many_pixels(0, 0, max_pixels) from None
+        raise _too_many_pixels(0, 0, budget.max_pixels) from None
     except _DECODE_ERRORS as e:
         message = f"The picture is damaged or cut short ({type(e).__name__})."
         raise ImageError(400, "corrupt_image", message) from None
 
 
-def _inspect(im: Image.Image, max_pixels: int, thumb_size: int,
+def _read_all(source: Path | BinaryIO) -> bytes:
+    """The whole file: the container walk needs all of it before anything is decoded. A file
+    still being spooled is read as far as it will be written. Anything that does not start
+    like a picture is refused from its first bytes, unread."""
+    with _opened(source) as fp:
+        head = fp.read(_SNIFF_BYTES)
+        if sniff(head) is None:
+            raise ImageError(415, "unsupported_type", _UNSUPPORTED)
+        # Seeking to the end waits for the writer to finish; then one read takes it all,
+        # instead of a wake-up for every piece the writer adds.
+        size = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+        return fp.read(size)
+
+
+def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_size: int,
              on_header: Callable[[ImageInfo], None] | None) -> ImageInfo:
     fmt = im.format or ""
     width, height = im.size
-    if fmt not in FORMATS:
+    if fmt != found.format:
         raise ImageError(415, "unsupported_type", _UNSUPPORTED)
-    if width * height > max_pixels:
-        raise _too_many_pixels(width, height, max_pixels)
-    frames = int(getattr(im, "n_frames", 1))
-    if frames * width * height > ANIMATION_BUDGET * max_pixels:
-        raise ImageError(413, "too_many_pixels", "The animation has too many frames.")
+    if width * height > budget.max_pixels:
+        raise _too_many_pixels(width, height, budget.max_pixels)
     if fmt == "JPEG":
         # All of a JPEG's metadata comes before its scan: the orientation is known now.
-        header = _info(fmt, width, height, frames, _orientation(im))
+        header = _info(fmt, width, height, 1, _orientation(im))
         if on_header is not None:
             on_header(header)
-        # A scaled decode still reads every byte of the scan, so a cut or damaged file
-        # fails as it would at full size, at a fraction of the cost. The size was taken
-        # above, before draft() shrinks it.
-        im.draft(im.mode, (thumb_size, thumb_size) if thumb_size else (1, 1))
-        im.load()
-        preview = im.copy() if thumb_size else None
-        return ImageInfo(header.format, header.width, header.height, frames, header.orientation, preview)
+        # Inverted CMYK (Adobe's) is read the way Pillow would read it.
+        tile = im.tile if isinstance(im, ImageFile.ImageFile) else []
+        args = tile[0].args if im.mode == "CMYK" and tile else None
+        rawmode = str(args[0]) if isinstance(args, tuple) and args else "CMYK"
+        preview = decode_scaled(data, thumb_size, rawmode)
+        if not thumb_size:
+            return header
+        return dataclasses.replace(header, preview=_with_orientation(preview, header.orientation))
+    frames = int(getattr(im, "n_frames", 1))
+    # The decoder is held to what the container walk counted and the budget allowed.
+    if frames > found.frames or width * height > found.width * found.height:
+        raise ImageError(400, "corrupt_image", "The picture's frames do not match its container.")
+    first = None
     for frame in range(frames):
         im.seek(frame)
         im.load()
+        if frame == 0 and thumb_size:
+            first = _small_copy(im, thumb_size)
     im.seek(0)
-    return _info(fmt, width, height, frames, _orientation(im))
+    info = _info(fmt, width, height, frames, _orientation(im))
+    if first is None:
+        return info
+    return dataclasses.replace(info, preview=_with_orientation(first, info.orientation))
+
+
+def _small_copy(im: Image.Image, size: int) -> Image.Image:
+    """The decoded frame, shrunk to fit ``size`` (a copy: the file goes on to its next frame)."""
+    w, h = im.size
+    if w <= size and h <= size:
+        return im.convert("RGBA") if im.mode not in _THUMB_MODES else im.copy()
+    fit = (size, max(1, round(h * size / w))) if w >= h else (max(1, round(w * size / h)), size)
+    src = im
+    if im.mode not in _THUMB_MODES:
+        # A palette (or 16-bit, or grey+alpha) frame is shrunk to a few times the thumbnail
+        # before it becomes RGBA: a full-size RGBA copy would cost 4 bytes a pixel.
+        step = (min(w, 4 * fit[0]), min(h, 4 * fit[1]))
+        src = (im.resize(step, Image.Resampling.NEAREST) if step != (w, h) else im).convert("RGBA")
+    return src.resize(fit, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+def _with_orientation(preview: Image.Image, orientation: int) -> Image.Image:
+    """The preview carries the picture's orientation, which make_thumbnail() applies."""
+    preview.info = {"exif": orientation_exif(orientation, jpeg_header=True)} if orientation != 1 else {}
+    return preview
 
 
 def _orientation(im: Image.Image) -> int:
@@ -182,7 +240,9 @@ def make_thumbnail(source: Path | BinaryIO, size: int,
     out.info = {}
     buf = io.BytesIO()
     out.save(buf, "JPEG", quality=85, optimize=True)
-    return buf.getvalue(), out.width, out.height
+    thumbnail = buf.getvalue()
+    check_clean(thumbnail, "JPEG")
+    return thumbnail, out.width, out.height
 
 
 def _shrink_upright(im: Image.Image, size: int,
@@ -234,18 +294,25 @@ def copy_without_metadata(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> str 
         return None
     dst.flush()
     dst.seek(0)
-    clean = _is_clean(dst, info)
+    clean = is_clean(dst.read(), info.format)
     dst.seek(0, os.SEEK_END)
     return sink.hexdigest() if clean else None
 
 
 def reencode(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> None:
-    """Rewrite ``dst`` as a new encoding of ``src``, upright, without metadata. Decodes the
+    """Rewrite ``dst`` as a new encoding of ``src``, upright, every frame kept, without
+    metadata; what is written passes the cleanliness check or raises Unclean. Decodes the
     whole picture: only for a file already checked by inspect_image()."""
+    if info.width * info.height * info.frames > REENCODE_MAX_PIXELS:
+        raise ImageError(400, "unsupported_structure", "The picture is built in a way it cannot be "
+                         "stored in at this size; save it again with another program.")
     dst.seek(0)
     dst.truncate()
     src.seek(0)
     _reencode(src, dst, info)
+    dst.seek(0)
+    check_clean(dst.read(), info.format)
+    dst.seek(0, os.SEEK_END)
 
 
 class _HashingSink:
@@ -262,32 +329,28 @@ class _HashingSink:
         return self._hash.hexdigest()
 
 
-def _is_clean(fp: BinaryIO, info: ImageInfo) -> bool:
-    try:
-        with _open(fp) as im:
-            # PNG and GIF may keep text and metadata after the pixel data, seen only by a full
-            # decode. A JPEG's metadata segments all come before its scan, so the header read
-            # suffices, and a 12 MP picture is not decoded a second time (its pixels were
-            # checked already and the stripper does not touch them).
-            if im.format != "JPEG":
-                im.load()
-            exif = im.getexif()
-            upright = im.size if info.orientation < 5 else im.size[::-1]
-            return (
-                upright == (info.width, info.height)
-                and set(exif) <= {_ORIENTATION}
-                and not exif.get_ifd(_GPS_IFD)
-                and not any(k in im.info for k in ("xmp", "XML:com.adobe.xmp", "comment", "photoshop"))
-            )
-    except _DECODE_ERRORS:
-        return False
-
-
 def _reencode(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> None:
     with _open(src) as im:
-        upright = ImageOps.exif_transpose(im)
-        if info.format == "JPEG":
-            _flatten(upright).save(dst, "JPEG", quality=92)
+        if info.frames > 1:
+            _reencode_animation(im, dst, info)
         else:
-            upright.save(dst, info.format)
+            upright = ImageOps.exif_transpose(im)
+            # Pillow copies a comment, XMP or EXIF found in ``info`` into the new file.
+            upright.info = {}
+            if info.format == "JPEG":
+                _flatten(upright).save(dst, "JPEG", quality=92)
+            else:
+                upright.save(dst, info.format)
     dst.flush()
+
+
+def _reencode_animation(im: Image.Image, dst: BinaryIO, info: ImageInfo) -> None:
+    frames, durations = [], []
+    loop = im.info.get("loop", 0)
+    for frame in ImageSequence.Iterator(im):
+        durations.append(int(frame.info.get("duration", 100) or 100))
+        copy = frame.convert("RGBA")
+        copy.info = {}
+        frames.append(copy)
+    frames[0].save(dst, info.format, save_all=True, append_images=frames[1:], duration=durations,
+                   loop=loop, **({"lossless": True} if info.format == "WEBP" else {}))

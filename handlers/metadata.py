@@ -71,6 +71,21 @@ def _u16(m: mmap.mmap, pos: int) -> int:
 _JPEG_KEEP = {0xE0: (b"JFIF\0",), 0xE2: (b"ICC_PROFILE\0",), 0xEE: (b"Adobe",)}
 
 
+def _standard_app(segment: bytes) -> bytes | None:
+    """A JFIF or Adobe segment rewritten to its standard fields, or None to drop it. Whatever
+    follows those fields (a JFIF thumbnail, or anything hidden there) is not carried over."""
+    marker, payload = segment[1], segment[4:]
+    if marker == 0xE0 and len(payload) >= 14:
+        # version, density unit and densities; no thumbnail.
+        return b"\xff\xe0\x00\x10JFIF\0" + payload[5:12] + b"\0\0"
+    if marker == 0xEE and len(payload) >= 12:
+        # version 100, no flags; only the colour transform byte matters to a decoder.
+        return b"\xff\xee\x00\x0eAdobe\x00\x64\0\0\0\0" + payload[11:12]
+    if marker == 0xE2:
+        return segment
+    return None
+
+
 def _strip_jpeg(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
     if m[0:2] != b"\xff\xd8":
         raise StripError("no JPEG start marker")
@@ -81,7 +96,11 @@ def _strip_jpeg(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
         exif = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     pos, size = 2, len(m)
     while True:
-        if pos >= size or m[pos] != 0xFF:
+        if pos < size and m[pos] != 0xFF:
+            # Stray bytes between segments: decoders skip them (libjpeg with a warning), and
+            # so does the copy, which then has none.
+            pos = m.find(b"\xff", pos)
+        if pos < 0 or pos >= size:
             raise StripError("JPEG marker expected")
         while pos < size and m[pos] == 0xFF:
             pos += 1
@@ -103,7 +122,9 @@ def _strip_jpeg(m: mmap.mmap, dst: Sink, orientation: int | None) -> int:
         pos += length
         if 0xE0 <= marker <= 0xEF or marker == 0xFE:
             if any(segment.startswith(p, 4) for p in _JPEG_KEEP.get(marker, ())):
-                dst.write(segment)
+                kept = _standard_app(segment)
+                if kept is not None:
+                    dst.write(kept)
             continue
         dst.write(segment)
         if marker == 0xDA:
@@ -181,6 +202,22 @@ def _gif_sub_blocks_end(m: mmap.mmap, pos: int) -> int:
             return pos
 
 
+def _gif_control(m: mmap.mmap, pos: int) -> bytes | None:
+    """A graphic control extension: disposal, delay and transparency, 4 bytes."""
+    if m[pos + 2] < 4:
+        return None
+    return b"\x21\xf9\x04" + m[pos + 3 : pos + 7] + b"\x00"
+
+
+def _gif_loop(m: mmap.mmap, pos: int) -> bytes | None:
+    """A NETSCAPE2.0 (or ANIMEXTS1.0) extension: the loop count only."""
+    if m[pos + 2] != 11 or m[pos + 3 : pos + 14] not in _GIF_APPS_KEPT:
+        return None
+    if m[pos + 14] < 3 or m[pos + 15] != 1:
+        return None
+    return b"\x21\xff\x0b" + m[pos + 3 : pos + 14] + b"\x03\x01" + m[pos + 16 : pos + 18] + b"\x00"
+
+
 def _strip_gif(m: mmap.mmap, dst: Sink) -> int:
     if m[0:6] not in (b"GIF87a", b"GIF89a"):
         raise StripError("no GIF signature")
@@ -195,9 +232,12 @@ def _strip_gif(m: mmap.mmap, dst: Sink) -> int:
         if block == 0x21:
             label = m[pos + 1]
             end = _gif_sub_blocks_end(m, pos + 2)
-            app_id = m[pos + 3 : pos + 14] if label == 0xFF else b""
-            if label in (0xF9, 0x01) or (label == 0xFF and app_id in _GIF_APPS_KEPT):
-                _write_range(m, pos, end, dst)
+            # Plain-text (0x01), comment and other application extensions carry text, not
+            # pixels: dropped. What is kept is rewritten to its standard fields, so nothing
+            # rides along in extra sub-blocks.
+            kept = _gif_control(m, pos) if label == 0xF9 else _gif_loop(m, pos) if label == 0xFF else None
+            if kept is not None:
+                dst.write(kept)
             pos = end
         elif block == 0x2C:
             flags = m[pos + 9]
@@ -206,7 +246,7 @@ def _strip_gif(m: mmap.mmap, dst: Sink) -> int:
             _write_range(m, pos, end, dst)
             pos = end
         else:
-            raise StripError("unknown GIF block")
+            pos += 1  # a stray byte between blocks, which decoders skip; so does the copy
 
 
 _WEBP_KEEP = {b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF", b"ICCP"}

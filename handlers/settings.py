@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from handlers.budget import Budget
+
 MB = 1024 * 1024
 SENDFILE_MODES = ("x-sendfile", "x-accel", "none")
 
@@ -31,6 +33,21 @@ class Settings:
     accel_prefix: str = "/_large/"
     id_tries: int = 16
     recover_seconds: int = 30  # 0: no recovery thread (the tests of a single app)
+    # The decoding budget of a picture and of a request (handlers.budget); max_pixels above.
+    max_frames: int = Budget.max_frames
+    max_frame_pixels: int = Budget.max_frame_pixels
+    max_animation_pixels: int = Budget.max_animation_pixels
+    max_jpeg_scans: int = Budget.max_scans
+    max_segments: int = Budget.max_segments
+    max_request_pixels: int = Budget.max_request_pixels
+    max_decode_bytes: int = Budget.max_decode_bytes
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(max_pixels=self.max_pixels, max_frames=self.max_frames,
+                      max_frame_pixels=self.max_frame_pixels, max_animation_pixels=self.max_animation_pixels,
+                      max_scans=self.max_jpeg_scans, max_segments=self.max_segments,
+                      max_request_pixels=self.max_request_pixels, max_decode_bytes=self.max_decode_bytes)
 
     @property
     def pictures(self) -> Path:
@@ -96,4 +113,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         accel_prefix=prefix,
         id_tries=_int(env, "UPLOAD_ID_TRIES", 16),
         recover_seconds=_int(env, "UPLOAD_RECOVER_SECONDS", 30, minimum=0),
+        max_frames=_int(env, "UPLOAD_MAX_FRAMES", Budget.max_frames),
+        max_frame_pixels=_int(env, "UPLOAD_MAX_FRAME_PIXELS", Budget.max_frame_pixels),
+        max_animation_pixels=_int(env, "UPLOAD_MAX_ANIMATION_PIXELS", Budget.max_animation_pixels),
+        max_jpeg_scans=_int(env, "UPLOAD_MAX_JPEG_SCANS", Budget.max_scans),
+        max_segments=_int(env, "UPLOAD_MAX_SEGMENTS", Budget.max_segments),
+        max_request_pixels=_int(env, "UPLOAD_MAX_REQUEST_PIXELS", Budget.max_request_pixels),
+        max_decode_bytes=_int(env, "UPLOAD_MAX_DECODE_BYTES", Budget.max_decode_bytes),
     )

@@ -208,7 +208,7 @@ class UploadApp:
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
         # One request, one transaction: every picture is published, or none.
         with Transaction.begin(self.storage) as txn, \
-                Checker(self.settings.max_pixels, self.settings.thumb_size) as checker:
+                Checker(self.settings.budget, self.settings.thumb_size) as checker:
             spooled = read_files(environ, txn, self.limits, checker.start)
             staged: dict[str, Staged] = {}
             done = txn.commit([self._stage(item, len(spooled), txn, staged) for item in spooled])

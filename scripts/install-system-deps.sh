@@ -15,6 +15,7 @@ declare -A need=(
     [haproxy]=haproxy
     [caddy]=caddy
     [apache2]=apache2
+    [exiftool]=libimage-exiftool-perl
 )
 
 missing=()
@@ -23,6 +24,11 @@ for cmd in "${!need[@]}"; do
         missing+=("${need[$cmd]}")
     fi
 done
+
+# Libraries, not commands: the upload service decodes JPEGs with libjpeg-turbo's TurboJPEG API.
+if ! ldconfig -p | grep -q 'libturbojpeg\.so\.0 '; then
+    missing+=(libturbojpeg0)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0

@@ -12,17 +12,20 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 
+from handlers.budget import Budget
 from handlers.checks import Checker
+from handlers.clean import Unclean, check_clean
 from handlers.images import (
     ImageError,
     ImageInfo,
     has_trailing_data,
     inspect_image,
     make_thumbnail,
+    reencode,
     write_public_copy,
 )
 from handlers.spool import Abandoned, SpoolFile
-from tests.support import corpus
+from tests.support import corpus, hostile, planted
 
 LIMIT = 40_000_000
 
@@ -160,18 +163,21 @@ def check_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("picture-check")]
 
 
-def test_a_check_reads_the_header_before_the_file_is_complete_and_ends_as_inspect_does(
+def test_a_check_walks_the_whole_file_before_its_header_and_ends_as_inspect_does(
         tmp_path: Path) -> None:
     data = corpus.photo_jpeg((1600, 1200), seed=11)
     with Checker(LIMIT, 200) as checker:
         spool = new_spool(tmp_path)
         check = checker.start(spool)
         spool.write(data[: len(data) // 3])
-        header = check.header()  # only a third of the file exists
-        assert spool.size < len(data)
-        assert (header.format, header.width, header.height, header.orientation) == ("JPEG", 1600, 1200, 1)
+        # The container's cost is known only from all of it (a JPEG's scans): no verdict on a
+        # third of a file, however long the check waits for the rest.
+        with pytest.raises(TimeoutError):
+            check._header.result(timeout=0.5)
         spool.write(data[len(data) // 3:])
         spool.complete()
+        header = check.header()
+        assert (header.format, header.width, header.height, header.orientation) == ("JPEG", 1600, 1200, 1)
         checked = check.result()
     assert check_threads() == []
     expected = inspect_image(write(tmp_path, data), LIMIT)
@@ -203,8 +209,8 @@ def test_a_check_nobody_needs_stops_and_leaving_the_checker_ends_its_thread(tmp_
     with Checker(LIMIT, 200) as checker:
         spool = new_spool(tmp_path)
         check = checker.start(spool)
+        # The check is reading (and waiting for the rest of the file) when it is stopped.
         spool.write(data[: len(data) // 2])
-        check.header()
         if how == "abandoned by the writer":
             spool.abandon()
             with pytest.raises(Abandoned):
@@ -214,3 +220,90 @@ def test_a_check_nobody_needs_stops_and_leaving_the_checker_ends_its_thread(tmp_
             with pytest.raises((Abandoned, CancelledError)):
                 check.result()
     assert check_threads() == []
+
+
+# -- the fallback re-encoding and the cleanliness check of what is published ------------------------
+
+
+@pytest.mark.parametrize("name", sorted(planted.PLANTED_PICTURES))
+def test_the_fallback_reencoding_keeps_every_frame_and_no_metadata(tmp_path: Path, name: str) -> None:
+    make, frames = planted.PLANTED_PICTURES[name]
+    src = write(tmp_path, make())
+    info = inspect_image(src, LIMIT)
+    with open(src, "rb") as s, open(tmp_path / "public", "w+b") as d:
+        reencode(s, d, info)
+    served = (tmp_path / "public").read_bytes()
+    assert planted.PLANTED not in served
+    check_clean(served, info.format)
+    with Image.open(io.BytesIO(served)) as im:
+        assert getattr(im, "n_frames", 1) == frames == info.frames
+        assert im.size == (info.width, info.height)
+
+
+@pytest.mark.parametrize("name", sorted(planted.PLANTED_PICTURES))
+def test_the_cleanliness_check_refuses_every_planted_original(name: str) -> None:
+    make, _ = planted.PLANTED_PICTURES[name]
+    data = make()
+    fmt = Image.open(io.BytesIO(data)).format
+    assert fmt is not None
+    with pytest.raises(Unclean):
+        check_clean(data, fmt)
+
+
+def test_jfif_and_adobe_segments_are_rewritten_to_their_standard_fields(tmp_path: Path) -> None:
+    served, _ = public_copy(tmp_path, planted.jpeg_jfif_thumbnail_adobe_zip())
+    assert served[2:20] == b"\xff\xe0\x00\x10JFIF\x00\x01\x02\x01\x00\x48\x00\x48\x00\x00"
+    adobe = served.index(b"\xff\xee")
+    assert served[adobe:adobe + 16] == b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01"
+    check_clean(served, "JPEG")
+
+
+def test_a_request_shares_one_pixel_budget_charged_before_each_decode(tmp_path: Path) -> None:
+    # Each picture is 100 x 100; the request may decode 25,000 pixels: two fit, the third not.
+    budget = Budget(max_request_pixels=25_000)
+    with Checker(budget, 50) as checker:
+        checks = []
+        for i in range(3):
+            spool = new_spool(tmp_path, f"p{i}")
+            checks.append(checker.start(spool))
+            spool.write(corpus.picture("PNG", (100, 100), corpus.colour_for(i)))
+            spool.complete()
+        assert [c.result().info.width for c in checks[:2]] == [100, 100]
+        with pytest.raises(ImageError) as err:
+            checks[2].result()
+    assert (err.value.status, err.value.code) == (413, "too_many_pixels")
+    assert "request" in err.value.message
+
+
+HOSTILE_VERDICTS = {
+    "jpeg_3000_scans": "too_many_scans", "jpeg_million_app3": "too_many_segments",
+    "jpeg_headers_only_6324": "corrupt_image", "jpeg_half_with_end_marker": "corrupt_image",
+    "webp_6000_canvas_11_frames": "too_many_pixels", "gif_6000_screen": "too_many_pixels",
+    "gif_100000_frames": "too_many_frames", "gif_500000_comments": "too_many_segments",
+    "png_million_chunks": "too_many_segments", "apng_6000_canvas_11_frames": "too_many_pixels",
+    "png_bomb_8000": "too_many_pixels", "webp_6324_still": "too_many_pixels",
+    "png_6324_rgba16": "too_many_pixels", "jpeg_6324_progressive_444": "too_many_pixels",
+    # Repeated identical scans are a progression libjpeg-turbo warns about.
+    "jpeg_50_scans_6324": "corrupt_image",
+}
+
+
+@pytest.mark.parametrize("name", sorted(hostile.HOSTILE))
+def test_each_hostile_picture_gets_its_verdict(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, hostile.HOSTILE[name]())
+    if name not in HOSTILE_VERDICTS:  # just inside every limit: accepted
+        assert inspect_image(path, LIMIT, 200).preview is not None
+        return
+    with pytest.raises(ImageError) as err:
+        inspect_image(path, LIMIT, 200)
+    assert err.value.code == HOSTILE_VERDICTS[name], err.value.message
+
+
+def test_padding_before_the_end_marker_is_a_harmless_warning_and_a_cut_scan_is_not(tmp_path: Path) -> None:
+    # Some cameras pad before the end marker: libjpeg-turbo warns, nothing is missing.
+    data = corpus.photo_jpeg((320, 240), seed=8)
+    padded = data[:-2] + b"\x00\x00\x00" + data[-2:]
+    assert inspect_image(write(tmp_path, padded, "padded.jpg"), LIMIT, 200).width == 320
+    with pytest.raises(ImageError) as err:
+        inspect_image(write(tmp_path, data[: len(data) * 3 // 4] + b"\xff\xd9", "cut.jpg"), LIMIT, 200)
+    assert err.value.code == "corrupt_image"
