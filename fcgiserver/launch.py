@@ -21,7 +21,7 @@ from fcgiserver.logs import configure_logging
 from fcgiserver.pidfile import Pidfile, PidfileError
 from fcgiserver.privileges import PrivilegeError
 from fcgiserver.sockets import BindError, close_listeners, open_listeners
-from fcgiserver.usage import os_reason
+from fcgiserver.usage import os_error_text, os_reason
 
 log = logging.getLogger("fcgiserver")
 
@@ -88,7 +88,7 @@ def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = Fal
         supervisor = Supervisor(config, app_loader, listeners, hooks, reexec_plan=reexec_plan,
                                 inherited=inherited)
     except (PrivilegeError, OSError) as exc:
-        log.error("%s", exc)
+        log.error("%s", os_error_text(exc))
         close_listeners(listeners, config)
         if pidfile is not None:
             pidfile.remove()

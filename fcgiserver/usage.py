@@ -38,3 +38,10 @@ def os_reason(path: str, exc: OSError) -> str:
     if exc.errno == errno.ENOENT and not os.path.isdir(folder):
         return f"the folder {folder} does not exist"
     return exc.strerror or str(exc)
+
+
+def os_error_text(exc: BaseException) -> str:
+    """An error for the log: an OSError about a file names it, and its folder when that is missing."""
+    if isinstance(exc, OSError) and isinstance(exc.filename, str):
+        return f"{exc.filename}: {os_reason(exc.filename, exc)}"
+    return str(exc)

@@ -84,7 +84,7 @@ def test_client_and_status_subcommands_talk_to_a_running_server() -> None:
         assert status.stdout.startswith(f"fcgiserver {__version__}  supervisor pid {server.pid}")
 
 
-@pytest.mark.parametrize("option", ["--bind", "--pidfile", "--error-log"])
+@pytest.mark.parametrize("option", ["--bind", "--pidfile", "--error-log", "--access-log"])
 def test_a_path_in_a_missing_folder_names_the_folder(tmp_path: Path, option: str) -> None:
     missing = tmp_path / "no-such-folder"
     args = ["--bind", f"unix:{tmp_path}/s.sock"]
