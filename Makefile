@@ -1,29 +1,43 @@
 # Every target installs what it needs, so a fresh clone works with `make run` or `make test`.
+# `make run` installs only what running needs (the server, the upload service, lighttpd);
+# `make test` adds the test and dev tools and every program the tests start.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 PYTEST_ARGS ?=
+UPLOAD_DIST := packaging/fcgiserver-upload
 
-.PHONY: all setup system-deps run demo test lint bench soak clean
+.PHONY: all setup setup-run system-deps system-deps-run run demo test lint bench soak dist clean
 
 all: test
 
-$(VENV)/.stamp: pyproject.toml
+# The runtime: both distributions of this repository, editable, and their dependencies.
+$(VENV)/.stamp-run: pyproject.toml $(UPLOAD_DIST)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e . -e $(UPLOAD_DIST)
+	touch $@
+
+# Everything the tests, the linters and `make dist` need on top.
+$(VENV)/.stamp: $(VENV)/.stamp-run
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $@
 
+system-deps-run:
+	bash scripts/install-system-deps.sh run
+
 system-deps:
-	bash scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh test
+
+setup-run: $(VENV)/.stamp-run system-deps-run
 
 setup: $(VENV)/.stamp system-deps
 
-run: setup
+run: setup-run
 	bash scripts/run-stack.sh $(PORT)
 
-demo: $(VENV)/.stamp
+demo: $(VENV)/.stamp-run
 	mkdir -p var/run
 	$(VENV)/bin/fcgiserver --bind unix:var/run/demo.sock --workers 2 fcgiserver.demo:application
 
@@ -34,6 +48,13 @@ lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check fcgiserver handlers tests bench
 	$(VENV)/bin/mypy --strict fcgiserver handlers
 
+# An sdist and a wheel of each distribution: fcgiserver (the server) and fcgiserver-upload
+# (the upload service, with its page assets).
+dist: $(VENV)/.stamp
+	rm -rf dist
+	$(PY) -m build --quiet --outdir dist .
+	$(PY) -m build --quiet --outdir dist $(UPLOAD_DIST)
+
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench
@@ -42,4 +63,4 @@ soak: setup
 	$(PY) -bb -m pytest -m soak $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var build dist *.egg-info $(UPLOAD_DIST)/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -95,7 +95,7 @@ def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: 
         try:
             app = server.app_loader()
         except AppLoadError as exc:
-            log.error("%s", exc)
+            exc.log(log)
             return EXIT_APP_LOAD_ERROR
         except Exception:
             log.exception("cannot load the application")

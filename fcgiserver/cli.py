@@ -1,4 +1,5 @@
-"""The command line: ``fcgiserver [options] MODULE:CALLABLE``. Argument parsing only."""
+"""The command line: ``fcgiserver [options] MODULE:CALLABLE``, ``fcgiserver status ...`` and
+``fcgiserver client ...``. Argument parsing only."""
 
 from __future__ import annotations
 
@@ -11,18 +12,30 @@ from fcgiserver.config import DEFAULTS, ConfigError, config_from_file_and_cli
 from fcgiserver.launch import launch
 from fcgiserver.loader import loader_for
 from fcgiserver.reexec import ReexecPlan
+from fcgiserver.usage import Parser, usage_error
 
-EXIT_USAGE = 2
+USAGE = """%(prog)s [options] MODULE:CALLABLE
+       %(prog)s status (--pidfile FILE | --socket ADDRESS) [options]
+       %(prog)s client ADDRESS [METHOD] [PATH] [options]"""
+
+COMMANDS = """commands:
+  (none)    run the WSGI application MODULE:CALLABLE with the options below
+  status    show a running server's workers and counters (fcgiserver status --help)
+  client    send one request to a FastCGI socket and print the answer, like curl
+            (fcgiserver client --help)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fcgiserver",
-        description="A fork-safe prefork FastCGI server for WSGI applications.",
-        epilog="Options may also come from --config FILE.toml (keys as below, with underscores); "
+        usage=USAGE,
+        description="A fork-safe prefork FastCGI server for WSGI applications.\n\n" + COMMANDS,
+        epilog="Options may also come from --config FILE.toml, keyed by their long names with "
+               "underscores (max_requests = 100, reseed = false, an [environ] table for --environ); "
                "the command line wins. Signals: TERM/INT graceful stop, QUIT immediate stop, "
                "HUP reload (new workers with freshly loaded code, then the old ones retire), "
                "USR1 reopen log files, TTIN/TTOU one worker more/less.",
+        formatter_class=_Formatter,
     )
     # Every default is None: "not given", so a TOML value or the built-in default applies.
     p.add_argument("app", nargs="?", metavar="MODULE:CALLABLE",
@@ -103,29 +116,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Keeps the description's command list as written; wraps the rest as usual."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        head, sep, _ = text.partition(COMMANDS)
+        return super()._fill_text(head, width, indent) + ("\n\n" + COMMANDS if sep else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["status"]:
         from fcgiserver.statuscli import main as status_main
 
         return status_main(words[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if words[:1] == ["client"]:
+        from fcgiserver.client import main as client_main
+
+        return client_main(words[1:])
+    args = build_parser().parse_args(words)
     try:
         config = config_from_file_and_cli(vars(args))
     except ConfigError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"fcgiserver: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error("fcgiserver", str(exc))
     if config.app is None:
-        parser.print_usage(sys.stderr)
-        print("fcgiserver: error: no application given (MODULE:CALLABLE, or app = ... in --config)",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error("fcgiserver", "no application given (MODULE:CALLABLE, or app = ... in --config)")
     try:
         return launch(config, loader_for(config.app), import_from_cwd=True, reexec_plan=ReexecPlan.current())
     except ConfigError as exc:
-        print(f"fcgiserver: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error("fcgiserver", str(exc))
     except KeyboardInterrupt:
         return 130

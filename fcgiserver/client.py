@@ -1,4 +1,4 @@
-"""A FastCGI client, as a library and as ``python -m fcgiserver.client``.
+"""A FastCGI client, as a library and as ``fcgiserver client`` (or ``python -m fcgiserver.client``).
 
 It speaks to a FastCGI application the way a web server would (BEGIN_REQUEST, PARAMS,
 STDIN, then reads STDOUT/STDERR/END_REQUEST), so a local socket can be tried without
@@ -35,6 +35,7 @@ from fcgiserver.protocol import (
     encode_record,
     encode_stream,
 )
+from fcgiserver.usage import EXIT_USAGE, Parser
 
 __all__ = ["ClientError", "FastCGIClient", "Response", "main"]
 
@@ -461,13 +462,12 @@ def _status_name(status: int) -> str:
 
 EXIT_OK = 0
 EXIT_CONNECTION = 1
-EXIT_USAGE = 2
 EXIT_REFUSED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fcgiserver.client",
+    p = Parser(
+        prog="fcgiserver client",
         description="Send one request to a FastCGI application and print the response, like curl.",
         epilog="Exit status: 0 the application answered, 1 connection or protocol failure, "
         "2 usage error, 3 the application refused the request (CANT_MPX_CONN, OVERLOADED, UNKNOWN_ROLE).",

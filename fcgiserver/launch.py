@@ -21,6 +21,7 @@ from fcgiserver.logs import configure_logging
 from fcgiserver.pidfile import Pidfile, PidfileError
 from fcgiserver.privileges import PrivilegeError
 from fcgiserver.sockets import BindError, close_listeners, open_listeners
+from fcgiserver.usage import os_error_text, os_reason
 
 log = logging.getLogger("fcgiserver")
 
@@ -61,7 +62,8 @@ def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = Fal
     try:
         prepare_process(config, import_from_cwd=import_from_cwd)
     except OSError as exc:
-        print(f"fcgiserver: error: cannot open the error log: {exc}", file=sys.stderr)
+        path = config.error_log or ""
+        print(f"fcgiserver: error: cannot open the error log {path}: {os_reason(path, exc)}", file=sys.stderr)
         return EXIT_STARTUP_ERROR
     pidfile = Pidfile(config.pidfile) if config.pidfile else None
     try:
@@ -86,7 +88,7 @@ def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = Fal
         supervisor = Supervisor(config, app_loader, listeners, hooks, reexec_plan=reexec_plan,
                                 inherited=inherited)
     except (PrivilegeError, OSError) as exc:
-        log.error("%s", exc)
+        log.error("%s", os_error_text(exc))
         close_listeners(listeners, config)
         if pidfile is not None:
             pidfile.remove()

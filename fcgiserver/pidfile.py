@@ -6,6 +6,8 @@ import contextlib
 import os
 import tempfile
 
+from fcgiserver.usage import os_reason
+
 
 class PidfileError(RuntimeError):
     pass
@@ -47,7 +49,10 @@ class Pidfile:
                                "is a server already running?")
         directory = os.path.dirname(os.path.abspath(self.path))
         # temp + rename: a reader sees the old contents or the new, never a half-written file.
-        fd, tmp = tempfile.mkstemp(prefix=".pid-", dir=directory)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".pid-", dir=directory)
+        except OSError as exc:
+            raise PidfileError(f"cannot write pidfile {self.path}: {os_reason(self.path, exc)}") from None
         try:
             with os.fdopen(fd, "w", encoding="ascii") as fh:
                 fh.write(f"{pid}\n")

@@ -138,14 +138,14 @@ def execute(plan: ReexecPlan, state: ReexecState, block: Iterable[int]) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def check_command(app: str, hooks: str | None, log_format: str) -> list[str]:
+def check_command(app: str, hooks: str | None, log_format: str, log_level: str = "info") -> list[str]:
     """The command that tries to import the new code in a fresh interpreter."""
-    return [sys.executable, "-m", "fcgiserver.reexec", "check", app, hooks or "", log_format]
+    return [sys.executable, "-m", "fcgiserver.reexec", "check", app, hooks or "", log_format, log_level]
 
 
-def spawn_check(app: str, hooks: str | None, log_format: str, reset: Sequence[int]) -> int:
+def spawn_check(app: str, hooks: str | None, log_format: str, log_level: str, reset: Sequence[int]) -> int:
     """Starts the check; its exit status comes back through the caller's waitpid()."""
-    argv = check_command(app, hooks, log_format)
+    argv = check_command(app, hooks, log_format, log_level)
     return os.posix_spawn(argv[0], argv, dict(os.environ), setsigdef=tuple(reset), setsigmask=())
 
 
@@ -154,15 +154,15 @@ def _check_main(argv: Sequence[str]) -> int:
     from fcgiserver.loader import AppLoadError, load_app
     from fcgiserver.logs import configure_logging
 
-    app, hooks, log_format = argv
-    configure_logging("info", log_format)
+    app, hooks, log_format, log_level = argv
+    configure_logging(log_level, log_format)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         load_hooks(hooks or None)
         load_app(app)
     except AppLoadError as exc:
-        log.error("the new code does not load: %s", exc)
+        exc.log(log, "the new code does not load: ")
         return 1
     except BaseException:
         log.exception("the new code does not load")
@@ -171,7 +171,7 @@ def _check_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "check":
+    if len(sys.argv) == 6 and sys.argv[1] == "check":
         sys.exit(_check_main(sys.argv[2:]))
-    print("usage: python -m fcgiserver.reexec check MODULE:CALLABLE HOOKS FORMAT", file=sys.stderr)
+    print("usage: python -m fcgiserver.reexec check MODULE:CALLABLE HOOKS FORMAT LEVEL", file=sys.stderr)
     sys.exit(2)

@@ -14,6 +14,7 @@ import stat
 
 from fcgiserver.addresses import Address, parse_address
 from fcgiserver.config import Config, ConfigError
+from fcgiserver.usage import os_reason
 
 log = logging.getLogger("fcgiserver.sockets")
 
@@ -66,7 +67,7 @@ def bind_unix(path: str, config: Config) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise BindError(f"cannot bind unix:{path}: {exc.strerror}") from None
+        raise BindError(f"cannot bind unix:{path}: {os_reason(path, exc)}") from None
     finally:
         if old_umask is not None:
             os.umask(old_umask)

@@ -21,10 +21,10 @@ import psutil
 
 from fcgiserver.client import ClientError, FastCGIClient
 from fcgiserver.config import ConfigError, load_toml
+from fcgiserver.usage import Parser
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 DEFAULT_PATH = "/fcgiserver-status"
 
 
@@ -33,7 +33,7 @@ class StatusError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fcgiserver status",
         description="Show a running fcgiserver's workers and counters (its --status-path page).",
     )

@@ -248,7 +248,7 @@ class Supervisor:
         try:
             self.app = self.app_loader()
         except AppLoadError as exc:
-            log.error("%s", exc)
+            exc.log(log)
             return False
         except Exception:
             log.exception("cannot load the application")
@@ -375,7 +375,7 @@ class Supervisor:
         if self.reexec_plan is not None and self.config.app is not None:
             log.info("reloading: checking that the new code loads")
             self._check_pid = reexec.spawn_check(self.config.app, self.config.hooks, self.config.log_format,
-                                                 HANDLED)
+                                                 self.config.log_level, HANDLED)
             return
         # The API's server with an application object: new workers from this process (fresh
         # code only without --preload).

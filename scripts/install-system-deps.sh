@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests, `make run` and `make bench` drive as real processes.
+# Installs the Debian packages that `make run` or `make test` drive as real processes:
+#
+#   install-system-deps.sh run    what the stack needs to run: lighttpd
+#   install-system-deps.sh test   what the tests (and `make bench`) start: every front they
+#                                 compare (lighttpd, nginx, Apache, HAProxy, Caddy), cgi-fcgi,
+#                                 wrk, a headless browser, systemd's tools and exiftool
+#
 # Only missing ones are installed; the package index is refreshed first because a fresh
 # machine may have none.
 set -euo pipefail
 
-declare -A need=(
-    [lighttpd]=lighttpd
-    [nginx]=nginx
-    [cgi-fcgi]=libfcgi-bin
-    [wrk]=wrk
-    [chromium]=chromium
-    [chromedriver]=chromium-driver
-    [systemd-analyze]=systemd
-    [haproxy]=haproxy
-    [caddy]=caddy
-    [apache2]=apache2
-    [exiftool]=libimage-exiftool-perl
-)
+SET="${1:-test}"
+
+# command -> Debian package
+declare -A need=([lighttpd]=lighttpd)
+case "$SET" in
+    run) ;;
+    test)
+        need+=(
+            [nginx]=nginx
+            [apache2]=apache2
+            [haproxy]=haproxy
+            [caddy]=caddy
+            [cgi-fcgi]=libfcgi-bin
+            [wrk]=wrk
+            [chromium]=chromium
+            [chromedriver]=chromium-driver
+            [systemd-analyze]=systemd
+            [exiftool]=libimage-exiftool-perl
+        )
+        ;;
+    *)
+        echo "install-system-deps: unknown set '$SET' (run or test)" >&2
+        exit 2
+        ;;
+esac
 
 missing=()
 for cmd in "${!need[@]}"; do
@@ -40,8 +58,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing Debian packages: ${missing[*]}"
 # The daemons are only started by the tests and `make run`, on ports of their own: keep the
-# packages from starting system-wide services (lighttpd and nginx would both want port 80,
-# and the second one's failed start would fail the install).
+# packages from starting system-wide services (lighttpd, nginx, Apache, HAProxy and Caddy
+# would all want port 80, and the second one's failed start would fail the install).
 policy=/usr/sbin/policy-rc.d
 added_policy=""
 if [ ! -e "$policy" ]; then

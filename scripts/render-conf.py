@@ -4,7 +4,9 @@
 nginx has no way to read paths or ports from the environment, so conf/nginx.conf is a
 template. A value comes from `--set NAME=VALUE`, else from the environment variable
 FCGISERVER_<NAME> (UPLOAD_ROOT is read as is, the name the upload service uses), else from
-the defaults of a real install below. A placeholder with no value is an error, so a
+the defaults of a real install below. STATIC_DIR defaults to the page assets of the upload
+service installed for the Python running this script (pip install fcgiserver-upload), else
+to those of the source tree beside it. A placeholder with no value is an error, so a
 half-rendered file is never written.
 
     scripts/render-conf.py conf/nginx.conf /etc/nginx/nginx.conf --set PORT=80
@@ -13,6 +15,7 @@ half-rendered file is never written.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
 import re
 import sys
@@ -26,12 +29,26 @@ DEFAULTS = {
     "PORT": "80",
     "SOCKET": "/run/fcgiserver/fcgiserver.sock",
     "UPLOAD_ROOT": "/var/lib/fcgiserver/media",
-    "STATIC_DIR": "/opt/fcgiserver/handlers/static",
     "LOG_DIR": "/var/log/nginx",
     "RUN_DIR": "/run/nginx",
     "NGINX_USER": "www-data",
     "KEEPALIVE": "2",
 }
+
+
+SOURCE_STATIC_DIR = Path(__file__).resolve().parent.parent / "handlers" / "static"
+
+
+def static_dir() -> str:
+    """The upload service's page assets: as installed for this Python, else in the source tree."""
+    try:
+        installed = importlib.resources.files("handlers") / "static"
+    except ModuleNotFoundError:
+        return str(SOURCE_STATIC_DIR)
+    # Another distribution may also own a top-level `handlers`: only ours has these files.
+    if installed.joinpath("upload.css").is_file():
+        return str(installed)
+    return str(SOURCE_STATIC_DIR)
 
 
 def env_value(name: str, environ: Mapping[str, str]) -> str | None:
@@ -48,7 +65,7 @@ def render(template: str, values: Mapping[str, str], environ: Mapping[str, str])
         if value is None:
             value = env_value(name, environ)
         if value is None:
-            value = DEFAULTS.get(name)
+            value = static_dir() if name == "STATIC_DIR" else DEFAULTS.get(name)
         if value is None:
             missing.append(name)
             return match.group(0)

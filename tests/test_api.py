@@ -83,7 +83,8 @@ def test_serve_runs_a_callable_app_until_term(tmp_path: Path) -> None:
         """) as proc:
             data = _get(f"unix:{sock}", proc)
             assert data["pid"] in [c.pid for c in psutil.Process(proc.pid).children()]
-            assert len(psutil.Process(proc.pid).children()) == 2
+            # The first worker may answer before the second has been forked.
+            assert wait_until(lambda: len(psutil.Process(proc.pid).children()) == 2)
             code, out = _stop(proc)
         assert code == 0
         assert "serve returned 0" in out

@@ -49,8 +49,50 @@ def test_help_lists_every_option() -> None:
 def test_invalid_usage_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
     proc = _run(args)
     assert proc.returncode == 2
-    assert message in proc.stderr
-    assert "usage: fcgiserver" in proc.stderr
+    # Two lines: what is wrong, and where the help is; not a screenful of usage first.
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith("fcgiserver: error: ") and message in lines[0]
+    assert lines[1] == "(`fcgiserver --help` shows every option)"
+
+
+@pytest.mark.parametrize("command", ["status", "client"])
+def test_subcommand_usage_errors_are_two_lines_too(command: str) -> None:
+    proc = _run([command])
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith(f"fcgiserver {command}: error: ")
+
+
+def test_help_shows_the_status_and_client_commands_and_how_toml_keys_are_spelled() -> None:
+    proc = _run(["--help"])
+    assert proc.returncode == 0
+    usage = proc.stdout.split("\n\n")[0]
+    assert "fcgiserver status " in usage and "fcgiserver client ADDRESS" in usage, usage
+    assert "keys as below" not in proc.stdout
+    assert "max_requests = 100" in proc.stdout
+
+
+def test_client_and_status_subcommands_talk_to_a_running_server() -> None:
+    with running_server(APP, workers=1, args=["--status-path", "/fcgiserver-status"]) as server:
+        client = _run(["client", server.address, "GET", "/", "-i"])
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.startswith("HTTP/1.1 200 OK")
+        status = _run(["status", "--pidfile", server.pidfile])
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith(f"fcgiserver {__version__}  supervisor pid {server.pid}")
+
+
+@pytest.mark.parametrize("option", ["--bind", "--pidfile", "--error-log", "--access-log"])
+def test_a_path_in_a_missing_folder_names_the_folder(tmp_path: Path, option: str) -> None:
+    missing = tmp_path / "no-such-folder"
+    args = ["--bind", f"unix:{tmp_path}/s.sock"]
+    args += ["--bind", f"unix:{missing}/s.sock"] if option == "--bind" else [option, str(missing / "x")]
+    proc = _run([*args, APP])
+    assert proc.returncode == 1
+    assert f"the folder {missing} does not exist" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_nothing_to_listen_on_is_a_usage_error() -> None:

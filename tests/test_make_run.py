@@ -13,7 +13,8 @@ import pytest
 from tests.support.frontends import ROOT, STATIC_DIR, free_port, port_answers, wait_for
 from tests.support.stack import http_request
 
-STAMP = ROOT / ".venv" / ".stamp"
+# `make run` needs only the runtime half of the virtualenv (`make test` builds .stamp on it).
+STAMP = ROOT / ".venv" / ".stamp-run"
 
 
 def make_command(port: int) -> list[str]:
@@ -21,7 +22,7 @@ def make_command(port: int) -> list[str]:
     if not STAMP.exists():
         # A checkout whose virtualenv was made by hand: treat it as set up rather than
         # reinstalling into it while other tests use it.
-        cmd[1:1] = ["-o", ".venv/.stamp"]
+        cmd[1:1] = ["-o", ".venv/.stamp-run"]
     return cmd
 
 

@@ -187,10 +187,30 @@ def test_an_app_import_error_stops_the_server_with_the_message(preload: str) -> 
         _write_module(directory, "broken_app_mod", BROKEN_MODULE)
         code, out = _run_to_exit("broken_app_mod:application", [preload, "--workers", "2"], directory)
         assert code == 4, out
-        assert "broken-app-import-9f3c" in out
-        assert "Traceback" in out
+        # The reason in one line, with the line of the app that raised it; no traceback.
+        assert (f"cannot import 'broken_app_mod' for 'broken_app_mod:application': RuntimeError: "
+                f"broken-app-import-9f3c at {directory}/broken_app_mod.py:2") in out, out
+        assert "Traceback" not in out
         # No respawn loop: at most the two workers of the first generation ever tried.
         assert out.count("broken-app-import-9f3c") <= 2 * 2
+        # The traceback is in the log at debug level.
+        code, out = _run_to_exit("broken_app_mod:application", [preload, "--log-level", "debug"], directory)
+        assert code == 4
+        assert "Traceback" in out and 'raise RuntimeError("broken-app-import-9f3c")' in out, out
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_missing_app_module_is_one_line_saying_where_it_was_looked_for() -> None:
+    directory = short_tempdir()
+    try:
+        code, out = _run_to_exit("no_such_app_mod_3b1:application", [], directory)
+        assert code == 4
+        errors = [line for line in out.splitlines() if "[ERROR]" in line]
+        assert len(errors) == 1, out
+        assert "cannot import 'no_such_app_mod_3b1' for 'no_such_app_mod_3b1:application': no module " \
+               "named 'no_such_app_mod_3b1' (looked in the working directory" in errors[0]
+        assert "Traceback" not in out
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -254,10 +274,11 @@ def test_timeout_aborts_a_hung_request_and_the_next_request_is_served(tmp_path: 
         response = fcgi_request(server.address)
         assert response.status == 200
         assert int(response.body) == replacement[0]
+        # faulthandler in the worker wrote where the request was stuck; it reaches the log
+        # through the supervisor's relay of the worker's output, maybe after the replacement is up.
+        assert server.wait_for_log("stuck_in_app_code"), server.log_text()
         log = server.log_text()
         assert f"worker {hung_pid} timed out" in log
-        # faulthandler in the worker wrote where the request was stuck.
-        assert "stuck_in_app_code" in log
         assert "GET /hang" in log
 
 
