@@ -200,6 +200,22 @@ def describe(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}"
 
 
+def bound_here(sock: socket.socket, config: Config) -> bool:
+    """True for a listener this server bound from --bind (not one passed in by fd 0, fd://N or
+    systemd, which belongs to whoever passed it)."""
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return False
+    for spec in config.bind:
+        address = parse_address(spec)
+        if address.kind == "unix" and sock.family == socket.AF_UNIX and name == address.path:
+            return True
+        if address.kind == "tcp" and sock.family != socket.AF_UNIX and name[1] == address.port:
+            return True
+    return False
+
+
 def close_listeners(listeners: list[socket.socket], config: Config) -> None:
     """Closes the listeners and unlinks the unix socket files that --bind created."""
     ours = {parse_address(spec).path for spec in config.bind if spec.startswith("unix:")}

@@ -38,6 +38,7 @@ from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
 from fcgiserver.loader import AppLoader, AppLoadError
 from fcgiserver.logs import LogRelay, flush_logs, reopen_error_log, worker_pipe
+from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
 from fcgiserver.scoreboard import Scoreboard, SlotState
@@ -162,6 +163,8 @@ class Supervisor:
                          workers=self.num_workers)
         self.poolstats = PoolStats(stats)
         self.scoreboard.poolstats = self.poolstats  # for the workers' status page
+        # Workers leave when this process is gone, however it ended (parentwatch.py).
+        self.parent_watch = ParentWatch(inherited.parent_pipe if inherited is not None else None)
         if inherited is not None:
             self._adopt(inherited)
 
@@ -229,6 +232,7 @@ class Supervisor:
         finally:
             self.signals.uninstall()
             self._kill_all_now()
+            self.parent_watch.close()
             self.scoreboard.close()
             self.relay.close_all()
             if self.access_log is not None:
@@ -401,7 +405,7 @@ class Supervisor:
             access = (self.access_log.read_fd, self.access_fd)
         state = reexec.ReexecState(
             listeners=[s.fileno() for s in self.listeners], workers=workers,
-            generation=self._last_generation, access_pipe=access,
+            generation=self._last_generation, access_pipe=access, parent_pipe=self.parent_watch.fds(),
             stats={k: v for k, v in asdict(self.poolstats.info).items() if k != "mode"},
             env=self._kept_env)
         log.info("reloading: restarting the program (pid %d stays) with %d workers serving meanwhile",
@@ -556,6 +560,7 @@ class Supervisor:
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:
+            self.parent_watch.in_child()  # first: only this process may hold the write end
             os.close(output_r)
             run_child(self, info, slot, force_reseed=force_reseed, output_fd=output_w)  # never returns
         os.close(output_w)

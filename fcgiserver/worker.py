@@ -10,6 +10,7 @@ request costs one recv and one send.
 from __future__ import annotations
 
 import _socket
+import contextlib
 import errno
 import logging
 import os
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from fcgiserver import parentwatch
 from fcgiserver.config import Config
 from fcgiserver.protocol import (
     NEED_DATA,
@@ -36,6 +38,7 @@ from fcgiserver.protocol import (
     StdinEnd,
 )
 from fcgiserver.scoreboard import Slot
+from fcgiserver.sockets import bound_here
 from fcgiserver.status import request_path, status_routes
 from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import EMPTY_INPUT, BadContentLength, RequestBody, WSGIInput, parse_content_length
@@ -185,7 +188,7 @@ class _ListenWaiter:
 
     __slots__ = ("_epoll", "_listen_fds", "_poll")
 
-    def __init__(self, listen_fds: list[int], wake_fd: int) -> None:
+    def __init__(self, listen_fds: list[int], wake_fds: list[int]) -> None:
         self._epoll: select.epoll | None = None
         self._poll: select.poll | None = None
         self._listen_fds = listen_fds
@@ -193,10 +196,11 @@ class _ListenWaiter:
             self._epoll = epoll = select.epoll()
             for fd in listen_fds:
                 epoll.register(fd, _EXCLUSIVE_IN)
-            epoll.register(wake_fd, select.EPOLLIN)
+            for fd in wake_fds:
+                epoll.register(fd, select.EPOLLIN)
         else:
             self._poll = poller = select.poll()
-            for fd in (*listen_fds, wake_fd):
+            for fd in (*listen_fds, *wake_fds):
                 poller.register(fd, _POLLIN)
 
     def wait(self) -> list[int]:
@@ -238,7 +242,7 @@ class Worker:
     """Serves connections from `listeners`, one at a time, until told to stop."""
 
     def __init__(self, app: WSGIApp, listeners: list[socket.socket], config: Config, slot: Slot,
-                 generation: int) -> None:
+                 generation: int, *, parent_fd: int = -1) -> None:
         self.app = app
         self.listeners = listeners
         self.config = config
@@ -265,6 +269,9 @@ class Worker:
         self._conn = ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns,
                                       max_params_size=self.max_params_size)
         self.stopping = False
+        # The read end of the supervisor's parent-death pipe (parentwatch.py); -1 = none.
+        self.parent_fd = parent_fd
+        self.orphaned = False
         self.served = 0
         self.limit = 0
         self._wake_r = -1
@@ -291,6 +298,8 @@ class Worker:
         finally:
             self.slot.exiting()
             self._teardown()
+        if self.orphaned:
+            log.warning("worker %d: the supervisor is gone; leaving", os.getpid())
         return EXIT_OK
 
     def _setup(self) -> None:
@@ -321,9 +330,34 @@ class Worker:
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
+        # The supervisor's TERM, or the kernel's for its death (PR_SET_PDEATHSIG).
+        if self.parent_fd >= 0 and not self.orphaned and parentwatch.parent_gone(self.parent_fd):
+            self._orphan()
+
+    def _orphan(self) -> None:
+        """The supervisor is gone: accept nothing more, finish the request in hand within
+        --graceful-timeout (nobody else will enforce it now), then leave.
+
+        Safe in a signal handler: no lock, no log (run() logs on the way out).
+        """
+        self.orphaned = True
+        self.stopping = True
+        # Shut down (for every worker at once) the listeners this server bound, so a new
+        # instance can bind the same port or path now, not after the last request here.
+        # One passed in by systemd or lighttpd is theirs: our copy just closes on exit.
+        for sock in self.listeners:
+            if bound_here(sock, self.config):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        signal.signal(signal.SIGALRM, self._on_quit)
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, self.config.graceful_timeout))
 
     def _on_quit(self, signum: int, frame: FrameType | None) -> None:
         raise _Quit()
+
+    def _check_parent(self) -> None:
+        if not self.orphaned and parentwatch.parent_gone(self.parent_fd):
+            self._orphan()
 
     def _drain_wakeup(self) -> None:
         try:
@@ -338,13 +372,16 @@ class Worker:
         by_fd = self._by_fd
         for sock in self.listeners:
             by_fd[sock.fileno()] = (sock, int(sock.family), int(sock.type), sock.proto)
-        wake_r = self._wake_r
-        waiter = _ListenWaiter(list(by_fd), wake_r)
+        wake_r, parent_fd = self._wake_r, self.parent_fd
+        waiter = _ListenWaiter(list(by_fd), [wake_r] if parent_fd < 0 else [wake_r, parent_fd])
         try:
             while not self.stopping:
                 for fd in waiter.wait():
                     if fd == wake_r:
                         self._drain_wakeup()
+                        continue
+                    if fd == parent_fd:
+                        self._check_parent()
                         continue
                     if self._take_connections(by_fd[fd]):
                         waiter.to_back()
@@ -378,6 +415,8 @@ class Worker:
         except OSError as exc:
             if exc.errno in _ACCEPT_TRANSIENT:
                 return True
+            if self.orphaned:
+                return False  # EINVAL: the listener was shut down (see _orphan)
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.error("accept failed: %s", exc)
                 time.sleep(0.1)  # let a descriptor or some memory free up
@@ -472,6 +511,8 @@ class Worker:
             # connection no free worker takes: a front that keeps more connections than
             # there are workers would otherwise leave it waiting for a read timeout.
             poller.register(self._wake_r, _POLLIN)
+            if self.parent_fd >= 0:
+                poller.register(self.parent_fd, _POLLIN)
             listening = self._by_fd
             for fd in listening:
                 poller.register(fd, _POLLIN)
@@ -495,7 +536,9 @@ class Worker:
                     peer_ready = True
                 elif fd == self._wake_r:
                     self._drain_wakeup()
-            if not peer_ready:
+                elif fd == self.parent_fd:
+                    self._check_parent()
+            if not peer_ready and not self.stopping:
                 for fd, _mask in ready:
                     if fd in listening and self._take_waiting(sock, listening[fd]):
                         return -1
