@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 from fcgiserver import parentwatch
 from fcgiserver.config import Config
@@ -41,7 +42,14 @@ from fcgiserver.scoreboard import Slot
 from fcgiserver.sockets import bound_here
 from fcgiserver.status import request_path, status_routes
 from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
-from fcgiserver.wsgi_input import EMPTY_INPUT, BadContentLength, RequestBody, WSGIInput, parse_content_length
+from fcgiserver.wsgi_input import (
+    EMPTY_INPUT,
+    BadContentLength,
+    BodyTooLarge,
+    RequestBody,
+    WSGIInput,
+    parse_content_length,
+)
 
 log = logging.getLogger("fcgiserver.worker")
 
@@ -65,6 +73,8 @@ DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 # How long an idle kept connection leaves a new connection to the free workers before taking
 # it itself: a free worker normally accepts within microseconds, so a take means there is none.
 TAKEOVER_GRACE_MS = 20
+# Connections that sent nothing yet, held by one worker while it serves others (see _park).
+MAX_PARKED = 128
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
@@ -203,12 +213,35 @@ class _ListenWaiter:
             for fd in (*listen_fds, *wake_fds):
                 poller.register(fd, _POLLIN)
 
-    def wait(self) -> list[int]:
-        """The ready descriptors; blocks until there is one."""
+    def wait(self, timeout: float | None = None) -> list[int]:
+        """The ready descriptors; blocks until there is one, or `timeout` seconds."""
         if self._epoll is not None:
-            return [fd for fd, _mask in self._epoll.poll()]
+            return [fd for fd, _mask in self._epoll.poll(-1 if timeout is None else timeout)]
         assert self._poll is not None
-        return [fd for fd, _mask in self._poll.poll()]
+        return [fd for fd, _mask in self._poll.poll(None if timeout is None else int(timeout * 1000))]
+
+    def add(self, fd: int) -> None:
+        """Also wait for `fd` (a parked connection) to become readable."""
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+        else:
+            assert self._poll is not None
+            self._poll.register(fd, _POLLIN)
+
+    def remove(self, fd: int) -> None:
+        if self._epoll is not None:
+            self._epoll.unregister(fd)
+        else:
+            assert self._poll is not None
+            self._poll.unregister(fd)
+
+    def drop_listeners(self) -> None:
+        """Stopping: wake for nothing on the listeners, so an exclusive wakeup goes to a
+        worker that will accept."""
+        for fd in self._listen_fds:
+            with contextlib.suppress(KeyError, OSError):
+                self.remove(fd)
+        self._listen_fds = []
 
     def to_back(self) -> None:
         """Queue this worker behind the others waiting: the next connection goes to the one
@@ -252,6 +285,7 @@ class Worker:
         self.timeout_ms: int | None = int(read_timeout * 1000) if read_timeout > 0 else None
         self.max_params_size = config.max_params_size
         self.spool_threshold = config.spool_threshold
+        self.max_body_size = config.max_body_size
         self.script_name = config.script_name
         self.extra_environ = config.extra_environ
         # Idle time allowed on a KEEP_CONN connection between requests (0 = read_timeout).
@@ -276,6 +310,13 @@ class Worker:
         self.limit = 0
         self._wake_r = -1
         self._wake_w = -1
+        # --head-timeout: from accept to a request's complete head; 0 = the read timeout.
+        head = config.head_timeout if config.head_timeout > 0 else read_timeout
+        self.head_timeout = head if head > 0 else None
+        # Connections accepted that sent nothing yet: fd -> (socket, head deadline). They wait
+        # in the accept loop's wait set instead of holding the worker (see _park).
+        self._parked: dict[int, tuple[_socket.socket, float]] = {}
+        self._waiter: _ListenWaiter | None = None
         # The request in progress on the current connection.
         self._body: RequestBody | None = None
         self._started: RequestStarted | None = None
@@ -320,6 +361,7 @@ class Worker:
             listener.setblocking(False)
 
     def _teardown(self) -> None:
+        self._close_parked()
         # Never back to the inherited fd: that pipe is the supervisor's, and a signal
         # written into it from here would look like one sent to the supervisor.
         signal.set_wakeup_fd(-1)
@@ -373,19 +415,32 @@ class Worker:
         for sock in self.listeners:
             by_fd[sock.fileno()] = (sock, int(sock.family), int(sock.type), sock.proto)
         wake_r, parent_fd = self._wake_r, self.parent_fd
-        waiter = _ListenWaiter(list(by_fd), [wake_r] if parent_fd < 0 else [wake_r, parent_fd])
+        self._waiter = waiter = _ListenWaiter(list(by_fd), [wake_r] if parent_fd < 0 else [wake_r, parent_fd])
+        parked = self._parked
         try:
-            while not self.stopping:
-                for fd in waiter.wait():
+            while not self.stopping or parked:
+                if self.orphaned:
+                    self._close_parked()  # they sent nothing: no request is lost
+                    break
+                for fd in waiter.wait(self._next_head_deadline() if parked else None):
                     if fd == wake_r:
                         self._drain_wakeup()
                         continue
                     if fd == parent_fd:
                         self._check_parent()
                         continue
-                    if self._take_connections(by_fd[fd]):
+                    entry = parked.pop(fd, None)
+                    if entry is not None:
+                        waiter.remove(fd)
+                        self._serve(*entry)
+                    elif fd in by_fd and self._take_connections(by_fd[fd]):
                         waiter.to_back()
+                if parked:
+                    self._expire_parked()
+                if self.stopping:
+                    waiter.drop_listeners()
         finally:
+            self._waiter = None
             waiter.close()
 
     def _take_connections(self, listener: _Listener) -> bool:
@@ -402,7 +457,9 @@ class Worker:
         served = False
         while self._accept_and_serve(listener):
             served = True
-            if self.stopping:
+            # With connections parked, back to the wait set after each one: a parked head
+            # that arrived meanwhile must not wait behind a queue that never empties.
+            if self.stopping or self._parked:
                 break
         return served
 
@@ -435,7 +492,7 @@ class Worker:
 
     # -- one connection ----------------------------------------------------------------
 
-    def _serve(self, sock: _socket.socket) -> None:
+    def _serve(self, sock: _socket.socket, head_deadline: float | None = None) -> None:
         # One connection at a time: the same protocol object serves them all. The channel
         # stays per connection, so an app that kept an old wsgi.errors cannot write into
         # the request being served now (see _Channel.send_stderr).
@@ -445,11 +502,12 @@ class Worker:
         # A stop may close a connection only between requests: one accepted but not yet
         # sent its first request is a request the front already handed over.
         served_before = self.served
-        # A request's head (BEGIN_REQUEST and its PARAMS) must arrive whole within the read
-        # timeout, however it trickles: a timer restarted by every byte would let one byte
-        # every few seconds hold the worker forever (the body is bounded by --timeout, since
-        # the slot is busy once the head is in).
-        head_deadline: float | None = None
+        # A request's head (BEGIN_REQUEST and its PARAMS) must arrive whole within
+        # --head-timeout, however it trickles: a timer restarted by every byte would let one
+        # byte every few seconds hold the worker forever (the body is bounded by --timeout,
+        # since the slot is busy once the head is in). For the first request the clock
+        # starts at accept (a parked connection brings its deadline).
+        parked = False
         buf = self.buf
         view = self.view
         state = conn.state
@@ -461,6 +519,10 @@ class Worker:
                 try:
                     n = sock.recv_into(buf, RECV_SIZE, _RECV_FLAGS)
                 except BlockingIOError:
+                    if (self.served == served_before and conn.state is _IDLE and not conn.pending_input
+                            and self._park(sock, head_deadline)):
+                        parked = True
+                        return
                     n = self._wait_and_recv(sock, conn.state is _IDLE and self.served > served_before,
                                             head_deadline)
                     if n < 0:
@@ -472,8 +534,8 @@ class Worker:
                 self._handle_events(conn, channel)
                 state = conn.state
                 if state is _PARAMS or (state is _IDLE and conn.pending_input):
-                    if head_deadline is None and self.timeout_ms is not None:
-                        head_deadline = time.monotonic() + self.read_timeout
+                    if head_deadline is None and self.head_timeout is not None:
+                        head_deadline = time.monotonic() + self.head_timeout
                 else:
                     head_deadline = None
                 out = conn.data_to_send()
@@ -498,7 +560,64 @@ class Worker:
         finally:
             if self._started is not None:  # a request cut off by whatever ended the connection
                 self._end_request()
-            sock.close()
+            if not parked:
+                sock.close()
+
+    # -- connections that sent nothing yet ---------------------------------------------------
+
+    def _park(self, sock: _socket.socket, head_deadline: float | None) -> bool:
+        """Sets aside a connection that has sent nothing yet; False when it cannot be.
+
+        Fronts send a request's head at once, so a connection that is silent after accept is
+        rare; served in place it would hold this worker for the whole head deadline, and a
+        few of them the whole pool. Parked, it waits in the accept loop's wait set (with its
+        deadline from accept) while the worker takes other connections; it is served when
+        its first bytes arrive and closed at its deadline.
+        """
+        waiter, timeout = self._waiter, self.head_timeout
+        if waiter is None or timeout is None or self.orphaned:
+            return False
+        if len(self._parked) >= MAX_PARKED:
+            oldest = min(self._parked, key=lambda fd: self._parked[fd][1])
+            self._drop_parked(oldest)
+        deadline = head_deadline if head_deadline is not None else time.monotonic() + timeout
+        fd = sock.fileno()
+        self._parked[fd] = (sock, deadline)
+        waiter.add(fd)
+        return True
+
+    def _next_head_deadline(self) -> float:
+        """Seconds until the earliest parked deadline (the accept loop's wait timeout)."""
+        return max(0.0, min(d for _s, d in self._parked.values()) - time.monotonic())
+
+    def _expire_parked(self) -> None:
+        now = time.monotonic()
+        for fd, (sock, deadline) in list(self._parked.items()):
+            if deadline <= now:
+                # Bytes that came while this worker was busy elsewhere still count as in time.
+                try:
+                    waiting = bool(sock.recv(1, socket.MSG_PEEK | _RECV_FLAGS))
+                except OSError:
+                    waiting = False
+                if waiting:
+                    del self._parked[fd]
+                    if self._waiter is not None:
+                        self._waiter.remove(fd)
+                    self._serve(sock, deadline)
+                else:
+                    log.debug("closing a connection that sent no request within %s s", self.head_timeout)
+                    self._drop_parked(fd)
+
+    def _drop_parked(self, fd: int) -> None:
+        sock, _deadline = self._parked.pop(fd)
+        if self._waiter is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self._waiter.remove(fd)
+        sock.close()
+
+    def _close_parked(self) -> None:
+        for fd in list(self._parked):
+            self._drop_parked(fd)
 
     def _wait_and_recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None = None) -> int:
         """Waits for bytes and reads them; -1 when the idle connection is to be closed."""
@@ -588,6 +707,8 @@ class Worker:
                         self._body.append(event.data)
                     except OSError as exc:
                         self._spool_failed(exc)
+                    except BodyTooLarge:
+                        self._too_large(conn, channel)
             elif type(event) is RequestAborted:
                 # Aborted before the app was called: nothing to stop, only to answer.
                 self._end_request()
@@ -615,7 +736,18 @@ class Worker:
             log.warning("bad CONTENT_LENGTH %r: answering 400", params.get("CONTENT_LENGTH"))
             self._send_simple(conn, channel, "400 Bad Request", b"Bad Request\n")
             return
-        self._body = _NO_BODY if declared == 0 else RequestBody(declared, self.spool_threshold)
+        if declared is not None and declared > self.max_body_size:
+            self._too_large(conn, channel)
+        self._body = (_NO_BODY if declared == 0
+                      else RequestBody(declared, self.spool_threshold, limit=self.max_body_size))
+
+    def _too_large(self, conn: ServerConnection, channel: _Channel) -> NoReturn:
+        """--max-body-size: 413 and the connection closed, the rest of the body never read,
+        what came of it dropped (the spool file closes with the request)."""
+        log.warning("request body over --max-body-size (%d bytes): answering 413 and closing the "
+                    "connection", self.max_body_size)
+        self._send_simple(conn, channel, "413 Content Too Large", b"Content Too Large\n")
+        raise _Close()
 
     def _spool_failed(self, exc: OSError) -> None:
         # The rest of STDIN is read and dropped, so the front gets a clear answer at its end
