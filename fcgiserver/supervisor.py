@@ -27,7 +27,7 @@ from wsgiref.types import WSGIApplication
 
 import psutil
 
-from fcgiserver import forksafety, privileges, reexec, sdnotify
+from fcgiserver import allowlist, forksafety, privileges, reexec, sdnotify
 from fcgiserver.accesslog import AccessLogSink, access_pipe
 
 # Imported in the parent, once: the worker stack then sits in pages every worker shares,
@@ -165,6 +165,8 @@ class Supervisor:
         self.scoreboard.poolstats = self.poolstats  # for the workers' status page
         # Workers leave when this process is gone, however it ended (parentwatch.py).
         self.parent_watch = ParentWatch(inherited.parent_pipe if inherited is not None else None)
+        # TCP clients the workers let in (None = any).
+        self.allow = allowlist.build(config)
         if inherited is not None:
             self._adopt(inherited)
 
@@ -212,6 +214,8 @@ class Supervisor:
                 if self.dynamic else f"{self.num_workers} workers")
         log.info("fcgiserver supervisor starting (pid %d) on %s with %s", self.pid,
                  ", ".join(describe(s) for s in self.listeners), pool)
+        if self.allow is not None:
+            log.info("TCP clients allowed: %s", self.allow.described)
         self.signals.install()
         # A re-exec'd image starts with these blocked (reexec.py); a TERM that came meanwhile
         # is delivered now, to the handler.

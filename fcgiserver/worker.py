@@ -24,6 +24,7 @@ from types import FrameType
 from typing import NoReturn
 
 from fcgiserver import parentwatch
+from fcgiserver.allowlist import AllowList
 from fcgiserver.config import Config
 from fcgiserver.protocol import (
     NEED_DATA,
@@ -275,7 +276,7 @@ class Worker:
     """Serves connections from `listeners`, one at a time, until told to stop."""
 
     def __init__(self, app: WSGIApp, listeners: list[socket.socket], config: Config, slot: Slot,
-                 generation: int, *, parent_fd: int = -1) -> None:
+                 generation: int, *, parent_fd: int = -1, allow: AllowList | None = None) -> None:
         self.app = app
         self.listeners = listeners
         self.config = config
@@ -306,6 +307,8 @@ class Worker:
         # The read end of the supervisor's parent-death pipe (parentwatch.py); -1 = none.
         self.parent_fd = parent_fd
         self.orphaned = False
+        # TCP peers allowed (--allow-from, FCGI_WEB_SERVER_ADDRS); None = any.
+        self.allow = allow
         self.served = 0
         self.limit = 0
         self._wake_r = -1
@@ -422,7 +425,7 @@ class Worker:
                 if self.orphaned:
                     self._close_parked()  # they sent nothing: no request is lost
                     break
-                for fd in waiter.wait(self._next_head_deadline() if parked else None):
+                for fd in (waiter.wait(self._next_head_deadline()) if parked else waiter.wait()):
                     if fd == wake_r:
                         self._drain_wakeup()
                         continue
@@ -480,6 +483,8 @@ class Worker:
                 return False
             raise
         self.slot.count_accept()
+        if self.allow is not None and not self._admit(fd, _addr, listener):
+            return True
         # The C-level socket type: the Python wrapper adds nothing this loop uses and
         # costs microseconds per connection.
         self._serve(_socket.socket(listener[1], listener[2], listener[3], fd))
@@ -489,6 +494,17 @@ class Worker:
             sock, self._taken = self._taken, None
             self._serve(sock)
         return True
+
+    def _admit(self, fd: int, addr: object, listener: _Listener) -> bool:
+        """--allow-from: a TCP peer not listed is closed at once, before a byte is read."""
+        if listener[1] == socket.AF_UNIX or self.allow is None or not isinstance(addr, tuple):
+            return True
+        host = str(addr[0])
+        if self.allow.allows(host):
+            return True
+        os.close(fd)
+        self.allow.refused(host)
+        return False
 
     # -- one connection ----------------------------------------------------------------
 
@@ -683,6 +699,8 @@ class Worker:
             # Gone to another worker (EAGAIN), or an error the accept loop deals with.
             return False
         self.slot.count_accept()
+        if self.allow is not None and not self._admit(fd, _addr, listener):
+            return False
         log.debug("closing an idle kept connection for a new one no free worker took")
         self._taken = _socket.socket(listener[1], listener[2], listener[3], fd)
         return True
