@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -23,7 +25,9 @@ from tests.support.server import (
     fcgi_request,
     free_port,
     running_server,
+    server_command,
     short_tempdir,
+    stop_group,
     wait_until,
 )
 from tests.support.stack import http_request, make_media_root, short_socket_dir
@@ -185,3 +189,41 @@ def test_under_lighttpd_bin_path_the_workers_of_a_killed_backend_leave_and_a_fre
             assert wait_for(fresh_backend_serves, timeout=30), front.logs()
             [again] = lighttpd.children()
             assert again.pid != backend.pid
+
+
+def _start_on_inherited_socket(listener: socket.socket, log: Path) -> subprocess.Popen[bytes]:
+    """The server started the way systemd socket activation starts it: the socket on fd 3."""
+    fd = listener.fileno()
+    argv = ["bash", "-c", f'export LISTEN_PID=$$; exec "$@" 3<&{fd} {fd}<&-', "bash",
+            *server_command(APP, ["--workers", "2"])]
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=dict(os.environ, LISTEN_FDS="1"), pass_fds=(fd,),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+
+
+def test_under_socket_activation_the_workers_leave_and_the_socket_stays_usable(tmp_path: Path) -> None:
+    # The socket is systemd's: orphaned workers must close their copies, not shut it down,
+    # or the restarted service would inherit a dead socket.
+    with short_socket_dir() as sock_dir:
+        path = str(sock_dir / "app.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(16)
+        first = second = None
+        try:
+            first = _start_on_inherited_socket(listener, tmp_path / "first.log")
+            supervisor = psutil.Process(first.pid)
+            assert wait_until(lambda: len(_alive(p.pid for p in supervisor.children())) == 2, 30)
+            assert fcgi_request(f"unix:{path}").status == 200
+            workers = [p.pid for p in psutil.Process(first.pid).children()]
+            gone = _kill_and_time(first.pid, workers)
+            print(f"socket activation: 2 workers gone {gone * 1000:.0f} ms after SIGKILL")
+            assert gone < 1.0
+            second = _start_on_inherited_socket(listener, tmp_path / "second.log")
+            reply = fcgi_request(f"unix:{path}", timeout=30)
+            assert reply.status == 200, (tmp_path / "second.log").read_text()
+        finally:
+            listener.close()
+            for proc in (first, second):
+                if proc is not None:
+                    stop_group(proc)
