@@ -529,8 +529,6 @@ class Worker:
         state = conn.state
         try:
             while True:
-                if head_deadline is not None and time.monotonic() >= head_deadline:
-                    raise TimeoutError("the request's parameters did not arrive in time")
                 # The usual request is already waiting, whole: one recv, no poll.
                 try:
                     n = sock.recv_into(buf, RECV_SIZE, _RECV_FLAGS)
@@ -552,6 +550,10 @@ class Worker:
                 if state is _PARAMS or (state is _IDLE and conn.pending_input):
                     if head_deadline is None and self.head_timeout is not None:
                         head_deadline = time.monotonic() + self.head_timeout
+                    elif head_deadline is not None and time.monotonic() >= head_deadline:
+                        # Checked after a read, not before: bytes that came in time (to a
+                        # parked connection, say) are taken even when the worker is late.
+                        raise TimeoutError("the request's parameters did not arrive in time")
                 else:
                     head_deadline = None
                 out = conn.data_to_send()
@@ -609,6 +611,8 @@ class Worker:
     def _expire_parked(self) -> None:
         now = time.monotonic()
         for fd, (sock, deadline) in list(self._parked.items()):
+            if self._parked.get(fd, (None,))[0] is not sock:
+                continue  # served or dropped meanwhile (by a _serve() below)
             if deadline <= now:
                 # Bytes that came while this worker was busy elsewhere still count as in time.
                 try:

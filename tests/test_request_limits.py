@@ -164,3 +164,20 @@ def test_lighttpd_passes_the_413_of_a_body_over_the_limit_to_its_client(tmp_path
             assert http_request(front.base_url, "POST", "/echo", body=b"x" * (3 * MIB)).status == 413
             reply = http_request(front.base_url, "POST", "/echo", body=b"x" * 1000)
             assert reply.status == 200, server.log_text()
+
+
+def test_a_head_sent_in_time_is_served_though_the_worker_was_busy_past_the_deadline() -> None:
+    with running_server(APP, workers=1, args=["--head-timeout", "1"]) as server:
+        with connect(server.address, 30) as early:
+            time.sleep(0.2)  # accepted and parked
+            slow = threading.Thread(target=fcgi_request, args=(server.address, "GET", "/sleep"),
+                                    kwargs={"query": "s=2.5", "timeout": 30})
+            slow.start()
+            time.sleep(0.3)  # the only worker is in the app now
+            early.sendall(_head({"CONTENT_LENGTH": "0", "REQUEST_METHOD": "GET", "PATH_INFO": "/"})
+                          + _record(5, b""))
+            reply = b""
+            while data := early.recv(65536):
+                reply += data
+            slow.join(30)
+        assert b"ok " in reply, server.log_text()
