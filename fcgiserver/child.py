@@ -106,6 +106,6 @@ def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: 
     server.hooks.run("post_worker_init", info)
     try:
         return _Worker(app, server.listeners, config, slot, info.generation,
-                       parent_fd=server.parent_watch.read_fd, allow=server.allow).run()
+                       parent=server.parent_watch, allow=server.allow).run()
     finally:
         server.hooks.run("worker_exit", server, info)

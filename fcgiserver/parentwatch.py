@@ -32,11 +32,14 @@ except OSError:  # no libc to ask: the pipe alone then
 
 
 class ParentWatch:
-    """The supervisor's pipe; ``read_fd`` goes to workers, ``write_fd`` never leaves it."""
+    """The supervisor's pipe; ``read_fd`` goes to workers, ``write_fd`` never leaves it.
+    ``spawner`` is the supervisor's own parent (see sockets.releasable)."""
 
-    __slots__ = ("read_fd", "write_fd")
+    __slots__ = ("read_fd", "spawner", "write_fd")
 
     def __init__(self, fds: tuple[int, int] | None = None) -> None:
+        # The same across a re-exec (same process, same parent).
+        self.spawner = os.getppid()
         # Close-on-exec: a program the supervisor starts must not keep workers alive (the
         # re-exec clears the flag on purpose, see reexec.py). Non-blocking: a worker reads it
         # only to tell EOF from nothing.

@@ -239,6 +239,29 @@ def bound_here(sock: socket.socket, config: Config) -> bool:
     return False
 
 
+def held_by(sock: socket.socket, pid: int) -> bool | None:
+    """Whether process `pid` has `sock` open too; None when we may not look."""
+    try:
+        target = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}") == target:
+                return True
+    return False
+
+
+def releasable(sock: socket.socket, config: Config, spawner: int) -> bool:
+    """May a server whose supervisor died shut `sock` down for everyone? Yes for one it bound
+    itself, and for one passed in by a process that no longer holds it (lighttpd's bin-path
+    and spawn-fcgi close their copy; lighttpd binds a new socket for the backend it starts
+    next, and spawns it only when a connect() to the path fails). No when the process that
+    started us keeps it (systemd, supervisord's fcgi-program), or when we may not look."""
+    return bound_here(sock, config) or held_by(sock, spawner) is False
+
+
 def close_listeners(listeners: list[socket.socket], config: Config) -> None:
     """Closes the listeners and unlinks the unix socket files that --bind created."""
     ours = {parse_address(spec).path for spec in config.bind if spec.startswith("unix:")}

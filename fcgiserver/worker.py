@@ -26,6 +26,7 @@ from typing import NoReturn
 from fcgiserver import parentwatch
 from fcgiserver.allowlist import AllowList
 from fcgiserver.config import Config
+from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.protocol import (
     NEED_DATA,
     ConnectionClosed,
@@ -40,7 +41,7 @@ from fcgiserver.protocol import (
     StdinEnd,
 )
 from fcgiserver.scoreboard import Slot
-from fcgiserver.sockets import bound_here
+from fcgiserver.sockets import releasable
 from fcgiserver.status import request_path, status_routes
 from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import (
@@ -276,7 +277,8 @@ class Worker:
     """Serves connections from `listeners`, one at a time, until told to stop."""
 
     def __init__(self, app: WSGIApp, listeners: list[socket.socket], config: Config, slot: Slot,
-                 generation: int, *, parent_fd: int = -1, allow: AllowList | None = None) -> None:
+                 generation: int, *, parent: ParentWatch | None = None,
+                 allow: AllowList | None = None) -> None:
         self.app = app
         self.listeners = listeners
         self.config = config
@@ -305,7 +307,10 @@ class Worker:
                                       max_params_size=self.max_params_size)
         self.stopping = False
         # The read end of the supervisor's parent-death pipe (parentwatch.py); -1 = none.
-        self.parent_fd = parent_fd
+        self.parent_fd = parent.read_fd if parent is not None else -1
+        self._spawner = parent.spawner if parent is not None else 0
+        # Listeners to shut down when orphaned (found in _setup: no look at /proc then).
+        self._releasable: list[socket.socket] = []
         self.orphaned = False
         # TCP peers allowed (--allow-from, FCGI_WEB_SERVER_ADDRS); None = any.
         self.allow = allow
@@ -362,6 +367,8 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for listener in self.listeners:
             listener.setblocking(False)
+        if self.parent_fd >= 0:
+            self._releasable = [s for s in self.listeners if releasable(s, config, self._spawner)]
 
     def _teardown(self) -> None:
         self._close_parked()
@@ -385,15 +392,16 @@ class Worker:
 
         Safe in a signal handler: no lock, no log (run() logs on the way out).
         """
+        # First, and for every worker at once: shut down the listeners nobody else holds, so
+        # a new instance can bind the same port or path now, not after the last request
+        # here, and lighttpd, which starts a new backend only when a connect() to the path
+        # fails, does so (a listener still open then makes it wait for one forever). One
+        # kept by whoever passed it in (systemd) is theirs: our copy just closes on exit.
+        for sock in self._releasable:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.orphaned = True
         self.stopping = True
-        # Shut down (for every worker at once) the listeners this server bound, so a new
-        # instance can bind the same port or path now, not after the last request here.
-        # One passed in by systemd or lighttpd is theirs: our copy just closes on exit.
-        for sock in self.listeners:
-            if bound_here(sock, self.config):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
         signal.signal(signal.SIGALRM, self._on_quit)
         signal.setitimer(signal.ITIMER_REAL, max(0.001, self.config.graceful_timeout))
 
@@ -401,7 +409,8 @@ class Worker:
         raise _Quit()
 
     def _check_parent(self) -> None:
-        if not self.orphaned and parentwatch.parent_gone(self.parent_fd):
+        # Nobody writes to the pipe: readable means EOF, so no read() to tell.
+        if not self.orphaned:
             self._orphan()
 
     def _drain_wakeup(self) -> None:
