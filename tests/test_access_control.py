@@ -8,16 +8,20 @@ import os
 import socket
 import stat
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.support.server import (
-    IncompleteResponse,
     _pair,
     _record,
     fcgi_request,
     free_port,
     running_server,
+    server_command,
+    stop_group,
+    wait_until,
 )
 
 APP = "reliability_apps:application"
@@ -65,19 +69,37 @@ def _request_from(source: str, port: int) -> bytes:
 def test_a_tcp_client_outside_the_allowlist_is_refused_and_logged_once_and_a_listed_one_served(
         how: str) -> None:
     port = free_port()
-    args, env = (["--allow-from", "127.0.0.2", "--allow-from", "10.1.0.0/16"], {}) if how == "--allow-from" \
-        else ([], {"FCGI_WEB_SERVER_ADDRS": "127.0.0.2, 10.1.2.3"})
+    # 127.0.0.1 (the test's own client and the fixture's readiness probe) by address, and
+    # 127.0.1.7 by network.
+    args, env = (["--allow-from", "127.0.0.1", "--allow-from", "127.0.1.0/24"], {}) if how == "--allow-from" \
+        else ([], {"FCGI_WEB_SERVER_ADDRS": "127.0.0.1, 127.0.1.0/24"})
     # One worker: the log line is once per address and minute in each worker.
     with running_server(APP, workers=1, bind=f"127.0.0.1:{port}", args=args, env=env) as server:
-        assert b"ok " in _request_from("127.0.0.2", port)
+        assert fcgi_request(server.address).status == 200
+        assert b"ok " in _request_from("127.0.1.7", port)
         for _ in range(3):
             assert _request_from("127.0.0.3", port) == b""
-        with pytest.raises((IncompleteResponse, ConnectionResetError, BrokenPipeError)):
-            fcgi_request(server.address)
-        assert b"ok " in _request_from("127.0.0.2", port)
+        assert _request_from("127.0.2.1", port) == b""
+        assert b"ok " in _request_from("127.0.1.7", port)
         log = server.log_text()
         assert log.count("refused a connection from 127.0.0.3") == 1, log
-        assert log.count("refused a connection from 127.0.0.1") == 1, log
+        assert log.count("refused a connection from 127.0.2.1") == 1, log
+
+
+def test_an_invalid_fcgi_web_server_addrs_still_restricts(tmp_path: Path) -> None:
+    # libfcgi's reading: set, it restricts, even when no entry in it is an address.
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(server_command(APP, ["--bind", f"127.0.0.1:{port}", "--workers", "1"]),
+                                env=dict(os.environ, FCGI_WEB_SERVER_ADDRS="front.local"),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    try:
+        assert wait_until(lambda: "ready:" in log.read_text(), 30), log.read_text()
+        assert _request_from("127.0.0.1", port) == b""
+        assert "'front.local' is not an address" in log.read_text()
+    finally:
+        stop_group(proc)
 
 
 def test_without_an_allowlist_any_tcp_client_is_served() -> None:
