@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from fcgiserver.config import Config
 
-log = logging.getLogger("fcgiserver.worker")
+log = logging.getLogger("fcgiserver.allowlist")
 
 ENV = "FCGI_WEB_SERVER_ADDRS"
 # A refused address is logged at most once per this many seconds (per worker).
