@@ -21,6 +21,7 @@ import psutil
 from tests.support.frontends import LIGHTTPD_BINPATH_CONF, running_lighttpd, wait_for
 from tests.support.load import wrk_load
 from tests.support.server import (
+    IncompleteResponse,
     RawResponse,
     fcgi_request,
     free_port,
@@ -236,3 +237,27 @@ def test_under_socket_activation_the_workers_leave_and_the_socket_stays_usable(t
             for proc in (first, second):
                 if proc is not None:
                     stop_group(proc)
+
+
+def test_an_orphaned_request_gets_the_graceful_timeout_and_no_more() -> None:
+    folder = short_tempdir()
+    mark = os.path.join(folder, "mark")
+    with running_server(APP, workers=1, args=["--graceful-timeout", "1"]) as server:
+        outcome: list[RawResponse | BaseException] = []
+
+        def hung() -> None:
+            try:
+                outcome.append(fcgi_request(server.address, "GET", "/sleep", query=f"s=30&mark={mark}"))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=hung)
+        thread.start()
+        assert wait_until(lambda: os.path.exists(mark) and Path(mark).read_text() != "", 10)
+        busy = int(Path(mark).read_text())
+        os.kill(server.pid, signal.SIGKILL)
+        gone = _seconds_until_gone([busy])
+        print(f"a 30 s request cut {gone:.2f} s after SIGKILL (--graceful-timeout 1)")
+        assert 0.9 < gone < 3.0
+        thread.join(10)
+        assert isinstance(outcome[0], IncompleteResponse), outcome
