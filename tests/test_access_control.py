@@ -81,6 +81,8 @@ def test_a_tcp_client_outside_the_allowlist_is_refused_and_logged_once_and_a_lis
             assert _request_from("127.0.0.3", port) == b""
         assert _request_from("127.0.2.1", port) == b""
         assert b"ok " in _request_from("127.0.1.7", port)
+        # Worker lines reach the log through the supervisor, a moment later.
+        assert server.wait_for_log("refused a connection from 127.0.2.1", 10), server.log_text()
         log = server.log_text()
         assert log.count("refused a connection from 127.0.0.3") == 1, log
         assert log.count("refused a connection from 127.0.2.1") == 1, log
