@@ -67,6 +67,30 @@ def _new_instance_serves(sock: str, port: int) -> None:
         assert fcgi_request(f"127.0.0.1:{port}").status == 200, again.log_text()
 
 
+class _InFlight:
+    """A /sleep request on a thread of its own, inside the app once started (``pid`` is the
+    worker serving it); ``outcome`` holds its response or error after ``join()``."""
+
+    def __init__(self, address: str, seconds: float, folder: str) -> None:
+        mark = os.path.join(folder, "mark")
+        self.outcome: list[RawResponse | BaseException] = []
+
+        def run() -> None:
+            try:
+                self.outcome.append(fcgi_request(address, "GET", "/sleep", query=f"s={seconds}&mark={mark}"))
+            except BaseException as exc:  # reported by the test's assertions
+                self.outcome.append(exc)
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+        assert wait_until(lambda: os.path.exists(mark) and Path(mark).read_text() != "", 10)
+        self.pid = int(Path(mark).read_text())
+
+    def join(self) -> RawResponse | BaseException:
+        self.thread.join(15)
+        return self.outcome[0]
+
+
 def test_idle_workers_leave_within_a_second_of_a_sigkill_and_a_new_instance_binds_at_once() -> None:
     folder = short_tempdir()
     sock, port = os.path.join(folder, "s.sock"), free_port()
@@ -81,21 +105,10 @@ def test_idle_workers_leave_within_a_second_of_a_sigkill_and_a_new_instance_bind
 def test_a_request_in_flight_is_finished_while_the_rest_leave_and_the_port_is_free_meanwhile() -> None:
     folder = short_tempdir()
     sock, port = os.path.join(folder, "s.sock"), free_port()
-    mark = os.path.join(folder, "mark")
     with running_server(APP, workers=2, bind=f"unix:{sock}", args=["--bind", f"127.0.0.1:{port}"]) as server:
         workers = server.wait_for_workers(2)
-        replies: list[RawResponse | BaseException] = []
-
-        def slow() -> None:
-            try:
-                replies.append(fcgi_request(server.address, "GET", "/sleep", query=f"s=3&mark={mark}"))
-            except BaseException as exc:  # reported by the assertion below
-                replies.append(exc)
-
-        thread = threading.Thread(target=slow)
-        thread.start()
-        assert wait_until(lambda: os.path.exists(mark) and Path(mark).read_text() != "", 10)
-        busy = int(Path(mark).read_text())
+        request = _InFlight(server.address, 3, folder)
+        busy = request.pid
         idle = [pid for pid in workers if pid != busy]
         gone = _kill_and_time(server.pid, idle)
         print(f"in flight: the idle worker gone {gone * 1000:.0f} ms after SIGKILL")
@@ -104,9 +117,9 @@ def test_a_request_in_flight_is_finished_while_the_rest_leave_and_the_port_is_fr
         # path are free for the next instance already.
         assert _alive([busy])
         _new_instance_serves(sock, port)
-        thread.join(15)
-        assert isinstance(replies[0], RawResponse), replies
-        assert replies[0].status == 200 and replies[0].body == b"slept %d\n" % busy
+        reply = request.join()
+        assert isinstance(reply, RawResponse), reply
+        assert reply.status == 200 and reply.body == b"slept %d\n" % busy
         assert _seconds_until_gone([busy]) < 1.0
 
 
@@ -137,22 +150,11 @@ def test_workers_under_load_through_lighttpd_leave_and_a_new_instance_serves_the
 def test_after_a_hup_reload_both_generations_leave_when_the_supervisor_is_killed() -> None:
     folder = short_tempdir()
     sock, port = os.path.join(folder, "s.sock"), free_port()
-    mark = os.path.join(folder, "mark")
     with running_server(APP, workers=2, bind=f"unix:{sock}", args=["--bind", f"127.0.0.1:{port}"]) as server:
         server.wait_for_workers(2)
         # A request keeps one worker of generation 1 draining through the reload.
-        replies: list[RawResponse | BaseException] = []
-
-        def slow() -> None:
-            try:
-                replies.append(fcgi_request(server.address, "GET", "/sleep", query=f"s=6&mark={mark}"))
-            except BaseException as exc:
-                replies.append(exc)
-
-        thread = threading.Thread(target=slow)
-        thread.start()
-        assert wait_until(lambda: os.path.exists(mark) and Path(mark).read_text() != "", 10)
-        draining = int(Path(mark).read_text())
+        request = _InFlight(server.address, 6, folder)
+        draining = request.pid
         server.send_signal(signal.SIGHUP)
         assert server.wait_for_log("reload complete", 30), server.log_text()
         new = server.wait_for_workers(3)
@@ -162,8 +164,8 @@ def test_after_a_hup_reload_both_generations_leave_when_the_supervisor_is_killed
         print(f"after HUP: 2 workers of the new image gone {gone * 1000:.0f} ms after SIGKILL")
         assert gone < 1.0
         _new_instance_serves(sock, port)
-        thread.join(15)
-        assert isinstance(replies[0], RawResponse) and replies[0].status == 200, replies
+        reply = request.join()
+        assert isinstance(reply, RawResponse) and reply.status == 200, reply
         assert _seconds_until_gone([draining]) < 1.0
 
 
@@ -241,23 +243,11 @@ def test_under_socket_activation_the_workers_leave_and_the_socket_stays_usable(t
 
 def test_an_orphaned_request_gets_the_graceful_timeout_and_no_more() -> None:
     folder = short_tempdir()
-    mark = os.path.join(folder, "mark")
     with running_server(APP, workers=1, args=["--graceful-timeout", "1"]) as server:
-        outcome: list[RawResponse | BaseException] = []
-
-        def hung() -> None:
-            try:
-                outcome.append(fcgi_request(server.address, "GET", "/sleep", query=f"s=30&mark={mark}"))
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=hung)
-        thread.start()
-        assert wait_until(lambda: os.path.exists(mark) and Path(mark).read_text() != "", 10)
-        busy = int(Path(mark).read_text())
+        request = _InFlight(server.address, 30, folder)
+        busy = request.pid
         os.kill(server.pid, signal.SIGKILL)
         gone = _seconds_until_gone([busy])
         print(f"a 30 s request cut {gone:.2f} s after SIGKILL (--graceful-timeout 1)")
         assert 0.9 < gone < 3.0
-        thread.join(10)
-        assert isinstance(outcome[0], IncompleteResponse), outcome
+        assert isinstance(request.join(), IncompleteResponse), request.outcome
