@@ -10,7 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support.frontends import running_lighttpd
+import pytest
+
+from tests.support.frontends import running_lighttpd, running_nginx
 from tests.support.load import wrk_load
 from tests.support.server import (
     _pair,
@@ -156,13 +158,15 @@ def test_a_real_request_is_answered_while_many_idle_connections_wait() -> None:
         assert len(answered) == 3 and max(answered) < 5.0, answered
 
 
-def test_lighttpd_passes_the_413_of_a_body_over_the_limit_to_its_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("front", ["lighttpd", "nginx"])
+def test_the_front_passes_the_413_of_a_body_over_the_limit_to_its_client(tmp_path: Path, front: str) -> None:
     with short_socket_dir() as sock_dir:
         sock = str(sock_dir / "app.sock")
+        start = running_lighttpd if front == "lighttpd" else running_nginx
         with running_server(APP, workers=1, bind=f"unix:{sock}", args=["--max-body-size", "1M"]) as server, \
-                running_lighttpd(tmp_path, socket_path=sock) as front:
-            assert http_request(front.base_url, "POST", "/echo", body=b"x" * (3 * MIB)).status == 413
-            reply = http_request(front.base_url, "POST", "/echo", body=b"x" * 1000)
+                start(tmp_path, socket_path=sock) as web:
+            assert http_request(web.base_url, "POST", "/echo", body=b"x" * (3 * MIB)).status == 413
+            reply = http_request(web.base_url, "POST", "/echo", body=b"x" * 1000)
             assert reply.status == 200, server.log_text()
 
 
