@@ -88,6 +88,9 @@ class WSGIServer:
             "umask": umask,
             "environ": dict(environ or {}),
         }
+        if umask is not None:
+            # flup's socket gets the mode its umask leaves; a script that asks for 077 means it.
+            options["socket_mode"] = 0o777 & ~umask
         if sock_timeout:
             options["read_timeout"] = sock_timeout
         if debug:

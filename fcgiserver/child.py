@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from fcgiserver import forksafety, inherited, privileges
+from fcgiserver import forksafety, inherited, parentwatch, privileges
 from fcgiserver.accesslog import AccessLogMiddleware, AccessLogWriter
 from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
@@ -84,6 +84,8 @@ def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: 
     if server.identity is not None:
         # Before any hook or application code runs here.
         privileges.drop_to(server.identity)
+    # After the drop, which would clear it. TERM stays blocked until the worker handles it.
+    parentwatch.set_death_signal(signal.SIGTERM)
     config = server.config
     forksafety.reseed_after_fork(config.reseed or force_reseed)
     slot.set_fingerprint(forksafety.rng_fingerprint())
@@ -104,6 +106,7 @@ def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: 
         app = AccessLogMiddleware(app, AccessLogWriter(server.access_fd, config.log_format))
     server.hooks.run("post_worker_init", info)
     try:
-        return _Worker(app, server.listeners, config, slot, info.generation).run()
+        return _Worker(app, server.listeners, config, slot, info.generation,
+                       parent=server.parent_watch, allow=server.allow).run()
     finally:
         server.hooks.run("worker_exit", server, info)

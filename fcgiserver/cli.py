@@ -63,8 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time in-flight requests get on stop or reload (default 30)")
     p.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
                    help="import the app before forking workers (default) or in each worker")
-    p.add_argument("--socket-mode", metavar="MODE", help="permissions of a unix socket, e.g. 0660")
-    p.add_argument("--socket-owner", metavar="USER:GROUP", help="owner of a unix socket")
+    p.add_argument("--socket-mode", metavar="MODE",
+                   help="permissions of a unix socket we create (default 0660, whatever the umask)")
+    p.add_argument("--socket-owner", metavar="USER:GROUP",
+                   help="owner of a unix socket we create; :GROUP gives the front's group access")
+    p.add_argument("--allow-from", action="append", metavar="ADDR|CIDR",
+                   help="accept TCP connections only from here; repeatable; adds to "
+                        "$FCGI_WEB_SERVER_ADDRS (default: any)")
     p.add_argument("--umask", metavar="MODE", help="process umask, e.g. 0027")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info (default), warning, error, critical")
     p.add_argument("--hooks", metavar="MODULE",
@@ -91,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--max-spare", metavar="N", help="dynamic pool: most idle workers (default 4)")
     pool.add_argument("--max-workers", metavar="N", help="dynamic pool: most workers (default 16)")
     limits = p.add_argument_group("limits")
+    limits.add_argument("--max-body-size", metavar="BYTES",
+                        help="answer 413 to a larger request body, e.g. 20M (default 1G)")
+    limits.add_argument("--head-timeout", metavar="SECONDS",
+                        help="close a connection whose request head is not in this long after accept "
+                             "(default 5; 0 = the read timeout)")
     limits.add_argument("--slow-log-timeout", metavar="SECONDS",
                         help="log the stack of a request running this long, without stopping it "
                              "(default 0 = off)")

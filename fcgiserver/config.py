@@ -9,6 +9,7 @@ message fit for the user. The same keys serve the CLI (``--max-requests``) and T
 from __future__ import annotations
 
 import grp
+import ipaddress
 import logging
 import os
 import pwd
@@ -51,8 +52,9 @@ class Config:
     # Seconds in-flight requests get to finish on a graceful stop or reload.
     graceful_timeout: float = 30.0
     preload: bool = True
-    # Unix socket permissions, e.g. 0o660; None = leave to the umask.
-    socket_mode: int | None = None
+    # Unix socket permissions, whatever the umask: owner and group (the front's, see
+    # socket_owner) only. None = leave to the umask.
+    socket_mode: int | None = 0o660
     # (uid, gid) for unix sockets we create; -1 leaves that id unchanged; None = no chown.
     socket_owner: tuple[int, int] | None = None
     umask: int | None = None
@@ -92,6 +94,14 @@ class Config:
     # Connections made before the fork that every worker would inherit: "warn", "close" (each
     # worker closes its copy at once) or "refuse" (the start stops). See inherited.py.
     inherited_connections: str = "warn"
+    # Largest request body, declared or streamed, in bytes; a larger one is answered 413. A
+    # bound on the disk one request can fill, far above any form upload.
+    max_body_size: int = 1 << 30
+    # Seconds from accept to a request's complete head, BEGIN_REQUEST and PARAMS (0 = the
+    # read timeout). Fronts send the head at once; this bounds connections that send nothing.
+    head_timeout: float = 5.0
+    # TCP clients allowed (addresses or networks), with FCGI_WEB_SERVER_ADDRS; empty = any.
+    allow_from: tuple[str, ...] = ()
 
     @property
     def log_level_number(self) -> int:
@@ -185,6 +195,27 @@ def v_seconds(name: str, value: object) -> float:
     if not seconds >= 0 or seconds == float("inf"):
         raise _fail(name, value, "must be a finite number >= 0")
     return seconds
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def v_size(name: str, value: object) -> int:
+    """Bytes, as an integer or with a K, M or G suffix (powers of 1024): "20M"."""
+    if isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+)\s*([kmg]?)i?b?\s*", value.lower())):
+        value = int(m[1]) * _SIZE_UNITS[m[2]]
+    return _int(name, value, 1)
+
+
+def v_networks(name: str, value: object) -> tuple[str, ...]:
+    """Addresses or CIDR networks (a string or a list of them), normalised."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise _fail(name, value, "expected ADDRESS or ADDRESS/PREFIX, or a list of them")
+    try:
+        return tuple(str(ipaddress.ip_network(str(item).strip(), strict=False)) for item in items)
+    except ValueError as exc:
+        raise _fail(name, value, str(exc)) from None
 
 
 def v_bool(name: str, value: object) -> bool:
@@ -395,6 +426,9 @@ VALIDATORS: dict[str, Validator] = {
     "status_path": v_url_path,
     "ping_path": v_url_path,
     "inherited_connections": v_inherited_connections,
+    "max_body_size": v_size,
+    "head_timeout": v_seconds,
+    "allow_from": v_networks,
 }
 
 assert set(VALIDATORS) == {f.name for f in fields(Config)}

@@ -12,9 +12,10 @@ and retired by the new image.
 What crosses the exec (file descriptors are kept by clearing close-on-exec, their numbers
 go in one environment variable): the listening sockets, which never close, so a connection
 waiting in the backlog is served by whichever generation accepts it; each old worker's pid,
-slot and output pipe; the access-log pipe; the pool counters; and $NOTIFY_SOCKET and the
-watchdog variables. Handled signals stay blocked from just before execve until the new
-image has its handlers, so a TERM sent meanwhile waits instead of killing the supervisor.
+slot and output pipe; the access-log pipe; the parent-death pipe (parentwatch.py); the pool
+counters; and $NOTIFY_SOCKET and the watchdog variables. Handled signals stay blocked from
+just before execve until the new image has its handlers, so a TERM sent meanwhile waits
+instead of killing the supervisor.
 
 Before exec the new code is tried in a throwaway interpreter (``python -m fcgiserver.reexec
 check``): if it does not import, the supervisor logs why and keeps serving with the code it
@@ -68,6 +69,8 @@ class ReexecState:
     workers: list[InheritedWorker]
     generation: int  # the newest generation number used so far
     access_pipe: tuple[int, int] | None = None
+    # The parent-death pipe (parentwatch.py): the same one for every generation.
+    parent_pipe: tuple[int, int] | None = None
     stats: dict[str, object] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -78,11 +81,13 @@ class ReexecState:
     def decode(cls, text: str) -> ReexecState:
         data = json.loads(text)
         access = data.get("access_pipe")
+        parent = data.get("parent_pipe")
         return cls(
             listeners=[int(fd) for fd in data["listeners"]],
             workers=[InheritedWorker(**w) for w in data["workers"]],
             generation=int(data["generation"]),
             access_pipe=(int(access[0]), int(access[1])) if access else None,
+            parent_pipe=(int(parent[0]), int(parent[1])) if parent else None,
             stats=dict(data.get("stats") or {}),
             env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
         )
@@ -92,6 +97,8 @@ class ReexecState:
         out += [w.output_fd for w in self.workers if w.output_fd is not None]
         if self.access_pipe:
             out += list(self.access_pipe)
+        if self.parent_pipe:
+            out += list(self.parent_pipe)
         return out
 
 

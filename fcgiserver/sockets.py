@@ -14,12 +14,18 @@ import stat
 
 from fcgiserver.addresses import Address, parse_address
 from fcgiserver.config import Config, ConfigError
+from fcgiserver.protocol import RecordType
+from fcgiserver.protocol.params import encode_params
+from fcgiserver.protocol.records import encode_record
 from fcgiserver.usage import os_reason
 
 log = logging.getLogger("fcgiserver.sockets")
 
 # systemd passes sockets starting at this descriptor (sd_listen_fds(3)).
 SD_LISTEN_FDS_START = 3
+# Seconds a server listening on our unix path gets to answer FCGI_GET_VALUES before its
+# socket counts as dead and is replaced.
+PROBE_TIMEOUT = 5.0
 
 
 class BindError(RuntimeError):
@@ -86,33 +92,50 @@ def bind_unix(path: str, config: Config) -> socket.socket:
 
 
 def remove_stale_socket(path: str) -> None:
-    """Unlinks a socket file left by a dead server; refuses a live one or a non-socket."""
+    """Unlinks a socket file left by a dead server, or one whose listener answers nothing;
+    refuses a live one or a non-socket."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise BindError(f"cannot bind unix:{path}: the path exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.settimeout(2.0)
+            probe.connect(path)
+        except ConnectionRefusedError:
+            # Nobody listens: the file is what a crashed or killed server left behind.
+            log.info("removing stale socket file %s", path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                # A full backlog still means somebody is listening.
+                raise BindError(f"cannot bind unix:{path}: another server is listening on it") from None
+            raise BindError(f"cannot bind unix:{path}: {exc.strerror}") from None
+        if answers(probe):
+            raise BindError(f"cannot bind unix:{path}: another server is listening on it")
+    # Accepted by the kernel, answered by nobody: a listener held by processes that no longer
+    # serve (stopped, or stuck) must not keep a new server off its path.
+    log.warning("replacing socket file %s: something listens on it but answered nothing within %.0f s",
+                path, PROBE_TIMEOUT)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def answers(sock: socket.socket, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the FastCGI server on the connected `sock` answers FCGI_GET_VALUES (any reply
+    counts: a server that does not know the record says so)."""
     try:
-        probe.settimeout(2.0)
-        probe.connect(path)
-    except ConnectionRefusedError:
-        # Nobody listens: the file is what a crashed or killed server left behind.
-        log.info("removing stale socket file %s", path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        if exc.errno == errno.EAGAIN:
-            # A full backlog still means somebody is listening.
-            raise BindError(f"cannot bind unix:{path}: another server is listening on it") from None
-        raise BindError(f"cannot bind unix:{path}: {exc.strerror}") from None
-    finally:
-        probe.close()
-    raise BindError(f"cannot bind unix:{path}: another server is listening on it")
+        sock.settimeout(timeout)
+        sock.sendall(encode_record(RecordType.GET_VALUES, 0, encode_params([(b"FCGI_MAX_CONNS", b"")])))
+        return sock.recv(1) != b""
+    except OSError:
+        return False
 
 
 def bind_tcp(address: Address, backlog: int) -> socket.socket:
@@ -199,6 +222,45 @@ def describe(sock: socket.socket) -> str:
     if sock.family == socket.AF_INET6:
         return f"[{name[0]}]:{name[1]}"
     return f"{name[0]}:{name[1]}"
+
+
+def bound_here(sock: socket.socket, config: Config) -> bool:
+    """True for a listener this server bound from --bind (not one passed in by fd 0, fd://N or
+    systemd, which belongs to whoever passed it)."""
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return False
+    for spec in config.bind:
+        address = parse_address(spec)
+        if address.kind == "unix" and sock.family == socket.AF_UNIX and name == address.path:
+            return True
+        if address.kind == "tcp" and sock.family != socket.AF_UNIX and name[1] == address.port:
+            return True
+    return False
+
+
+def held_by(sock: socket.socket, pid: int) -> bool | None:
+    """Whether process `pid` has `sock` open too; None when we may not look."""
+    try:
+        target = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}") == target:
+                return True
+    return False
+
+
+def releasable(sock: socket.socket, config: Config, spawner: int) -> bool:
+    """May a server whose supervisor died shut `sock` down for everyone? Yes for one it bound
+    itself, and for one passed in by a process that no longer holds it (lighttpd's bin-path
+    and spawn-fcgi close their copy; lighttpd binds a new socket for the backend it starts
+    next, and spawns it only when a connect() to the path fails). No when the process that
+    started us keeps it (systemd, supervisord's fcgi-program), or when we may not look."""
+    return bound_here(sock, config) or held_by(sock, spawner) is False
 
 
 def close_listeners(listeners: list[socket.socket], config: Config) -> None:

@@ -27,7 +27,7 @@ from wsgiref.types import WSGIApplication
 
 import psutil
 
-from fcgiserver import forksafety, privileges, reexec, sdnotify
+from fcgiserver import allowlist, forksafety, privileges, reexec, sdnotify
 from fcgiserver.accesslog import AccessLogSink, access_pipe
 
 # Imported in the parent, once: the worker stack then sits in pages every worker shares,
@@ -39,6 +39,7 @@ from fcgiserver.hooks import HookError, HookSet
 from fcgiserver.inherited import EXIT_REFUSED, InheritanceGuard, Refused, shareable_inodes
 from fcgiserver.loader import AppLoader, AppLoadError
 from fcgiserver.logs import LogRelay, flush_logs, reopen_error_log, worker_pipe
+from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
 from fcgiserver.scoreboard import Scoreboard, SlotState
@@ -168,6 +169,10 @@ class Supervisor:
                          workers=self.num_workers)
         self.poolstats = PoolStats(stats)
         self.scoreboard.poolstats = self.poolstats  # for the workers' status page
+        # Workers leave when this process is gone, however it ended (parentwatch.py).
+        self.parent_watch = ParentWatch(inherited.parent_pipe if inherited is not None else None)
+        # TCP clients the workers let in (None = any).
+        self.allow = allowlist.build(config)
         if inherited is not None:
             self._adopt(inherited)
 
@@ -215,6 +220,8 @@ class Supervisor:
                 if self.dynamic else f"{self.num_workers} workers")
         log.info("fcgiserver supervisor starting (pid %d) on %s with %s", self.pid,
                  ", ".join(describe(s) for s in self.listeners), pool)
+        if self.allow is not None:
+            log.info("TCP clients allowed: %s", self.allow.described)
         self.signals.install()
         # A re-exec'd image starts with these blocked (reexec.py); a TERM that came meanwhile
         # is delivered now, to the handler.
@@ -235,6 +242,7 @@ class Supervisor:
         finally:
             self.signals.uninstall()
             self._kill_all_now()
+            self.parent_watch.close()
             self.scoreboard.close()
             self.relay.close_all()
             if self.access_log is not None:
@@ -408,7 +416,7 @@ class Supervisor:
             access = (self.access_log.read_fd, self.access_fd)
         state = reexec.ReexecState(
             listeners=[s.fileno() for s in self.listeners], workers=workers,
-            generation=self._last_generation, access_pipe=access,
+            generation=self._last_generation, access_pipe=access, parent_pipe=self.parent_watch.fds(),
             stats={k: v for k, v in asdict(self.poolstats.info).items() if k != "mode"},
             env=self._kept_env)
         log.info("reloading: restarting the program (pid %d stays) with %d workers serving meanwhile",
@@ -565,6 +573,7 @@ class Supervisor:
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:
+            self.parent_watch.in_child()  # first: only this process may hold the write end
             os.close(output_r)
             run_child(self, info, slot, force_reseed=force_reseed, output_fd=output_w)  # never returns
         os.close(output_w)

@@ -10,6 +10,7 @@ request costs one recv and one send.
 from __future__ import annotations
 
 import _socket
+import contextlib
 import errno
 import logging
 import os
@@ -20,8 +21,12 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
+from fcgiserver import parentwatch
+from fcgiserver.allowlist import AllowList
 from fcgiserver.config import Config
+from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.protocol import (
     NEED_DATA,
     ConnectionClosed,
@@ -36,9 +41,17 @@ from fcgiserver.protocol import (
     StdinEnd,
 )
 from fcgiserver.scoreboard import Slot
+from fcgiserver.sockets import releasable
 from fcgiserver.status import request_path, status_routes
 from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
-from fcgiserver.wsgi_input import EMPTY_INPUT, BadContentLength, RequestBody, WSGIInput, parse_content_length
+from fcgiserver.wsgi_input import (
+    EMPTY_INPUT,
+    BadContentLength,
+    BodyTooLarge,
+    RequestBody,
+    WSGIInput,
+    parse_content_length,
+)
 
 log = logging.getLogger("fcgiserver.worker")
 
@@ -62,6 +75,8 @@ DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 # How long an idle kept connection leaves a new connection to the free workers before taking
 # it itself: a free worker normally accepts within microseconds, so a take means there is none.
 TAKEOVER_GRACE_MS = 20
+# Connections that sent nothing yet, held by one worker while it serves others (see _park).
+MAX_PARKED = 128
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
@@ -185,7 +200,7 @@ class _ListenWaiter:
 
     __slots__ = ("_epoll", "_listen_fds", "_poll")
 
-    def __init__(self, listen_fds: list[int], wake_fd: int) -> None:
+    def __init__(self, listen_fds: list[int], wake_fds: list[int]) -> None:
         self._epoll: select.epoll | None = None
         self._poll: select.poll | None = None
         self._listen_fds = listen_fds
@@ -193,18 +208,42 @@ class _ListenWaiter:
             self._epoll = epoll = select.epoll()
             for fd in listen_fds:
                 epoll.register(fd, _EXCLUSIVE_IN)
-            epoll.register(wake_fd, select.EPOLLIN)
+            for fd in wake_fds:
+                epoll.register(fd, select.EPOLLIN)
         else:
             self._poll = poller = select.poll()
-            for fd in (*listen_fds, wake_fd):
+            for fd in (*listen_fds, *wake_fds):
                 poller.register(fd, _POLLIN)
 
-    def wait(self) -> list[int]:
-        """The ready descriptors; blocks until there is one."""
+    def wait(self, timeout: float | None = None) -> list[int]:
+        """The ready descriptors; blocks until there is one, or `timeout` seconds."""
         if self._epoll is not None:
-            return [fd for fd, _mask in self._epoll.poll()]
+            return [fd for fd, _mask in self._epoll.poll(-1 if timeout is None else timeout)]
         assert self._poll is not None
-        return [fd for fd, _mask in self._poll.poll()]
+        return [fd for fd, _mask in self._poll.poll(None if timeout is None else int(timeout * 1000))]
+
+    def add(self, fd: int) -> None:
+        """Also wait for `fd` (a parked connection) to become readable."""
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+        else:
+            assert self._poll is not None
+            self._poll.register(fd, _POLLIN)
+
+    def remove(self, fd: int) -> None:
+        if self._epoll is not None:
+            self._epoll.unregister(fd)
+        else:
+            assert self._poll is not None
+            self._poll.unregister(fd)
+
+    def drop_listeners(self) -> None:
+        """Stopping: wake for nothing on the listeners, so an exclusive wakeup goes to a
+        worker that will accept."""
+        for fd in self._listen_fds:
+            with contextlib.suppress(KeyError, OSError):
+                self.remove(fd)
+        self._listen_fds = []
 
     def to_back(self) -> None:
         """Queue this worker behind the others waiting: the next connection goes to the one
@@ -238,7 +277,8 @@ class Worker:
     """Serves connections from `listeners`, one at a time, until told to stop."""
 
     def __init__(self, app: WSGIApp, listeners: list[socket.socket], config: Config, slot: Slot,
-                 generation: int) -> None:
+                 generation: int, *, parent: ParentWatch | None = None,
+                 allow: AllowList | None = None) -> None:
         self.app = app
         self.listeners = listeners
         self.config = config
@@ -248,6 +288,7 @@ class Worker:
         self.timeout_ms: int | None = int(read_timeout * 1000) if read_timeout > 0 else None
         self.max_params_size = config.max_params_size
         self.spool_threshold = config.spool_threshold
+        self.max_body_size = config.max_body_size
         self.script_name = config.script_name
         self.extra_environ = config.extra_environ
         # Idle time allowed on a KEEP_CONN connection between requests (0 = read_timeout).
@@ -265,10 +306,25 @@ class Worker:
         self._conn = ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns,
                                       max_params_size=self.max_params_size)
         self.stopping = False
+        # The read end of the supervisor's parent-death pipe (parentwatch.py); -1 = none.
+        self.parent_fd = parent.read_fd if parent is not None else -1
+        self._spawner = parent.spawner if parent is not None else 0
+        # Listeners to shut down when orphaned (found in _setup: no look at /proc then).
+        self._releasable: list[socket.socket] = []
+        self.orphaned = False
+        # TCP peers allowed (--allow-from, FCGI_WEB_SERVER_ADDRS); None = any.
+        self.allow = allow
         self.served = 0
         self.limit = 0
         self._wake_r = -1
         self._wake_w = -1
+        # --head-timeout: from accept to a request's complete head; 0 = the read timeout.
+        head = config.head_timeout if config.head_timeout > 0 else read_timeout
+        self.head_timeout = head if head > 0 else None
+        # Connections accepted that sent nothing yet: fd -> (socket, head deadline). They wait
+        # in the accept loop's wait set instead of holding the worker (see _park).
+        self._parked: dict[int, tuple[_socket.socket, float]] = {}
+        self._waiter: _ListenWaiter | None = None
         # The request in progress on the current connection.
         self._body: RequestBody | None = None
         self._started: RequestStarted | None = None
@@ -291,6 +347,8 @@ class Worker:
         finally:
             self.slot.exiting()
             self._teardown()
+        if self.orphaned:
+            log.warning("worker %d: the supervisor is gone; leaving", os.getpid())
         return EXIT_OK
 
     def _setup(self) -> None:
@@ -309,8 +367,11 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for listener in self.listeners:
             listener.setblocking(False)
+        if self.parent_fd >= 0:
+            self._releasable = [s for s in self.listeners if releasable(s, config, self._spawner)]
 
     def _teardown(self) -> None:
+        self._close_parked()
         # Never back to the inherited fd: that pipe is the supervisor's, and a signal
         # written into it from here would look like one sent to the supervisor.
         signal.set_wakeup_fd(-1)
@@ -321,9 +382,36 @@ class Worker:
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
+        # The supervisor's TERM, or the kernel's for its death (PR_SET_PDEATHSIG).
+        if self.parent_fd >= 0 and not self.orphaned and parentwatch.parent_gone(self.parent_fd):
+            self._orphan()
+
+    def _orphan(self) -> None:
+        """The supervisor is gone: accept nothing more, finish the request in hand within
+        --graceful-timeout (nobody else will enforce it now), then leave.
+
+        Safe in a signal handler: no lock, no log (run() logs on the way out).
+        """
+        # First, and for every worker at once: shut down the listeners nobody else holds, so
+        # a new instance can bind the same port or path now, not after the last request
+        # here, and lighttpd, which starts a new backend only when a connect() to the path
+        # fails, does so (a listener still open then makes it wait for one forever). One
+        # kept by whoever passed it in (systemd) is theirs: our copy just closes on exit.
+        for sock in self._releasable:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.orphaned = True
+        self.stopping = True
+        signal.signal(signal.SIGALRM, self._on_quit)
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, self.config.graceful_timeout))
 
     def _on_quit(self, signum: int, frame: FrameType | None) -> None:
         raise _Quit()
+
+    def _check_parent(self) -> None:
+        # Nobody writes to the pipe: readable means EOF, so no read() to tell.
+        if not self.orphaned:
+            self._orphan()
 
     def _drain_wakeup(self) -> None:
         try:
@@ -338,17 +426,33 @@ class Worker:
         by_fd = self._by_fd
         for sock in self.listeners:
             by_fd[sock.fileno()] = (sock, int(sock.family), int(sock.type), sock.proto)
-        wake_r = self._wake_r
-        waiter = _ListenWaiter(list(by_fd), wake_r)
+        wake_r, parent_fd = self._wake_r, self.parent_fd
+        self._waiter = waiter = _ListenWaiter(list(by_fd), [wake_r] if parent_fd < 0 else [wake_r, parent_fd])
+        parked = self._parked
         try:
-            while not self.stopping:
-                for fd in waiter.wait():
+            while not self.stopping or parked:
+                if self.orphaned:
+                    self._close_parked()  # they sent nothing: no request is lost
+                    break
+                for fd in (waiter.wait(self._next_head_deadline()) if parked else waiter.wait()):
                     if fd == wake_r:
                         self._drain_wakeup()
                         continue
-                    if self._take_connections(by_fd[fd]):
+                    if fd == parent_fd:
+                        self._check_parent()
+                        continue
+                    entry = parked.pop(fd, None)
+                    if entry is not None:
+                        waiter.remove(fd)
+                        self._serve(*entry)
+                    elif fd in by_fd and self._take_connections(by_fd[fd]):
                         waiter.to_back()
+                if parked:
+                    self._expire_parked()
+                if self.stopping:
+                    waiter.drop_listeners()
         finally:
+            self._waiter = None
             waiter.close()
 
     def _take_connections(self, listener: _Listener) -> bool:
@@ -365,7 +469,9 @@ class Worker:
         served = False
         while self._accept_and_serve(listener):
             served = True
-            if self.stopping:
+            # With connections parked, back to the wait set after each one: a parked head
+            # that arrived meanwhile must not wait behind a queue that never empties.
+            if self.stopping or self._parked:
                 break
         return served
 
@@ -378,12 +484,16 @@ class Worker:
         except OSError as exc:
             if exc.errno in _ACCEPT_TRANSIENT:
                 return True
+            if self.orphaned:
+                return False  # EINVAL: the listener was shut down (see _orphan)
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.error("accept failed: %s", exc)
                 time.sleep(0.1)  # let a descriptor or some memory free up
                 return False
             raise
         self.slot.count_accept()
+        if self.allow is not None and not self._admit(fd, _addr, listener):
+            return True
         # The C-level socket type: the Python wrapper adds nothing this loop uses and
         # costs microseconds per connection.
         self._serve(_socket.socket(listener[1], listener[2], listener[3], fd))
@@ -394,9 +504,20 @@ class Worker:
             self._serve(sock)
         return True
 
+    def _admit(self, fd: int, addr: object, listener: _Listener) -> bool:
+        """--allow-from: a TCP peer not listed is closed at once, before a byte is read."""
+        if listener[1] == socket.AF_UNIX or self.allow is None or not isinstance(addr, tuple):
+            return True
+        host = str(addr[0])
+        if self.allow.allows(host):
+            return True
+        os.close(fd)
+        self.allow.refused(host)
+        return False
+
     # -- one connection ----------------------------------------------------------------
 
-    def _serve(self, sock: _socket.socket) -> None:
+    def _serve(self, sock: _socket.socket, head_deadline: float | None = None) -> None:
         # One connection at a time: the same protocol object serves them all. The channel
         # stays per connection, so an app that kept an old wsgi.errors cannot write into
         # the request being served now (see _Channel.send_stderr).
@@ -406,22 +527,25 @@ class Worker:
         # A stop may close a connection only between requests: one accepted but not yet
         # sent its first request is a request the front already handed over.
         served_before = self.served
-        # A request's head (BEGIN_REQUEST and its PARAMS) must arrive whole within the read
-        # timeout, however it trickles: a timer restarted by every byte would let one byte
-        # every few seconds hold the worker forever (the body is bounded by --timeout, since
-        # the slot is busy once the head is in).
-        head_deadline: float | None = None
+        # A request's head (BEGIN_REQUEST and its PARAMS) must arrive whole within
+        # --head-timeout, however it trickles: a timer restarted by every byte would let one
+        # byte every few seconds hold the worker forever (the body is bounded by --timeout,
+        # since the slot is busy once the head is in). For the first request the clock
+        # starts at accept (a parked connection brings its deadline).
+        parked = False
         buf = self.buf
         view = self.view
         state = conn.state
         try:
             while True:
-                if head_deadline is not None and time.monotonic() >= head_deadline:
-                    raise TimeoutError("the request's parameters did not arrive in time")
                 # The usual request is already waiting, whole: one recv, no poll.
                 try:
                     n = sock.recv_into(buf, RECV_SIZE, _RECV_FLAGS)
                 except BlockingIOError:
+                    if (self.served == served_before and conn.state is _IDLE and not conn.pending_input
+                            and self._park(sock, head_deadline)):
+                        parked = True
+                        return
                     n = self._wait_and_recv(sock, conn.state is _IDLE and self.served > served_before,
                                             head_deadline)
                     if n < 0:
@@ -433,8 +557,12 @@ class Worker:
                 self._handle_events(conn, channel)
                 state = conn.state
                 if state is _PARAMS or (state is _IDLE and conn.pending_input):
-                    if head_deadline is None and self.timeout_ms is not None:
-                        head_deadline = time.monotonic() + self.read_timeout
+                    if head_deadline is None and self.head_timeout is not None:
+                        head_deadline = time.monotonic() + self.head_timeout
+                    elif head_deadline is not None and time.monotonic() >= head_deadline:
+                        # Checked after a read, not before: bytes that came in time (to a
+                        # parked connection, say) are taken even when the worker is late.
+                        raise TimeoutError("the request's parameters did not arrive in time")
                 else:
                     head_deadline = None
                 out = conn.data_to_send()
@@ -459,7 +587,66 @@ class Worker:
         finally:
             if self._started is not None:  # a request cut off by whatever ended the connection
                 self._end_request()
-            sock.close()
+            if not parked:
+                sock.close()
+
+    # -- connections that sent nothing yet ---------------------------------------------------
+
+    def _park(self, sock: _socket.socket, head_deadline: float | None) -> bool:
+        """Sets aside a connection that has sent nothing yet; False when it cannot be.
+
+        Fronts send a request's head at once, so a connection that is silent after accept is
+        rare; served in place it would hold this worker for the whole head deadline, and a
+        few of them the whole pool. Parked, it waits in the accept loop's wait set (with its
+        deadline from accept) while the worker takes other connections; it is served when
+        its first bytes arrive and closed at its deadline.
+        """
+        waiter, timeout = self._waiter, self.head_timeout
+        if waiter is None or timeout is None or self.orphaned:
+            return False
+        if len(self._parked) >= MAX_PARKED:
+            oldest = min(self._parked, key=lambda fd: self._parked[fd][1])
+            self._drop_parked(oldest)
+        deadline = head_deadline if head_deadline is not None else time.monotonic() + timeout
+        fd = sock.fileno()
+        self._parked[fd] = (sock, deadline)
+        waiter.add(fd)
+        return True
+
+    def _next_head_deadline(self) -> float:
+        """Seconds until the earliest parked deadline (the accept loop's wait timeout)."""
+        return max(0.0, min(d for _s, d in self._parked.values()) - time.monotonic())
+
+    def _expire_parked(self) -> None:
+        now = time.monotonic()
+        for fd, (sock, deadline) in list(self._parked.items()):
+            if self._parked.get(fd, (None,))[0] is not sock:
+                continue  # served or dropped meanwhile (by a _serve() below)
+            if deadline <= now:
+                # Bytes that came while this worker was busy elsewhere still count as in time.
+                try:
+                    waiting = bool(sock.recv(1, socket.MSG_PEEK | _RECV_FLAGS))
+                except OSError:
+                    waiting = False
+                if waiting:
+                    del self._parked[fd]
+                    if self._waiter is not None:
+                        self._waiter.remove(fd)
+                    self._serve(sock, deadline)
+                else:
+                    log.debug("closing a connection that sent no request within %s s", self.head_timeout)
+                    self._drop_parked(fd)
+
+    def _drop_parked(self, fd: int) -> None:
+        sock, _deadline = self._parked.pop(fd)
+        if self._waiter is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self._waiter.remove(fd)
+        sock.close()
+
+    def _close_parked(self) -> None:
+        for fd in list(self._parked):
+            self._drop_parked(fd)
 
     def _wait_and_recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None = None) -> int:
         """Waits for bytes and reads them; -1 when the idle connection is to be closed."""
@@ -472,6 +659,8 @@ class Worker:
             # connection no free worker takes: a front that keeps more connections than
             # there are workers would otherwise leave it waiting for a read timeout.
             poller.register(self._wake_r, _POLLIN)
+            if self.parent_fd >= 0:
+                poller.register(self.parent_fd, _POLLIN)
             listening = self._by_fd
             for fd in listening:
                 poller.register(fd, _POLLIN)
@@ -495,7 +684,9 @@ class Worker:
                     peer_ready = True
                 elif fd == self._wake_r:
                     self._drain_wakeup()
-            if not peer_ready:
+                elif fd == self.parent_fd:
+                    self._check_parent()
+            if not peer_ready and not self.stopping:
                 for fd, _mask in ready:
                     if fd in listening and self._take_waiting(sock, listening[fd]):
                         return -1
@@ -521,6 +712,8 @@ class Worker:
             # Gone to another worker (EAGAIN), or an error the accept loop deals with.
             return False
         self.slot.count_accept()
+        if self.allow is not None and not self._admit(fd, _addr, listener):
+            return False
         log.debug("closing an idle kept connection for a new one no free worker took")
         self._taken = _socket.socket(listener[1], listener[2], listener[3], fd)
         return True
@@ -545,6 +738,8 @@ class Worker:
                         self._body.append(event.data)
                     except OSError as exc:
                         self._spool_failed(exc)
+                    except BodyTooLarge:
+                        self._too_large(conn, channel)
             elif type(event) is RequestAborted:
                 # Aborted before the app was called: nothing to stop, only to answer.
                 self._end_request()
@@ -572,7 +767,18 @@ class Worker:
             log.warning("bad CONTENT_LENGTH %r: answering 400", params.get("CONTENT_LENGTH"))
             self._send_simple(conn, channel, "400 Bad Request", b"Bad Request\n")
             return
-        self._body = _NO_BODY if declared == 0 else RequestBody(declared, self.spool_threshold)
+        if declared is not None and declared > self.max_body_size:
+            self._too_large(conn, channel)
+        self._body = (_NO_BODY if declared == 0
+                      else RequestBody(declared, self.spool_threshold, limit=self.max_body_size))
+
+    def _too_large(self, conn: ServerConnection, channel: _Channel) -> NoReturn:
+        """--max-body-size: 413 and the connection closed, the rest of the body never read,
+        what came of it dropped (the spool file closes with the request)."""
+        log.warning("request body over --max-body-size (%d bytes): answering 413 and closing the "
+                    "connection", self.max_body_size)
+        self._send_simple(conn, channel, "413 Content Too Large", b"Content Too Large\n")
+        raise _Close()
 
     def _spool_failed(self, exc: OSError) -> None:
         # The rest of STDIN is read and dropped, so the front gets a clear answer at its end

@@ -36,6 +36,10 @@ def parse_content_length(value: str | None) -> int | None:
     return int(value)
 
 
+class BodyTooLarge(Exception):
+    """The body grew past its limit (--max-body-size)."""
+
+
 class RequestBody:
     """Collects STDIN. `declared` is CONTENT_LENGTH (None if absent).
 
@@ -43,10 +47,13 @@ class RequestBody:
     is no point in storing them.
     """
 
-    __slots__ = ("_chunks", "_declared", "_file", "_size", "_spool_dir", "_threshold")
+    __slots__ = ("_chunks", "_declared", "_file", "_limit", "_size", "_spool_dir", "_threshold")
 
-    def __init__(self, declared: int | None, threshold: int, spool_dir: str | None = None) -> None:
+    def __init__(self, declared: int | None, threshold: int, spool_dir: str | None = None,
+                 limit: int | None = None) -> None:
         self._declared = declared
+        # append() raises BodyTooLarge past this many bytes (a body sent without a length).
+        self._limit = limit
         self._threshold = threshold
         self._spool_dir = spool_dir
         self._chunks: list[bytes] = []
@@ -75,6 +82,8 @@ class RequestBody:
             if not data:
                 return
         self._size += len(data)
+        if self._limit is not None and self._size > self._limit:
+            raise BodyTooLarge(self._size)
         if self._file is not None:
             self._file.write(data)
             return

@@ -69,18 +69,24 @@ trap stop_all EXIT
 FCGI_PID=$!
 
 # lighttpd connects to the socket only when a request comes, but a backend that fails to
-# start should stop us here with its own message, not later with a 503.
-for _ in $(seq 300); do
-    if [ -S "$SOCK" ]; then
+# start should stop us here with its own message, not later with a 503. Ready means a worker
+# answers FCGI_GET_VALUES: a socket file (left by a killed server, say) proves nothing.
+answers() {
+    [ -S "$SOCK" ] && "$PY" -m fcgiserver.client "unix:$SOCK" --get-values -m 1 >/dev/null 2>&1
+}
+ready=""
+for _ in $(seq 150); do
+    if answers; then
+        ready=1
         break
     fi
     if ! kill -0 "$FCGI_PID" 2>/dev/null; then
         echo "run-stack: fcgiserver did not start (see above)" >&2
         exit 1
     fi
-    sleep 0.1
+    sleep 0.2
 done
-[ -S "$SOCK" ] || { echo "run-stack: fcgiserver did not create $SOCK" >&2; exit 1; }
+[ -n "$ready" ] || { echo "run-stack: fcgiserver does not answer on $SOCK" >&2; exit 1; }
 
 export FCGISERVER_HOST=127.0.0.1
 export FCGISERVER_PORT="$PORT"

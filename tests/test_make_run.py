@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import psutil
 import pytest
 
 from tests.support.frontends import ROOT, STATIC_DIR, free_port, port_answers, wait_for
+from tests.support.server import short_tempdir
 from tests.support.stack import http_request
 
 # `make run` needs only the runtime half of the virtualenv (`make test` builds .stamp on it).
@@ -79,3 +83,37 @@ def test_make_run_serves_the_site_and_stops_without_leftovers(tmp_path: Path, ho
             make.wait()
         for p in alive(tree):
             p.kill()
+
+
+def test_make_run_waits_for_a_backend_that_answers_not_for_a_leftover_socket_file() -> None:
+    # What a killed server can leave: its socket file, with a listener the kernel still
+    # accepts on and nobody answers. The stack must come up on a backend of its own.
+    var = Path(short_tempdir("var-"))
+    port = free_port()
+    (var / "run").mkdir()
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(var / "run" / f"fcgiserver-{port}.sock"))
+    leftover.listen(8)
+    log_path = var / "make-run.log"
+    env = dict(os.environ, FCGISERVER_VAR=str(var))
+    with log_path.open("wb") as log:
+        make = subprocess.Popen(make_command(port), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert wait_for(lambda: url in log_path.read_text() or make.poll() is not None, timeout=120)
+        assert make.poll() is None, log_path.read_text()
+        # Ready when announced: the first request is served by the new backend.
+        page = http_request(f"http://127.0.0.1:{port}", "GET", "/")
+        assert page.status == 200, log_path.read_text()
+        assert "answered nothing" in log_path.read_text()
+    finally:
+        leftover.close()
+        if make.poll() is None:
+            make.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                make.wait(timeout=60)
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+        shutil.rmtree(var, ignore_errors=True)

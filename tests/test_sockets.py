@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,11 +57,22 @@ def test_a_stale_socket_file_is_replaced(short_dir: str) -> None:
     assert not os.path.exists(path)
 
 
+def _answer_forever(listener: socket.socket) -> None:
+    """A live FastCGI server as far as the probe can tell: it answers what it is sent."""
+    with contextlib.suppress(OSError):
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"\x01\x0a\x00\x00\x00\x00\x00\x00")  # an empty GET_VALUES_RESULT
+
+
 def test_a_live_socket_is_refused_and_left_alone(short_dir: str) -> None:
     path = os.path.join(short_dir, "app.sock")
     live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     live.bind(path)
     live.listen(1)
+    threading.Thread(target=_answer_forever, args=(live,), daemon=True).start()
     try:
         proc = subprocess.run(server_command(APP, ["--bind", f"unix:{path}"]), capture_output=True,
                               timeout=30, text=True)
@@ -72,6 +84,21 @@ def test_a_live_socket_is_refused_and_left_alone(short_dir: str) -> None:
             client.connect(path)
     finally:
         live.close()
+
+
+def test_a_socket_whose_listener_answers_nothing_is_replaced(short_dir: str) -> None:
+    # Like the listener of a server whose processes are stopped or stuck: the kernel accepts
+    # connections, nobody answers them.
+    path = os.path.join(short_dir, "app.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.listen(8)
+    try:
+        with running_server(APP, workers=1, bind=f"unix:{path}") as server:
+            assert fcgi_request(server.address).status == 200
+            assert "answered nothing" in server.log_text()
+    finally:
+        dead.close()
 
 
 def test_a_path_that_is_not_a_socket_is_refused(short_dir: str) -> None:

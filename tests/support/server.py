@@ -144,19 +144,16 @@ def server_command(app: str, args: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-bb", "-m", "fcgiserver", *args, *([app] if app else [])]
 
 
-def _can_connect(address: str) -> bool:
+def _answers(address: str) -> bool:
+    """The server answers FCGI_GET_VALUES: a socket file, or a connection accepted by the
+    kernel, can outlive the process that should answer on it."""
+    get_values = _record(9, _pair(b"FCGI_MAX_CONNS", b""), request_id=0)
     try:
-        if address.startswith("unix:"):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(2)
-                s.connect(address[len("unix:"):])
-        else:
-            host, _, port = address.rpartition(":")
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
-                pass
+        with connect(address, 2) as sock:
+            sock.sendall(get_values)
+            return sock.recv(8) != b""
     except OSError:
         return False
-    return True
 
 
 @contextlib.contextmanager
@@ -203,7 +200,7 @@ def running_server(app: str, *, workers: int = 2, args: Sequence[str] = (),
                 seen = any("READY=1" in m for m in server.notify_messages)
             else:
                 seen = READY_LOG_LINE in server.log_text()
-            return seen and _can_connect(address)
+            return seen and _answers(address)
 
         if not wait_until(ready, ready_timeout):
             raise RuntimeError(f"fcgiserver was not ready within {ready_timeout} s:\n" + server.log_text())
