@@ -31,6 +31,9 @@ class Settings:
     accel_prefix: str = "/_large/"
     id_tries: int = 16
     recover_seconds: int = 30  # 0: no recovery thread (the tests of a single app)
+    medium_px: int = 1280
+    rate_per_minute: int = 60  # uploads per client and minute; 0: no limit
+    site_name: str = "Picturebox"
 
     @property
     def pictures(self) -> Path:
@@ -43,6 +46,10 @@ class Settings:
     @property
     def thumbs(self) -> Path:
         return self.root / "thumbs"
+
+    @property
+    def medium(self) -> Path:
+        return self.root / "medium"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -96,4 +103,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         accel_prefix=prefix,
         id_tries=_int(env, "UPLOAD_ID_TRIES", 16),
         recover_seconds=_int(env, "UPLOAD_RECOVER_SECONDS", 30, minimum=0),
+        medium_px=_int(env, "UPLOAD_MEDIUM_PX", 1280, minimum=64),
+        rate_per_minute=_int(env, "UPLOAD_RATE_PER_MINUTE", 60, minimum=0),
+        site_name=_site_name(env.get("UPLOAD_SITE_NAME", "")),
     )
+
+
+def _site_name(raw: str) -> str:
+    name = raw.strip() or "Picturebox"
+    if len(name) > 40 or not name.isprintable():
+        raise SettingsError("UPLOAD_SITE_NAME must be at most 40 printable characters")
+    return name

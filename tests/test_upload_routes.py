@@ -148,7 +148,8 @@ def test_browser_upload_redirects_to_the_page_that_offers_delete(site: Site) -> 
     location = reply.header("location")
     assert location and re.fullmatch(r"/[A-Za-z]{8}", location)
     cookie = reply.header("set-cookie")
-    assert cookie and "HttpOnly" in cookie and f"Path={location}" in cookie
+    # Path=/: a page of several pictures (/<a>,<b>) sees every picture's key.
+    assert cookie and "HttpOnly" in cookie and "Path=/;" in cookie
     token = cookie.split(";")[0].split("=", 1)[1]
     page = request(site.base, "GET", location, headers={"Cookie": cookie.split(";")[0]})
     assert page.status == 200
@@ -286,8 +287,11 @@ def test_large_picture_is_only_reachable_through_a_signed_link(site: Site) -> No
     path = reply.header("x-sendfile")
     assert path == str(site.root / "large" / f"{f['id']}.png") and os.path.isabs(path)
     assert hashlib.sha256(Path(path).read_bytes()).digest() == hashlib.sha256(data).digest()
+    # The page shows the public medium rendition and links the full picture through /o/<id>,
+    # which redirects to a freshly signed link.
     page = request(site.base, "GET", f["page_url"]).body.decode()
-    assert f"/l/{f['id']}.png?e=" in page
+    assert f"/medium/{f['id']}.png" in page and f'href="/o/{f["id"]}"' in page
+    assert f"/l/{f['id']}.png?e=" in (request(site.base, "GET", f"/o/{f['id']}").header("location") or "")
 
 
 def test_tampered_and_expired_links(site: Site) -> None:
