@@ -6,7 +6,6 @@ static/upload.js, looks in static/upload.css, and every page works without the s
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from html import escape
 
@@ -141,12 +140,12 @@ def _delete_box(view: PictureView, origin: str) -> str:
 
 
 def picture_section(view: PictureView, origin: str) -> str:
-    expiry = ""
-    if view.large and view.expires:
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(view.expires))
-        expiry = (f'<p class="hint">Full-size file: the direct file link works until {esc(when)}; '
-                  f'the Original link always works.</p>')
     medium = view.medium_url or view.url
+    # A large picture's file link is signed and expires; the Original link (/o/<id>) never does.
+    scaled = ""
+    if medium != view.url:
+        scaled = '<p class="hint">Shown reduced; Original opens the full-size picture.</p>\n'
+
     return f"""<section class="picture" id="p-{esc(view.id)}">
 <figure class="frame">
 <a href="{esc(view.original_url or view.url)}"><img class="full" src="{esc(medium)}"
@@ -155,8 +154,7 @@ def picture_section(view: PictureView, origin: str) -> str:
   {view.width} &times; {view.height}, {esc(_human(view.size))} &middot;
   <a href="{esc(view.original_url or view.url)}">Original</a>
   <img class="thumb" src="{esc(view.thumbnail_url)}" alt=""></figcaption>
-{expiry}
-</figure>
+{scaled}</figure>
 <aside class="side">
 {_share_box(view)}
 {_delete_box(view, origin)}

@@ -75,6 +75,7 @@
 
   function sendOne(file) {
     const n = ++counter;
+    document.body.classList.add("has-results");
     const row = el("li", { class: "upload-row" });
     const head = el("div", { class: "row-head" });
     const name = el("span", { class: "row-name" }, file.name || "pasted picture");
