@@ -18,6 +18,7 @@ from PIL import Image
 
 from handlers.storage import check_consistency
 from tests.support import corpus
+from tests.support.browser import chromium
 from tests.support.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -27,23 +28,8 @@ SIZES = {"desktop": (1280, 800, False), "phone": (390, 844, True)}
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-                "--window-size=1280,800", "--hide-scrollbars"):
-        options.add_argument(arg)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver",
-                      log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium(tmp_path, window=(1280, 800)) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
