@@ -120,6 +120,22 @@ def test_pick_paste_copy_and_delete_through_the_real_page(browser: Any, stack: S
     pasted_page = css(browser, "#results li input[id$='-page']")[0].get_attribute("value")
     assert pasted_page and pasted_page.startswith(stack.base_url + "/")
 
+    # Drop a file on the zone (Selenium cannot drag from the desktop: the drop event is made
+    # in the page, with a real File in its DataTransfer).
+    browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const c = document.createElement('canvas'); c.width = 90; c.height = 60;
+        c.getContext('2d').fillRect(0, 0, 90, 60);
+        c.toBlob(b => {
+          const t = new DataTransfer();
+          t.items.add(new File([b], 'dropped.png', {type: 'image/png'}));
+          const zone = document.getElementById('drop');
+          zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: t, bubbles: true, cancelable: true}));
+          zone.dispatchEvent(new DragEvent('drop', {dataTransfer: t, bubbles: true, cancelable: true}));
+          done('ok');
+        }, 'image/png');""")
+    wait_for(browser, lambda d: len(css(d, "#results li input[id$='-key']")) == 4)
+
     # Checked in the browser, never sent: too big, not a picture.
     big = tmp_path / "huge.jpg"
     with open(big, "wb") as f:
