@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.cookies
 import json
+import logging
 import os
 import re
 import stat
@@ -27,6 +28,8 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from handlers import templates
 from handlers.blocklist import Blocklist
 from handlers.checks import Check, Checker
@@ -36,7 +39,7 @@ from handlers.images import MIME_TYPES, guard_pillow
 from handlers.journal import Transaction
 from handlers.ratelimit import RateLimiter
 from handlers.recovery import Recoverer
-from handlers.renditions import ensure_medium, medium_url
+from handlers.renditions import ensure_medium, medium_path, medium_url
 from handlers.service import stage_picture
 from handlers.settings import Settings, load_settings
 from handlers.share import Links, as_json, share_codes
@@ -51,6 +54,7 @@ from handlers.storage import (
     random_id,
 )
 
+log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 
@@ -242,7 +246,7 @@ class UploadApp:
             staged: dict[str, Staged] = {}
             done = txn.commit([self._stage(item, len(spooled), txn, staged) for item in spooled])
         for r in done:
-            ensure_medium(self.storage, r.record, self.settings.medium_px)
+            self._make_medium(r.record)
         cookies = [self._token_cookie(r, environ) for r in done]
         if wants_json(environ):
             files = [self._describe(r.record, r.token, _origin(environ)) for r in done]
@@ -279,8 +283,22 @@ class UploadApp:
         expiry = int(urllib.parse.parse_qs(query)["e"][0])
         return f"/l/{record.filename}?{query}", expiry
 
+    def _make_medium(self, record: Record) -> None:
+        """Make the medium rendition if it is missing. The picture is published already: a
+        rendition that fails is logged, never the request's failure (_medium_url falls back)."""
+        try:
+            ensure_medium(self.storage, record, self.settings.medium_px)
+        except (OSError, ValueError, UploadError, Image.DecompressionBombError):
+            log.exception("medium rendition of %s failed", record.id)
+
+    def _medium_url(self, record: Record) -> str:
+        url = medium_url(record, self.settings.medium_px)
+        if url.startswith("/medium/") and not medium_path(self.storage, record).is_file():
+            return f"/o/{record.id}"  # no rendition (it failed): the stable original link
+        return url
+
     def _links(self, record: Record, origin: str) -> Links:
-        medium = origin + medium_url(record, self.settings.medium_px)
+        medium = origin + self._medium_url(record)
         return Links(page=f"{origin}/{record.id}", medium=medium, original=f"{origin}/o/{record.id}",
                      thumbnail=f"{origin}/thumbs/{record.id}.jpg")
 
@@ -290,7 +308,7 @@ class UploadApp:
             "id": record.id,
             "url": url,
             "url_expires": expires,
-            "medium_url": medium_url(record, self.settings.medium_px),
+            "medium_url": self._medium_url(record),
             "original_url": f"/o/{record.id}",
             "thumbnail_url": f"/thumbs/{record.id}.jpg",
             "page_url": f"/{record.id}",
@@ -317,7 +335,7 @@ class UploadApp:
             cookies.load(environ.get("HTTP_COOKIE", "") or "")
         origin = _origin(environ)
         for record in found:  # its maker may have been killed between the commit and the rendition
-            ensure_medium(self.storage, record, self.settings.medium_px)
+            self._make_medium(record)
         if wants_json(environ):
             described = [self._describe(r, None, origin) for r in found]
             return json_response(200, described[0] if len(ids) == 1 else {"files": described})
@@ -330,7 +348,7 @@ class UploadApp:
                 id=record.id, url=url, thumbnail_url=f"/thumbs/{record.id}.jpg", page_url=f"/{record.id}",
                 delete_url=f"/{record.id}/delete", width=record.width, height=record.height,
                 size=record.size, format=record.format, large=record.large, expires=expires,
-                delete_token=token, medium_url=medium_url(record, self.settings.medium_px),
+                delete_token=token, medium_url=self._medium_url(record),
                 original_url=f"/o/{record.id}",
                 codes=share_codes(self._links(record, origin), f"Picture {record.id}"),
             ))

@@ -240,3 +240,15 @@ def corpus_sha(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def test_a_failed_rendition_never_fails_the_published_upload_and_a_page_view_makes_it(site: Site) -> None:
+    (site.root / "medium").write_bytes(b"")  # a file where its folder should be: making it fails
+    f = upload_one(site, corpus.photo_jpeg((1600, 1200), seed=30))
+    assert f["medium_url"] == f"/o/{f['id']}"  # the stable original link stands in
+    assert f["share"]["direct"] == f"{site.base}/o/{f['id']}"
+    (site.root / "medium").unlink()
+    page = request(site.base, "GET", f["page_url"]).body.decode()
+    assert f'src="/medium/{f["id"]}.jpg"' in page
+    assert (site.root / "medium" / f"{f['id']}.jpg").is_file()
+    assert_clean(site)
