@@ -247,12 +247,15 @@ class UploadApp:
             done = txn.commit([self._stage(item, len(spooled), txn, staged) for item in spooled])
         for r in done:
             self._make_medium(r.record)
-        cookies = [self._token_cookie(r, environ) for r in done]
+        cookies = [self._token_cookie(r, f"/{r.record.id}", environ) for r in done]
         if wants_json(environ):
             files = [self._describe(r.record, r.token, _origin(environ)) for r in done]
             headers = cookies if environ.get("HTTP_X_UPLOAD_PAGE") else []
             return json_response(201, {"files": files}, headers)
         target = "/" + ",".join(r.record.id for r in done)
+        if len(done) > 1:
+            # The page of the batch (/<a>,<b>) is not below /<a>: it gets every key itself.
+            cookies += [self._token_cookie(r, target, environ) for r in done]
         return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
                               *cookies])
 
@@ -269,11 +272,12 @@ class UploadApp:
                 e.message = f"{item.filename}: {e.message}"
             raise
 
-    def _token_cookie(self, result: Published, environ: Environ) -> tuple[str, str]:
+    @staticmethod
+    def _token_cookie(result: Published, path: str, environ: Environ) -> tuple[str, str]:
+        # Scoped to the pages that show the picture, never Path=/: a key cookie per upload sent
+        # with every request would soon outgrow the fronts' header limits.
         secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""
-        pid = result.record.id
-        # Path=/: the page of several pictures (/<a>,<b>) must see every one's key.
-        return ("Set-Cookie", f"dt_{pid}={result.token}; Path=/; Max-Age={COOKIE_MAX_AGE}; "
+        return ("Set-Cookie", f"dt_{result.record.id}={result.token}; Path={path}; Max-Age={COOKIE_MAX_AGE}; "
                               f"HttpOnly; SameSite=Strict{secure}")
 
     def _picture_url(self, record: Record) -> tuple[str, int | None]:
@@ -369,7 +373,7 @@ class UploadApp:
             removed = txn.delete(record)
         if not removed:
             raise HTTPError(404, "not_found", "The picture was deleted already.")
-        expire = ("Set-Cookie", f"dt_{pid}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict")
+        expire = ("Set-Cookie", f"dt_{pid}=; Path=/{pid}; Max-Age=0; HttpOnly; SameSite=Strict")
         if wants_json(environ):
             return json_response(200, {"deleted": pid}, [expire])
         return html_response(200, templates.deleted_page(pid), [expire])

@@ -148,8 +148,7 @@ def test_browser_upload_redirects_to_the_page_that_offers_delete(site: Site) -> 
     location = reply.header("location")
     assert location and re.fullmatch(r"/[A-Za-z]{8}", location)
     cookie = reply.header("set-cookie")
-    # Path=/: a page of several pictures (/<a>,<b>) sees every picture's key.
-    assert cookie and "HttpOnly" in cookie and "Path=/;" in cookie
+    assert cookie and "HttpOnly" in cookie and f"Path={location}" in cookie
     token = cookie.split(";")[0].split("=", 1)[1]
     page = request(site.base, "GET", location, headers={"Cookie": cookie.split(";")[0]})
     assert page.status == 200
