@@ -168,6 +168,7 @@ def test_pick_paste_copy_and_delete_through_the_real_page(browser: Any, stack: S
     assert browser.execute_script("return arguments[0].naturalWidth", img) == 1280
     assert in_viewport(browser, css(browser, ".share")[0]), "share box below the fold"
     assert in_viewport(browser, css(browser, ".share .copy-btn")[0])
+    assert css(browser, ".share .copy-btn")[0].is_displayed()
     shoot(browser, shots, "picture-desktop-light")
     viewport(browser, "desktop", dark=True)
     shoot(browser, shots, "picture-desktop-dark")
@@ -216,4 +217,6 @@ def test_the_page_works_without_javascript_and_shows_every_key(browser: Any, sta
     assert "," in browser.current_url
     assert len(css(browser, ".keybox input[id$='-key']")) == 2
     assert len(css(browser, "form.delete")) == 2
+    # Copy buttons need the script: without it they are not shown (the fields are selectable).
+    assert css(browser, ".copy-btn") and not any(b.is_displayed() for b in css(browser, ".copy-btn"))
     shoot(browser, tmp_path / "screenshots", "several-nojs-desktop-light")
