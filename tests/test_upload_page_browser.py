@@ -145,8 +145,9 @@ def test_pick_paste_copy_and_delete_through_the_real_page(browser: Any, stack: S
     before = sorted(os.listdir(stack.media_root / "pictures"))
     css(browser, 'input[type="file"]')[0].send_keys(f"{big}\n{text}")
     wait_for(browser, lambda d: len(css(d, "#results .error")) == 2)
-    errors = " ".join(e.text for e in css(browser, "#results .error"))
-    assert "huge.jpg: over 20 MB" in errors and "notes.txt: not a picture" in errors
+    rows = [r.text for r in css(browser, "#results li") if css(r, ".error")]
+    assert any("huge.jpg" in r and "Not sent: over 20 MB." in r for r in rows), rows
+    assert any("notes.txt" in r and "Not sent: not a picture" in r for r in rows), rows
     assert sorted(os.listdir(stack.media_root / "pictures")) == before
 
     # Copy: the button puts the code on the clipboard.
@@ -157,6 +158,10 @@ def test_pick_paste_copy_and_delete_through_the_real_page(browser: Any, stack: S
         "const done = arguments[arguments.length - 1];"
         "navigator.clipboard.readText().then(done, e => done('error: ' + e));")
     assert copied == expected and copied.startswith("[![Picture ")
+
+    viewport(browser, "phone")
+    shoot(browser, shots, "results-phone-light")
+    viewport(browser, "desktop")
 
     # The picture page: medium rendition shown, share box above the fold at 1280x800.
     page_url = css(browser, "#results li input[id$='-page']")[-1].get_attribute("value")

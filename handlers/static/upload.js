@@ -84,7 +84,7 @@
     results.prepend(row);
     const problem = refuse(file);
     if (problem) {
-      row.append(el("span", { class: "error" }, (file.name || "This file") + ": " + problem + "."));
+      row.append(el("span", { class: "error" }, "Not sent: " + problem + "."));
       return;
     }
     const bar = el("progress", { max: "100", value: "0" });
@@ -116,7 +116,7 @@
           row.append(codeRow(id + "-delete", "Delete link", location.origin + f.delete_link));
         }
       } else if (xhr.status === 413) {
-        row.append(el("span", { class: "error" }, (file.name || "This file") + ": over the size limit."));
+        row.append(el("span", { class: "error" }, "Refused: over the size limit."));
       } else if (xhr.status === 429) {
         const wait = xhr.getResponseHeader("Retry-After") || "60";
         row.append(el("span", { class: "error" }, "Too many uploads; try again in " + wait + " seconds."));
