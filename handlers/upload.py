@@ -153,7 +153,7 @@ class UploadApp:
         self.clock = clock
         self.limits = Limits(settings.max_bytes, settings.max_request_bytes, settings.max_files)
         guard_pillow(settings.max_pixels)
-        self.rate = RateLimiter(settings.root / ".locks" / "rate", settings.rate_per_minute)
+        self.rate = RateLimiter(settings.root / ".locks" / "rate", settings.rate_per_minute, clock)
         self.blocklist = Blocklist(settings.root)
         templates.configure(settings.site_name)
         # Dead requests are recovered at start and then periodically, by every worker.
