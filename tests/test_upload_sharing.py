@@ -260,3 +260,16 @@ def test_a_failed_rendition_never_fails_the_published_upload_and_a_page_view_mak
     assert f'src="/medium/{f["id"]}.jpg"' in page
     assert (site.root / "medium" / f"{f['id']}.jpg").is_file()
     assert_clean(site)
+
+
+def test_blocking_a_file_refuses_its_upload_before_it_is_ever_stored(site: Site, tmp_path: Path) -> None:
+    data = corpus.picture(color=(200, 0, 200))
+    path = tmp_path / "reported.jpg"
+    path.write_bytes(data)
+    blocked = admin(site.root, "block", str(path))
+    assert blocked.returncode == 0 and corpus_sha(data) in blocked.stdout
+    reply = upload(site.base, [Part(data)])
+    assert reply.status == 451 and reply.json()["error"]["code"] == "taken_down"
+    assert list((site.root / "pictures").iterdir()) == []
+    assert upload(site.base, [Part(corpus.picture(color=(0, 200, 0)))]).status == 201
+    assert_clean(site)
