@@ -149,7 +149,7 @@ def picture_section(view: PictureView, origin: str) -> str:
     return f"""<section class="picture" id="p-{esc(view.id)}">
 <figure class="frame">
 <a href="{esc(view.original_url or view.url)}"><img class="full" src="{esc(medium)}"
-   alt="Picture {esc(view.id)}"></a>
+   width="{view.width}" height="{view.height}" alt="Picture {esc(view.id)}"></a>
 <figcaption class="meta"><a href="{esc(view.page_url)}">{esc(view.id)}</a> &middot; {esc(view.format)},
   {view.width} &times; {view.height}, {esc(_human(view.size))} &middot;
   <a href="{esc(view.original_url or view.url)}">Original</a>
