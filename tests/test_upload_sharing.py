@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -273,3 +274,33 @@ def test_blocking_a_file_refuses_its_upload_before_it_is_ever_stored(site: Site,
     assert list((site.root / "pictures").iterdir()) == []
     assert upload(site.base, [Part(corpus.picture(color=(0, 200, 0)))]).status == 201
     assert_clean(site)
+
+
+def test_a_worker_killed_while_making_a_rendition_leaves_nothing_half_done(site: Site) -> None:
+    from handlers import renditions
+    from handlers.recovery import recover
+    from handlers.storage import Storage
+
+    f = upload_one(site, corpus.photo_jpeg((1600, 1200), seed=31))
+    medium = site.root / "medium" / f"{f['id']}.jpg"
+    medium.unlink()  # as if the uploading worker died between its commit and the rendition
+    record = site.app.storage.lookup(f["id"])
+    assert record is not None
+    pid = os.fork()
+    if pid == 0:  # the worker: dies halfway through writing the rendition
+        def half(src: Any, out: Any, fmt: str, px: int) -> tuple[int, int]:
+            out.write(b"\xff\xd8\xff half a picture")
+            out.flush()
+            os._exit(9)
+
+        renditions.render_medium = half  # type: ignore[assignment]
+        renditions.ensure_medium(Storage(site.root), record, 1280)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 9
+    assert os.listdir(site.root / ".tmp") and os.listdir(site.root / ".txn")  # what it left
+    recover(Storage(site.root))
+    assert not medium.exists()
+    assert_clean(site)  # no temp file, no journal, no orphan rendition
+    page = request(site.base, "GET", f["page_url"]).body.decode()
+    assert f'src="/medium/{f["id"]}.jpg"' in page and medium.is_file()
