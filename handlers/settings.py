@@ -48,6 +48,9 @@ class Settings:
                       max_frame_pixels=self.max_frame_pixels, max_animation_pixels=self.max_animation_pixels,
                       max_scans=self.max_jpeg_scans, max_segments=self.max_segments,
                       max_request_pixels=self.max_request_pixels, max_decode_bytes=self.max_decode_bytes)
+    medium_px: int = 1280
+    rate_per_minute: int = 60  # uploads per client and minute; 0: no limit
+    site_name: str = "Picturebox"
 
     @property
     def pictures(self) -> Path:
@@ -60,6 +63,10 @@ class Settings:
     @property
     def thumbs(self) -> Path:
         return self.root / "thumbs"
+
+    @property
+    def medium(self) -> Path:
+        return self.root / "medium"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -120,4 +127,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_segments=_int(env, "UPLOAD_MAX_SEGMENTS", Budget.max_segments),
         max_request_pixels=_int(env, "UPLOAD_MAX_REQUEST_PIXELS", Budget.max_request_pixels),
         max_decode_bytes=_int(env, "UPLOAD_MAX_DECODE_BYTES", Budget.max_decode_bytes),
+        medium_px=_int(env, "UPLOAD_MEDIUM_PX", 1280, minimum=64),
+        rate_per_minute=_int(env, "UPLOAD_RATE_PER_MINUTE", 60, minimum=0),
+        site_name=_site_name(env.get("UPLOAD_SITE_NAME", "")),
     )
+
+
+def _site_name(raw: str) -> str:
+    name = raw.strip() or "Picturebox"
+    if len(name) > 40 or not name.isprintable():
+        raise SettingsError("UPLOAD_SITE_NAME must be at most 40 printable characters")
+    return name

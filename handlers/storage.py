@@ -363,6 +363,8 @@ class Storage:
         no id holds it, and the record last (it says which files to remove)."""
         unlink_quietly(self.picture_path(record))
         unlink_quietly(self.thumb_path(record.id))
+        # The medium rendition (handlers.renditions), derived after the commit, not a blob's.
+        unlink_quietly(self.root / "medium" / record.filename)
         self.detach(record.sha256)
         unlink_quietly(self.record_path(record.id))
         for d in (self.picture_path(record).parent, self.thumbs, self.blobs, self.meta):
@@ -449,6 +451,9 @@ def check_consistency(root: Path, *, deep: bool = False) -> list[str]:
                 problems.append(f"{d}/{n} is not named <id>.<ext>")
             elif pid not in records:
                 problems.append(f"orphan file {d}/{n} (no published record)")
+    for n in names(root / "medium"):  # renditions (handlers.renditions): of live ids only
+        if n.partition(".")[0] not in records:
+            problems.append(f"orphan file medium/{n} (no published record)")
     for pid, rec in sorted(records.items()):
         expected = {f"{'large' if rec.large else 'pictures'}/{rec.filename}", f"thumbs/{pid}.jpg"}
         have = set(owners.get(pid, []))

@@ -3,9 +3,12 @@
     GET  /                      upload page
     POST /upload                multipart/form-data, field "file" (one or several)
     GET  /<id>[,<id>...]        picture page (JSON record for JSON clients)
+    GET  /<id>/delete?key=      a page asking to confirm the delete (the key from the link or typed)
     POST /<id>/delete           form field "token" or header X-Delete-Token
+    GET  /o/<id>                the stable original link: a redirect to the file or a fresh signed link
     GET  /l/<id>.<ext>?e=&s=    signed link to a large picture (the web server sends the bytes)
-    GET  /pictures/..., /thumbs/..., /static/...   served here only when no web server is in front
+    GET  /pictures/..., /medium/..., /thumbs/..., /static/...   served here only when no web
+                                server is in front
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.cookies
 import json
+import logging
 import os
 import re
 import stat
@@ -24,15 +28,21 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from handlers import templates
+from handlers.blocklist import Blocklist
 from handlers.checks import Check, Checker
 from handlers.errors import UploadError
 from handlers.forms import Limits, SpooledFile, read_files
 from handlers.images import MIME_TYPES, guard_pillow
 from handlers.journal import Transaction
+from handlers.ratelimit import RateLimiter
 from handlers.recovery import Recoverer
+from handlers.renditions import ensure_medium, medium_path, medium_url
 from handlers.service import stage_picture
 from handlers.settings import Settings, load_settings
+from handlers.share import Links, as_json, share_codes
 from handlers.signing import LinkState, load_or_create_secret, signed_query, verify
 from handlers.storage import (
     IdSource,
@@ -44,6 +54,7 @@ from handlers.storage import (
     random_id,
 )
 
+log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 
@@ -64,6 +75,8 @@ _DELETE_RE = re.compile(r"/([A-Za-z]{8})/delete")
 _LARGE_RE = re.compile(r"/l/([A-Za-z]{8})\.(jpg|png|gif|webp)")
 _PICTURE_RE = re.compile(r"/pictures/([A-Za-z]{8})\.(jpg|png|gif|webp)")
 _THUMB_RE = re.compile(r"/thumbs/([A-Za-z]{8})\.jpg")
+_MEDIUM_RE = re.compile(r"/medium/([A-Za-z]{8})\.(jpg|png|gif|webp)")
+_ORIGINAL_RE = re.compile(r"/o/([A-Za-z]{8})")
 _STATIC_RE = re.compile(r"/static/([a-z0-9_-]+)\.(css|js)")
 
 
@@ -140,6 +153,9 @@ class UploadApp:
         self.clock = clock
         self.limits = Limits(settings.max_bytes, settings.max_request_bytes, settings.max_files)
         guard_pillow(settings.max_pixels)
+        self.rate = RateLimiter(settings.root / ".locks" / "rate", settings.rate_per_minute, clock)
+        self.blocklist = Blocklist(settings.root)
+        templates.configure(settings.site_name)
         # Dead requests are recovered at start and then periodically, by every worker.
         self.recoverer = Recoverer(self.storage, settings.recover_seconds).start() \
             if settings.recover_seconds else None
@@ -177,8 +193,15 @@ class UploadApp:
             self._allow(method, "POST")
             return self.upload(environ)
         if m := _DELETE_RE.fullmatch(path):
-            self._allow(method, "POST")
+            if method == "GET":
+                return self.confirm_delete(m[1], environ)
+            if method != "POST":
+                raise HTTPError(405, "method_not_allowed", "Use GET or POST here.",
+                                [("Allow", "GET, HEAD, POST")])
             return self.delete(m[1], environ)
+        if m := _ORIGINAL_RE.fullmatch(path):
+            self._allow(method, "GET")
+            return self.original(m[1])
         if m := _PAGE_RE.fullmatch(path):
             self._allow(method, "GET")
             return self.page(m[1].split(","), environ)
@@ -191,6 +214,9 @@ class UploadApp:
         if m := _THUMB_RE.fullmatch(path):
             self._allow(method, "GET")
             return self.thumbnail(m[1], environ)
+        if m := _MEDIUM_RE.fullmatch(path):
+            self._allow(method, "GET")
+            return self.medium(m[1], m[2], environ)
         if m := _STATIC_RE.fullmatch(path):
             self._allow(method, "GET")
             return self.static(m[1], m[2], environ)
@@ -205,6 +231,13 @@ class UploadApp:
     # -- upload -------------------------------------------------------------------------------
 
     def upload(self, environ: Environ) -> Response:
+        # The client address as the front passes it: behind a proxy, the front sets it from
+        # the header it trusts. Refused before a byte of the body is read.
+        wait = self.rate.take(str(environ.get("REMOTE_ADDR", "") or ""))
+        if wait:
+            raise HTTPError(429, "rate_limited",
+                            f"Too many uploads from your address; try again in {wait} seconds.",
+                            [("Retry-After", str(wait))])
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
         # One request, one transaction: every picture is published, or none.
         with Transaction.begin(self.storage) as txn, \
@@ -212,30 +245,39 @@ class UploadApp:
             spooled = read_files(environ, txn, self.limits, checker.start)
             staged: dict[str, Staged] = {}
             done = txn.commit([self._stage(item, len(spooled), txn, staged) for item in spooled])
-        cookies = [self._token_cookie(r, environ) for r in done]
+        for r in done:
+            self._make_medium(r.record)
+        cookies = [self._token_cookie(r, f"/{r.record.id}", environ) for r in done]
         if wants_json(environ):
-            files = [self._describe(r.record, r.token) for r in done]
+            files = [self._describe(r.record, r.token, _origin(environ)) for r in done]
             headers = cookies if environ.get("HTTP_X_UPLOAD_PAGE") else []
             return json_response(201, {"files": files}, headers)
         target = "/" + ",".join(r.record.id for r in done)
+        if len(done) > 1:
+            # The page of the batch (/<a>,<b>) is not below /<a>: it gets every key itself.
+            cookies += [self._token_cookie(r, target, environ) for r in done]
         return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
                               *cookies])
 
     def _stage(self, item: SpooledFile[Check], count: int, txn: Transaction,
                staged: dict[str, Staged]) -> Staged:
         try:
+            self.blocklist.refuse(item.sha256)
             result = stage_picture(item, txn, self.settings, staged.get(item.sha256))
             staged.setdefault(item.sha256, result)
+            self.blocklist.refuse(result.facts.served_sha256)
             return result
         except UploadError as e:
             if count > 1 and item.filename:
                 e.message = f"{item.filename}: {e.message}"
             raise
 
-    def _token_cookie(self, result: Published, environ: Environ) -> tuple[str, str]:
+    @staticmethod
+    def _token_cookie(result: Published, path: str, environ: Environ) -> tuple[str, str]:
+        # Scoped to the pages that show the picture, never Path=/: a key cookie per upload sent
+        # with every request would soon outgrow the fronts' header limits.
         secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""
-        pid = result.record.id
-        return ("Set-Cookie", f"dt_{pid}={result.token}; Path=/{pid}; Max-Age={COOKIE_MAX_AGE}; "
+        return ("Set-Cookie", f"dt_{result.record.id}={result.token}; Path={path}; Max-Age={COOKIE_MAX_AGE}; "
                               f"HttpOnly; SameSite=Strict{secure}")
 
     def _picture_url(self, record: Record) -> tuple[str, int | None]:
@@ -245,16 +287,39 @@ class UploadApp:
         expiry = int(urllib.parse.parse_qs(query)["e"][0])
         return f"/l/{record.filename}?{query}", expiry
 
-    def _describe(self, record: Record, token: str | None) -> dict[str, object]:
+    def _make_medium(self, record: Record) -> None:
+        """Make the medium rendition if it is missing. The picture is published already: a
+        rendition that fails is logged, never the request's failure (_medium_url falls back)."""
+        try:
+            ensure_medium(self.storage, record, self.settings.medium_px)
+        except (OSError, ValueError, UploadError, Image.DecompressionBombError):
+            log.exception("medium rendition of %s failed", record.id)
+
+    def _medium_url(self, record: Record) -> str:
+        url = medium_url(record, self.settings.medium_px)
+        if url.startswith("/medium/") and not medium_path(self.storage, record).is_file():
+            return f"/o/{record.id}"  # no rendition (it failed): the stable original link
+        return url
+
+    def _links(self, record: Record, origin: str) -> Links:
+        medium = origin + self._medium_url(record)
+        return Links(page=f"{origin}/{record.id}", medium=medium, original=f"{origin}/o/{record.id}",
+                     thumbnail=f"{origin}/thumbs/{record.id}.jpg")
+
+    def _describe(self, record: Record, token: str | None, origin: str) -> dict[str, object]:
         url, expires = self._picture_url(record)
         return {
             "id": record.id,
             "url": url,
             "url_expires": expires,
+            "medium_url": self._medium_url(record),
+            "original_url": f"/o/{record.id}",
             "thumbnail_url": f"/thumbs/{record.id}.jpg",
             "page_url": f"/{record.id}",
             "delete_url": f"/{record.id}/delete",
             "delete_token": token,
+            "delete_link": f"/{record.id}/delete?key={token}" if token else None,
+            "share": as_json(share_codes(self._links(record, origin), f"Picture {record.id}")),
             "width": record.width,
             "height": record.height,
             "bytes": record.size,
@@ -272,22 +337,25 @@ class UploadApp:
         cookies = http.cookies.SimpleCookie()
         with contextlib.suppress(http.cookies.CookieError):
             cookies.load(environ.get("HTTP_COOKIE", "") or "")
+        origin = _origin(environ)
+        for record in found:  # its maker may have been killed between the commit and the rendition
+            self._make_medium(record)
         if wants_json(environ):
-            described = [self._describe(r, None) for r in found]
+            described = [self._describe(r, None, origin) for r in found]
             return json_response(200, described[0] if len(ids) == 1 else {"files": described})
         views = []
         for record in found:
             morsel = cookies.get(f"dt_{record.id}")
             token = morsel.value if morsel and self.storage.check_token(record, morsel.value) else None
-            info = self._describe(record, token)
+            url, expires = self._picture_url(record)
             views.append(templates.PictureView(
-                id=record.id, url=str(info["url"]), thumbnail_url=str(info["thumbnail_url"]),
-                page_url=str(info["page_url"]), delete_url=str(info["delete_url"]), width=record.width,
-                height=record.height, size=record.size, format=record.format, large=record.large,
-                expires=info["url_expires"] if isinstance(info["url_expires"], int) else None,
-                delete_token=token,
+                id=record.id, url=url, thumbnail_url=f"/thumbs/{record.id}.jpg", page_url=f"/{record.id}",
+                delete_url=f"/{record.id}/delete", width=record.width, height=record.height,
+                size=record.size, format=record.format, large=record.large, expires=expires,
+                delete_token=token, medium_url=self._medium_url(record),
+                original_url=f"/o/{record.id}",
+                codes=share_codes(self._links(record, origin), f"Picture {record.id}"),
             ))
-        origin = _origin(environ)
         has_token = any(v.delete_token for v in views)
         return html_response(200, templates.picture_page(views, origin),
                              cache="no-store" if has_token else "private, max-age=60")
@@ -309,6 +377,28 @@ class UploadApp:
         if wants_json(environ):
             return json_response(200, {"deleted": pid}, [expire])
         return html_response(200, templates.deleted_page(pid), [expire])
+
+    def confirm_delete(self, pid: str, environ: Environ) -> Response:
+        """GET never deletes: it shows the picture and a form (the key filled in from the link,
+        or typed) whose POST does."""
+        record = self.storage.lookup(pid)
+        if record is None:
+            raise HTTPError(404, "not_found", "No such picture (it may have been deleted already).")
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", "") or "")
+        key = query.get("key", [""])[0].strip()[:200]
+        # The key may sit in the address: keep the page out of caches and referrers.
+        return html_response(200, templates.confirm_delete_page(
+            pid, f"/thumbs/{pid}.jpg", (record.thumb_width, record.thumb_height), key),
+            [("Referrer-Policy", "no-referrer")])
+
+    def original(self, pid: str) -> Response:
+        """A link that never dies for the full picture: each visit gets a freshly signed link
+        (or the public file), and the front sends the bytes."""
+        record = self.storage.lookup(pid)
+        if record is None:
+            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+        url, _ = self._picture_url(record)
+        return Response(302, [("Location", url), ("Content-Length", "0"), ("Cache-Control", "no-store")])
 
     @staticmethod
     def _form_token(environ: Environ) -> str:
@@ -363,6 +453,15 @@ class UploadApp:
         if record is None or record.large or record.ext != ext:
             raise HTTPError(404, "not_found", "No such picture.")
         return self._file(self.storage.picture_path(record), MIME_TYPES[ext], environ)
+
+    def medium(self, pid: str, ext: str, environ: Environ) -> Response:
+        record = self.storage.lookup(pid)
+        if record is None or record.ext != ext:
+            raise HTTPError(404, "not_found", "No such picture.")
+        path = ensure_medium(self.storage, record, self.settings.medium_px)
+        if path is None:
+            raise HTTPError(404, "not_found", "No such picture.")
+        return self._file(path, MIME_TYPES[ext], environ)
 
     def thumbnail(self, pid: str, environ: Environ) -> Response:
         if self.storage.lookup(pid) is None:

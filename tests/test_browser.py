@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import chromium
 from tests.support.stack import Stack, running_stack, small_jpeg
 
 CHROMIUM = "/usr/bin/chromium"
@@ -20,24 +21,8 @@ pytestmark = pytest.mark.timeout(180)
 def browser(tmp_path: Path) -> Iterator[object]:
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         pytest.fail("chromium and chromium-driver are needed (make system-deps installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    # An explicit driver path: Selenium must never try to fetch a driver of its own.
-    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_choosing_two_files_uploads_both_and_links_their_pages(tmp_path: Path, b
         field.send_keys("\n".join(files))
 
         def links(d: object) -> list[str]:
-            found = d.find_elements(By.CSS_SELECTOR, "#results li > a[href] img")  # type: ignore[attr-defined]
+            found = d.find_elements(By.CSS_SELECTOR, "#results li a[href] img")  # type: ignore[attr-defined]
             return [e.find_element(By.XPATH, "..").get_attribute("href") for e in found]
 
         WebDriverWait(driver, 60).until(lambda d: len(links(d)) == 2)

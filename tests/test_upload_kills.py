@@ -54,7 +54,7 @@ def records(root: Path) -> list[dict[str, object]]:
 
 def test_200_multi_picture_uploads_under_random_kills_are_each_all_or_none(tmp_path: Path) -> None:
     root = make_media_root(tmp_path / "media")
-    env = {"UPLOAD_ROOT": str(root), "UPLOAD_RECOVER_SECONDS": "1"}
+    env = {"UPLOAD_ROOT": str(root), "UPLOAD_RECOVER_SECONDS": "1", "UPLOAD_RATE_PER_MINUTE": "0"}
     shared = [tiny_jpeg(10_000 + n) for n in range(SHARED)]
     mine = {n: [tiny_jpeg(OWN * n + k) for k in range(OWN)] for n in range(REQUESTS)}
     carried = {n: shared[n % SHARED] for n in range(REQUESTS)}

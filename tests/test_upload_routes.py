@@ -286,8 +286,11 @@ def test_large_picture_is_only_reachable_through_a_signed_link(site: Site) -> No
     path = reply.header("x-sendfile")
     assert path == str(site.root / "large" / f"{f['id']}.png") and os.path.isabs(path)
     assert hashlib.sha256(Path(path).read_bytes()).digest() == hashlib.sha256(data).digest()
+    # The page shows the public medium rendition and links the full picture through /o/<id>,
+    # which redirects to a freshly signed link.
     page = request(site.base, "GET", f["page_url"]).body.decode()
-    assert f"/l/{f['id']}.png?e=" in page
+    assert f"/medium/{f['id']}.png" in page and f'href="/o/{f["id"]}"' in page
+    assert f"/l/{f['id']}.png?e=" in (request(site.base, "GET", f"/o/{f['id']}").header("location") or "")
 
 
 def test_tampered_and_expired_links(site: Site) -> None:

@@ -90,7 +90,8 @@ def running_stack(
         raise ValueError(f"front must be 'lighttpd' or 'nginx', got {front!r}")
     # Resolved: the front end compares the app's X-Sendfile paths with its own literally.
     media_root = make_media_root(tmp_path.resolve() / "media")
-    app_env = {"UPLOAD_ROOT": str(media_root)}
+    # Tests send hundreds of uploads from one address: no rate limit unless a test sets one.
+    app_env = {"UPLOAD_ROOT": str(media_root), "UPLOAD_RATE_PER_MINUTE": "0"}
     if front == "nginx":
         app_env["UPLOAD_SENDFILE"] = "x-accel"
     app_env.update(env or {})
