@@ -75,6 +75,8 @@ DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 # How long an idle kept connection leaves a new connection to the free workers before taking
 # it itself: a free worker normally accepts within microseconds, so a take means there is none.
 TAKEOVER_GRACE_MS = 20
+# _wait_and_recv(): a parked connection has bytes while the kept one waited idle.
+_YIELD = -2
 # Connections that sent nothing yet, held by one worker while it serves others (see _park).
 MAX_PARKED = 128
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
@@ -444,7 +446,7 @@ class Worker:
                     entry = parked.pop(fd, None)
                     if entry is not None:
                         waiter.remove(fd)
-                        self._serve(*entry)
+                        self._serve_with_takeovers(*entry)
                     elif fd in by_fd and self._take_connections(by_fd[fd]):
                         waiter.to_back()
                 if parked:
@@ -515,6 +517,15 @@ class Worker:
         self.allow.refused(host)
         return False
 
+    def _serve_with_takeovers(self, sock: _socket.socket, head_deadline: float | None = None) -> None:
+        """Serves a connection, then any connection taken over while it was idle (as
+        _accept_and_serve does inline): one left in `_taken` would wait, unread, until the
+        next accept, while its front waits for an answer."""
+        self._serve(sock, head_deadline)
+        while self._taken is not None:
+            sock, self._taken = self._taken, None
+            self._serve(sock)
+
     # -- one connection ----------------------------------------------------------------
 
     def _serve(self, sock: _socket.socket, head_deadline: float | None = None) -> None:
@@ -549,6 +560,10 @@ class Worker:
                     n = self._wait_and_recv(sock, conn.state is _IDLE and self.served > served_before,
                                             head_deadline)
                     if n < 0:
+                        # _YIELD: a parked connection has a request; this kept one, idle, waits
+                        # in the accept loop's set meanwhile, until its keep-alive time is up.
+                        if n == _YIELD and self._park(sock, self._keepalive_deadline()):
+                            parked = True
                         return
                 # A body arriving in pieces is appended to the protocol's own buffer: handing
                 # over the view spares a copy of every body byte. A request's head goes as bytes,
@@ -613,6 +628,10 @@ class Worker:
         waiter.add(fd)
         return True
 
+    def _keepalive_deadline(self) -> float | None:
+        ms = self.keepalive_ms
+        return None if ms is None else time.monotonic() + ms / 1000
+
     def _next_head_deadline(self) -> float:
         """Seconds until the earliest parked deadline (the accept loop's wait timeout)."""
         return max(0.0, min(d for _s, d in self._parked.values()) - time.monotonic())
@@ -632,7 +651,7 @@ class Worker:
                     del self._parked[fd]
                     if self._waiter is not None:
                         self._waiter.remove(fd)
-                    self._serve(sock, deadline)
+                    self._serve_with_takeovers(sock, deadline)
                 else:
                     log.debug("closing a connection that sent no request within %s s", self.head_timeout)
                     self._drop_parked(fd)
@@ -649,7 +668,8 @@ class Worker:
             self._drop_parked(fd)
 
     def _wait_and_recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None = None) -> int:
-        """Waits for bytes and reads them; -1 when the idle connection is to be closed."""
+        """Waits for bytes and reads them; -1 when the idle connection is to be closed,
+        _YIELD when it is idle and a parked connection has bytes (see _serve)."""
         poller = select.poll()
         poller.register(sock, _POLLIN)
         timeout_ms = self.timeout_ms
@@ -663,6 +683,10 @@ class Worker:
                 poller.register(self.parent_fd, _POLLIN)
             listening = self._by_fd
             for fd in listening:
+                poller.register(fd, _POLLIN)
+            # Parked connections (see _park): one whose request arrives must not wait for
+            # this kept connection's keep-alive time.
+            for fd in self._parked:
                 poller.register(fd, _POLLIN)
             timeout_ms = self.keepalive_ms
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
@@ -690,6 +714,8 @@ class Worker:
                 for fd, _mask in ready:
                     if fd in listening and self._take_waiting(sock, listening[fd]):
                         return -1
+                    if fd in self._parked:
+                        return _YIELD
             try:
                 return sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
             except BlockingIOError:

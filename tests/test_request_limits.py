@@ -185,3 +185,63 @@ def test_a_head_sent_in_time_is_served_though_the_worker_was_busy_past_the_deadl
                 reply += data
             slow.join(30)
         assert b"ok " in reply, server.log_text()
+
+
+# ---- parked connections and connections kept by the front (HAProxy's keep-conn, nginx's keepalive)
+
+def _kept_request() -> bytes:
+    """A GET with FCGI_KEEP_CONN: the server answers and leaves the connection open."""
+    pairs = b"".join(_pair(k.encode(), v.encode()) for k, v in {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1", "REQUEST_URI": "/", "CONTENT_LENGTH": "0"}.items())
+    return (_record(1, struct.pack("!HB5x", 1, 1)) + _record(4, pairs) + _record(4, b"")
+            + _record(5, b""))
+
+
+def _until_end_request(sock: socket.socket) -> bytes:
+    """Everything up to and including the END_REQUEST record."""
+    data = b""
+    while True:
+        offset = 0
+        while offset + 8 <= len(data):
+            _v, rtype, _id, length, pad = struct.unpack_from("!BBHHB", data, offset)
+            offset += 8 + length + pad
+            if rtype == 3 and offset <= len(data):
+                return data
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before END_REQUEST after {len(data)} bytes")
+        data += chunk
+
+
+def test_a_parked_connection_is_served_while_its_worker_idles_on_a_kept_one() -> None:
+    # One worker: it parks a silent connection, then serves a kept one and waits on it, idle.
+    with running_server(APP, workers=1, args=["--keepalive-timeout", "30"]) as server, \
+            connect(server.address, 30) as parked, connect(server.address, 30) as kept:
+        time.sleep(0.3)  # both accepted: the first parked, the second not yet asked
+        kept.sendall(_kept_request())
+        _until_end_request(kept)
+        start = time.monotonic()
+        parked.sendall(_kept_request())
+        reply = _until_end_request(parked)
+        took = time.monotonic() - start
+    print(f"a parked connection's request, its worker idle on a kept one: answered in {took:.3f} s")
+    assert took < 5.0  # not after the kept connection's 30 s keep-alive time
+    assert reply
+
+
+def test_a_connection_taken_over_after_a_parked_one_is_served() -> None:
+    # The worker serves a parked connection, which the front keeps; a new connection that no
+    # free worker takes makes it close the idle kept one and take the new one over.
+    with running_server(APP, workers=1, args=["--keepalive-timeout", "30"]) as server, \
+            connect(server.address, 30) as first:
+        time.sleep(0.3)  # accepted and parked: it sent nothing yet
+        first.sendall(_kept_request())
+        _until_end_request(first)
+        with connect(server.address, 10) as second:
+            start = time.monotonic()
+            second.sendall(_kept_request())
+            reply = _until_end_request(second)
+            took = time.monotonic() - start
+    assert reply
+    assert took < 5.0

@@ -226,7 +226,7 @@ def listener() -> Iterator[socket.socket]:
 
 def test_waiter_reports_a_waiting_connection_and_a_signal_byte(listener: socket.socket) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    waiter = _ListenWaiter([listener.fileno()], wake_r)
+    waiter = _ListenWaiter([listener.fileno()], [wake_r])
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         os.write(wake_w, b"\x0f")
@@ -243,7 +243,7 @@ def test_waiter_reports_a_waiting_connection_and_a_signal_byte(listener: socket.
 
 def test_one_connection_wakes_one_waiting_worker_not_all(listener: socket.socket) -> None:
     pipes = [os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) for _ in range(2)]
-    waiters = [_ListenWaiter([listener.fileno()], r) for r, _ in pipes]
+    waiters = [_ListenWaiter([listener.fileno()], [r]) for r, _ in pipes]
     woken: list[list[int]] = []
     done = threading.Event()
 
@@ -278,7 +278,7 @@ def test_a_worker_that_served_goes_behind_the_others_waiting(listener: socket.so
     # The kernel wakes exclusive waiters in registration order: without to_back() the same
     # worker would take every connection, and the others would never get one.
     pipes = [os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) for _ in range(2)]
-    waiters = [_ListenWaiter([listener.fileno()], r) for r, _ in pipes]
+    waiters = [_ListenWaiter([listener.fileno()], [r]) for r, _ in pipes]
     winners: list[int] = []
     served = threading.Semaphore(0)
     stop = threading.Event()
