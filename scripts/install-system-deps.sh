@@ -12,6 +12,8 @@ declare -A need=(
     [chromium]=chromium
     [chromedriver]=chromium-driver
     [systemd-analyze]=systemd
+    [gcc]=gcc
+    [valgrind]=valgrind
 )
 
 missing=()
@@ -20,6 +22,13 @@ for cmd in "${!need[@]}"; do
         missing+=("${need[$cmd]}")
     fi
 done
+
+# The compiled protocol accelerator builds against the headers of the Python that makes the
+# venv (PYTHON, as the Makefile passes it).
+include_dir=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+if [ ! -f "$include_dir/Python.h" ]; then
+    missing+=(python3-dev)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
