@@ -14,7 +14,8 @@ from bench.apps.hello_app import BODY
 from bench.backends import Backend
 from bench.httpreq import request
 from bench.lighttpd import start_lighttpd
-from bench.memory import cpu_seconds, machine_busy_seconds, summarize, workers_of
+from bench.memory import cpu_seconds_exact as cpu_seconds
+from bench.memory import machine_busy_seconds, summarize, workers_of
 from bench.procs import Managed, ProcessGroup, StartError, bench_env, wait_until_connectable
 from bench.wrk import WrkError, WrkResult, run_wrk
 

@@ -59,10 +59,45 @@ truncated(const char *what)
 
 /* params.decode_params_latin1_pure(), pair by pair: same results, same errors, same order of
  * checks (which error a garbled block gets depends on it). */
+/* Pairs in a well-formed block, counted without building anything (at most `size`). */
+static Py_ssize_t
+count_pairs(const unsigned char *data, Py_ssize_t size)
+{
+    Py_ssize_t pos = 0, pairs = 0;
+    while (pos + 1 < size) {
+        Py_ssize_t lengths[2];
+        for (int i = 0; i < 2; i++) {
+            if (pos >= size) {
+                return pairs;
+            }
+            if (data[pos] & 0x80) {
+                if (pos + 4 > size) {
+                    return pairs;
+                }
+                lengths[i] = (((Py_ssize_t)data[pos] << 24) | ((Py_ssize_t)data[pos + 1] << 16)
+                              | ((Py_ssize_t)data[pos + 2] << 8) | (Py_ssize_t)data[pos + 3]) & MAX_LEN;
+                pos += 4;
+            }
+            else {
+                lengths[i] = data[pos++];
+            }
+        }
+        pos += lengths[0] + lengths[1];
+        pairs++;
+    }
+    return pairs;
+}
+
+/* Room the WSGI bridge adds to the params dict when it makes it the environ (wsgi.*,
+ * FCGI_ROLE, defaults): sized in advance, the dict is not rebuilt on the way. */
+#define ENVIRON_EXTRA 16
+
 static PyObject *
 decode_block(const unsigned char *data, Py_ssize_t size)
 {
-    PyObject *out = PyDict_New();
+    /* Capped: a block of many tiny (or repeated) pairs must not buy a huge table. */
+    Py_ssize_t pairs = count_pairs(data, size);
+    PyObject *out = _PyDict_NewPresized((pairs < 128 ? pairs : 128) + ENVIRON_EXTRA);
     if (out == NULL) {
         return NULL;
     }
@@ -252,8 +287,22 @@ scan_whole_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         to += piece.length;
         at += 8 + piece.length + piece.padding;
     }
-    return Py_BuildValue("(niiiNO)", pos, request_id, role, flags, raw,
-                         stdin_ended ? Py_True : Py_False);
+    /* Built by hand: Py_BuildValue parses its format on every call, half this function's cost. */
+    PyObject *items[5] = {PyLong_FromSsize_t(pos), PyLong_FromLong(request_id), PyLong_FromLong(role),
+                          PyLong_FromLong(flags), raw};
+    PyObject *out = PyTuple_New(6);
+    if (out == NULL || !items[0] || !items[1] || !items[2] || !items[3]) {
+        Py_XDECREF(out);
+        for (int i = 0; i < 5; i++) {
+            Py_XDECREF(items[i]);
+        }
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        PyTuple_SET_ITEM(out, i, items[i]);
+    }
+    PyTuple_SET_ITEM(out, 5, Py_NewRef(stdin_ended ? Py_True : Py_False));
+    return out;
 }
 
 /* -- module ---------------------------------------------------------------------------------- */
