@@ -15,39 +15,41 @@ static PyObject *RemoteProtocolError; /* fcgiserver.protocol.errors.RemoteProtoc
 
 /* -- params ------------------------------------------------------------------------------ */
 
-/* Names repeat from request to request (a front sends the same 20 or so every time): the
- * str for a name is kept, interned, in a small table and reused, which spares building and
- * hashing a new one for every pair. Interned, it is also the very object the code's own
- * constants ("REQUEST_METHOD", ...) are, so later dict lookups match on identity. A slot is
- * picked from the name's length and three of its bytes; a miss replaces the slot. */
-#define NAME_CACHE_SIZE 256
-#define NAME_CACHE_MAX_LEN 48
-static PyObject *name_cache[NAME_CACHE_SIZE];
+/* Names repeat from request to request (a front sends the same 20 or so every time), and so
+ * do most short values (the method, protocol, host, addresses): the str for each is kept in
+ * a small table and reused, which spares building it (and, for a name, hashing it) for every
+ * pair. Names are interned, so they are the very objects the code's own constants
+ * ("REQUEST_METHOD", ...) are and later dict lookups match on identity. A slot is picked
+ * from the length and three of the bytes; a miss replaces the slot. */
+#define CACHE_SIZE 256
+#define CACHE_MAX_LEN 48
+static PyObject *name_cache[CACHE_SIZE];
+static PyObject *value_cache[CACHE_SIZE];
 
 static PyObject *
-latin1_name(const unsigned char *s, Py_ssize_t n)
+latin1_cached(PyObject **cache, const unsigned char *s, Py_ssize_t n, int intern)
 {
-    if (n == 0 || n > NAME_CACHE_MAX_LEN) {
+    if (n == 0 || n > CACHE_MAX_LEN) {
         return PyUnicode_DecodeLatin1((const char *)s, n, NULL);
     }
-    size_t slot = ((size_t)n * 31u + s[0] * 7u + s[n - 1] * 3u + s[n >> 1]) & (NAME_CACHE_SIZE - 1);
-    PyObject *cached = name_cache[slot];
+    size_t slot = ((size_t)n * 31u + s[0] * 7u + s[n - 1] * 3u + s[n >> 1]) & (CACHE_SIZE - 1);
+    PyObject *cached = cache[slot];
     if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n
             && memcmp(PyUnicode_1BYTE_DATA(cached), s, (size_t)n) == 0) {
-        Py_INCREF(cached);
-        return cached;
+        return Py_NewRef(cached);
     }
-    PyObject *name = PyUnicode_DecodeLatin1((const char *)s, n, NULL);
-    if (name == NULL) {
+    PyObject *text = PyUnicode_DecodeLatin1((const char *)s, n, NULL);
+    if (text == NULL) {
         return NULL;
     }
-    PyUnicode_InternInPlace(&name);
-    /* A latin-1 string is one byte per character: the memcmp above relies on it. */
-    if (PyUnicode_KIND(name) == PyUnicode_1BYTE_KIND) {
-        Py_INCREF(name);
-        Py_XSETREF(name_cache[slot], name);
+    if (intern) {
+        PyUnicode_InternInPlace(&text);
     }
-    return name;
+    /* A latin-1 string is one byte per character: the memcmp above relies on it. */
+    if (PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND) {
+        Py_XSETREF(cache[slot], Py_NewRef(text));
+    }
+    return text;
 }
 
 static PyObject *
@@ -145,12 +147,12 @@ decode_block(const unsigned char *data, Py_ssize_t size)
         if (pos > size) {
             break; /* the pair runs past the data: reported below, as the reference does */
         }
-        PyObject *name = latin1_name(data + start, name_len);
+        PyObject *name = latin1_cached(name_cache, data + start, name_len, 1);
         if (name == NULL) {
             Py_DECREF(out);
             return NULL;
         }
-        PyObject *value = PyUnicode_DecodeLatin1((const char *)data + mid, value_len, NULL);
+        PyObject *value = latin1_cached(value_cache, data + mid, value_len, 0);
         if (value == NULL) {
             Py_DECREF(name);
             Py_DECREF(out);
