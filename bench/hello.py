@@ -167,6 +167,13 @@ def ratios(targets: list[Target]) -> dict[str, dict[str, float]]:
             my_cpu = statistics.median(c["backend_us_per_req"] for c in t.cpu)
             if my_cpu > 0:
                 entry["cpu"] = round(statistics.median(c["backend_us_per_req"] for c in base.cpu) / my_cpu, 3)
+            # CPU per request over the base's, round by round: the load other processes put on
+            # the machine changes between rounds, and a backend's cost per request with it.
+            mine_cpu = {r: c["backend_us_per_req"] for r, c in zip(t.round_ids, t.cpu, strict=True)}
+            theirs_cpu = {r: c["backend_us_per_req"] for r, c in zip(base.round_ids, base.cpu, strict=True)}
+            paired_cpu = [mine_cpu[r] / theirs_cpu[r] for r in mine_cpu if theirs_cpu.get(r)]
+            if paired_cpu:
+                entry["cpu_per_request_paired"] = round(statistics.median(paired_cpu), 3)
             out[f"{t.backend.name}_vs_{base_name}"] = entry
     return out
 
