@@ -162,7 +162,7 @@ def _cpu_goal_lines(backends: dict[str, Any], ratios: dict[str, Any], reliable: 
                 verdict += " (machine busy: unsure, uWSGI's cost rises with outside load)"
             paired = ratios.get("fcgiserver_vs_uwsgi", {}).get("cpu_per_request_paired")
             by_round = f" (by round: median {paired:.2f}x)" if paired is not None else ""
-            lines.append(f"fcgiserver CPU per request: {mine:.1f} us, {ratio:.2f}x uWSGI's {theirs:.1f} us"
+            lines.append(f"fcgiserver CPU per request: {mine:.1f} us, {ratio:.3f}x uWSGI's {theirs:.1f} us"
                          f"{by_round}; goal <= {CPU_GOAL_VS_UWSGI:g}x: {verdict}")
     mine_uss = ours.get("idle_worker_memory", {}).get("uss_median_mib")
     theirs_uss = uwsgi.get("idle_worker_memory", {}).get("uss_median_mib")
