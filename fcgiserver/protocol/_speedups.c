@@ -59,8 +59,14 @@ truncated(const char *what)
     return NULL;
 }
 
-/* params.decode_params_latin1_pure(), pair by pair: same results, same errors, same order of
- * checks (which error a garbled block gets depends on it). */
+/* A 4-byte length (its top bit set) at p. */
+static inline Py_ssize_t
+long_length(const unsigned char *p)
+{
+    return (((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8)
+            | (Py_ssize_t)p[3]) & MAX_LEN;
+}
+
 /* Pairs in a well-formed block, counted without building anything (at most `size`). */
 static Py_ssize_t
 count_pairs(const unsigned char *data, Py_ssize_t size)
@@ -76,8 +82,7 @@ count_pairs(const unsigned char *data, Py_ssize_t size)
                 if (pos + 4 > size) {
                     return pairs;
                 }
-                lengths[i] = (((Py_ssize_t)data[pos] << 24) | ((Py_ssize_t)data[pos + 1] << 16)
-                              | ((Py_ssize_t)data[pos + 2] << 8) | (Py_ssize_t)data[pos + 3]) & MAX_LEN;
+                lengths[i] = long_length(data + pos);
                 pos += 4;
             }
             else {
@@ -94,6 +99,8 @@ count_pairs(const unsigned char *data, Py_ssize_t size)
  * FCGI_ROLE, defaults): sized in advance, the dict is not rebuilt on the way. */
 #define ENVIRON_EXTRA 16
 
+/* params.decode_params_latin1_pure(), pair by pair: same results, same errors, same order of
+ * checks (which error a garbled block gets depends on it). */
 static PyObject *
 decode_block(const unsigned char *data, Py_ssize_t size)
 {
@@ -129,8 +136,7 @@ decode_block(const unsigned char *data, Py_ssize_t size)
                         Py_DECREF(out);
                         return truncated("name-value pair truncated in a 4-byte length");
                     }
-                    n = (((Py_ssize_t)data[p] << 24) | ((Py_ssize_t)data[p + 1] << 16)
-                         | ((Py_ssize_t)data[p + 2] << 8) | (Py_ssize_t)data[p + 3]) & MAX_LEN;
+                    n = long_length(data + p);
                     p += 4;
                 }
                 else {
