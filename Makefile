@@ -8,12 +8,14 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 UPLOAD_DIST := packaging/fcgiserver-upload
 
-.PHONY: all setup setup-run system-deps system-deps-run run demo test lint bench soak dist clean
+.PHONY: all setup setup-run system-deps system-deps-run run demo test test-pure lint bench soak dist clean
 
 all: test
 
-# The runtime: both distributions of this repository, editable, and their dependencies.
-$(VENV)/.stamp-run: pyproject.toml $(UPLOAD_DIST)/pyproject.toml
+# The runtime: both distributions of this repository, editable, and their dependencies. setup.py
+# builds the compiled protocol accelerator (optional: without gcc and Python's headers the
+# install goes on with the pure-Python code).
+$(VENV)/.stamp-run: pyproject.toml setup.py fcgiserver/protocol/_speedups.c $(UPLOAD_DIST)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e . -e $(UPLOAD_DIST)
@@ -25,14 +27,15 @@ $(VENV)/.stamp: $(VENV)/.stamp-run
 	touch $@
 
 system-deps-run:
-	bash scripts/install-system-deps.sh run
+	PYTHON=$(PYTHON) bash scripts/install-system-deps.sh run
 
 system-deps:
-	bash scripts/install-system-deps.sh test
+	PYTHON=$(PYTHON) bash scripts/install-system-deps.sh test
 
-setup-run: $(VENV)/.stamp-run system-deps-run
+# System packages first: the compiler and headers must be there when the venv installs.
+setup-run: system-deps-run $(VENV)/.stamp-run
 
-setup: $(VENV)/.stamp system-deps
+setup: system-deps $(VENV)/.stamp
 
 run: setup-run
 	bash scripts/run-stack.sh $(PORT)
@@ -43,6 +46,14 @@ demo: $(VENV)/.stamp-run
 
 test: setup
 	$(PY) -bb -m pytest $(PYTEST_ARGS)
+
+# The protocol, worker and bridge tests again on the pure-Python code, the reference the
+# compiled accelerator is held to (the whole suite: make test PYTEST_ARGS=--pure).
+PURE_TESTS := tests/test_protocol_connection.py tests/test_protocol_fuzz.py tests/test_protocol_params.py \
+	tests/test_protocol_records.py tests/test_request_path.py tests/test_speedups.py tests/test_worker.py \
+	tests/test_wsgi.py tests/test_lighttpd.py
+test-pure: setup
+	$(PY) -bb -m pytest --pure $(PURE_TESTS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check fcgiserver handlers tests bench

@@ -6,7 +6,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procs import APPS_DIR
@@ -19,6 +19,8 @@ class Backend:
     argv: Callable[[Path, str, int], list[str]]
     # The signal that makes this server's master stop its workers and exit.
     stop_signal: signal.Signals
+    # Added to the server's environment.
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def _fcgiserver(sock: Path, app: str, workers: int) -> list[str]:
@@ -50,6 +52,9 @@ def _floor(sock: Path, app: str, workers: int) -> list[str]:
 
 
 FCGISERVER = Backend("fcgiserver", _fcgiserver, signal.SIGTERM)
+# The same server on its pure-Python protocol code, without the compiled accelerator: what
+# the accelerator saves, measured in the same run.
+FCGISERVER_PURE = Backend("fcgiserver-pure", _fcgiserver, signal.SIGTERM, {"FCGISERVER_PURE": "1"})
 # uWSGI 2.0 treats SIGTERM as "brutal reload"; SIGINT is its shutdown.
 UWSGI = Backend("uwsgi", _uwsgi, signal.SIGINT)
 # flup's run() returns on SIGHUP as well, but SIGTERM is its plain shutdown.
@@ -59,4 +64,4 @@ FLUP = Backend("flup", _flup, signal.SIGTERM)
 PYFLOOR = Backend("pyfloor", _floor, signal.SIGTERM)
 
 ALL = (FCGISERVER, UWSGI, FLUP)
-BY_NAME = {b.name: b for b in (*ALL, PYFLOOR)}
+BY_NAME = {b.name: b for b in (*ALL, FCGISERVER_PURE, PYFLOOR)}

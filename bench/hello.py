@@ -14,8 +14,9 @@ from bench.apps.hello_app import BODY
 from bench.backends import Backend
 from bench.httpreq import request
 from bench.lighttpd import start_lighttpd
-from bench.memory import cpu_seconds, machine_busy_seconds, summarize, workers_of
-from bench.procs import Managed, ProcessGroup, StartError, wait_until_connectable
+from bench.memory import cpu_seconds_exact as cpu_seconds
+from bench.memory import machine_busy_seconds, summarize, workers_of
+from bench.procs import Managed, ProcessGroup, StartError, bench_env, wait_until_connectable
 from bench.wrk import WrkError, WrkResult, run_wrk
 
 HELLO_APP = "hello_app:application"
@@ -60,7 +61,7 @@ def start_target(procs: ProcessGroup, workdir: Path, backend: Backend, workers: 
     bdir.mkdir()
     sock = bdir / "app.sock"
     argv = backend.argv(sock, HELLO_APP, workers)
-    server = procs.start(backend.name, argv, stop_signal=backend.stop_signal)
+    server = procs.start(backend.name, argv, stop_signal=backend.stop_signal, env=bench_env(backend.env))
     wait_until_connectable(server, str(sock), timeout=30)
     front, port = start_lighttpd(procs, f"lighttpd-{backend.name}", bdir / "front", sock)
     resp = request(port, "GET", "/hello")
@@ -82,6 +83,7 @@ def timed_round(t: Target, settings: HelloSettings) -> tuple[WrkResult, dict[str
     """One wrk run, with the CPU each part (wrk, lighttpd, master + workers) spent during it."""
     backend_pids = [t.server.pid, *workers_of(t.server.pid)]
     before_backend = cpu_seconds(backend_pids)
+    before_master = cpu_seconds(backend_pids[:1])
     before_front = cpu_seconds([t.front.pid])
     before_wrk = resource.getrusage(resource.RUSAGE_CHILDREN)
     before_machine = machine_busy_seconds()
@@ -89,10 +91,13 @@ def timed_round(t: Target, settings: HelloSettings) -> tuple[WrkResult, dict[str
     after_wrk = resource.getrusage(resource.RUSAGE_CHILDREN)
     machine = machine_busy_seconds() - before_machine
     backend = cpu_seconds(backend_pids) - before_backend
+    master = cpu_seconds(backend_pids[:1]) - before_master
     front = cpu_seconds([t.front.pid]) - before_front
     wrk = (after_wrk.ru_utime + after_wrk.ru_stime) - (before_wrk.ru_utime + before_wrk.ru_stime)
     cpu = {
         "backend_s": round(backend, 3),
+        # The supervisor's (master's) part of backend_s: it never touches a request itself.
+        "master_s": round(master, 3),
         "lighttpd_s": round(front, 3),
         "wrk_s": round(wrk, 3),
         # CPU that went to processes outside this benchmark: noise the interleaving has to absorb.
@@ -122,7 +127,11 @@ def summarize_target(t: Target) -> dict[str, object]:
     if t.results:
         out["good_rps"] = _stats([r.good_rps for r in t.results])
         out["wrk_rps"] = _stats([r.rps for r in t.results])
-        out["backend_us_per_req"] = _stats([c["backend_us_per_req"] for c in t.cpu])
+        cpu = out["backend_us_per_req"] = _stats([c["backend_us_per_req"] for c in t.cpu])
+        # The headline: requests per CPU second of the backend (master + workers), from the median.
+        out["requests_per_cpu_s"] = round(1e6 / cpu["median"]) if cpu["median"] > 0 else 0
+        out["master_us_per_req"] = _stats([c["master_s"] / r.requests * 1e6 if r.requests else 0.0
+                                           for c, r in zip(t.cpu, t.results, strict=True)])
         out["other_cpu_s_per_round"] = _stats([c["other_s"] for c in t.cpu])
     return out
 
@@ -158,6 +167,13 @@ def ratios(targets: list[Target]) -> dict[str, dict[str, float]]:
             my_cpu = statistics.median(c["backend_us_per_req"] for c in t.cpu)
             if my_cpu > 0:
                 entry["cpu"] = round(statistics.median(c["backend_us_per_req"] for c in base.cpu) / my_cpu, 3)
+            # CPU per request over the base's, round by round: the load other processes put on
+            # the machine changes between rounds, and a backend's cost per request with it.
+            mine_cpu = {r: c["backend_us_per_req"] for r, c in zip(t.round_ids, t.cpu, strict=True)}
+            theirs_cpu = {r: c["backend_us_per_req"] for r, c in zip(base.round_ids, base.cpu, strict=True)}
+            paired_cpu = [mine_cpu[r] / theirs_cpu[r] for r in mine_cpu if theirs_cpu.get(r)]
+            if paired_cpu:
+                entry["cpu_per_request_paired"] = round(statistics.median(paired_cpu), 3)
             out[f"{t.backend.name}_vs_{base_name}"] = entry
     return out
 

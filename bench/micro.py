@@ -322,6 +322,23 @@ def run_micro(number: int = 5000, repeat: int = 7, capture: bool = True) -> dict
     return results
 
 
+STAGES = ("params", "protocol", "bridge", "scoreboard", "worker", "floor")
+
+
+def run_stage(stage: str, request: bytes, number: int) -> None:
+    """`number` requests through one stage, once: for an instruction counter such as callgrind,
+    which gives the same count however busy the machine is (see bench/instructions.py)."""
+    if stage in ("worker", "floor"):
+        with _unix_listener() as listener:
+            bench = bench_worker if stage == "worker" else bench_floor
+            bench(listener, request)(number)
+        return
+    if stage == "scoreboard":
+        bench_scoreboard()(number)
+        return
+    {"params": bench_params, "protocol": bench_protocol, "bridge": bench_bridge}[stage](request)(number)
+
+
 def micro_table(results: dict[str, Any]) -> str:
     req = results["request"]
     lines = [f"Per-request path in process ({req['source']} request: {req['bytes']} bytes, "
@@ -338,9 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--no-capture", action="store_true", help="use the built-in request, not lighttpd's")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--stage", choices=STAGES,
+                   help="run only this stage, --number times, untimed (for an instruction counter)")
+    p.add_argument("--request", type=Path, help="the request's bytes from this file (with --stage)")
     args = p.parse_args(argv)
     # SIGPIPE as an error, not a death: a reply to a closed client must not end the run.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if args.stage:
+        request = args.request.read_bytes() if args.request else synthetic_request()
+        run_stage(args.stage, request, args.number)
+        return 0
     results = run_micro(args.number, args.repeat, capture=not args.no_capture)
     print(json.dumps(results, indent=2) if args.json else micro_table(results))
     return 0

@@ -13,6 +13,7 @@ import _socket
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import random
 import select
@@ -303,7 +304,9 @@ class Worker:
         self._taken: _socket.socket | None = None
         # --status-path / --ping-path: answered here, before the app (empty when unset).
         self.routes = status_routes(config, slot, listeners)
-        self.buf = bytearray(RECV_SIZE)
+        # Untouched pages of an anonymous map cost nothing: a bytearray would be zeroed, and
+        # all of it private to each worker at once (about 200 KiB of idle USS).
+        self.buf = mmap.mmap(-1, RECV_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self.buf)
         self._conn = ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns,
                                       max_params_size=self.max_params_size)

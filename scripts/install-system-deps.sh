@@ -13,7 +13,8 @@ set -euo pipefail
 SET="${1:-test}"
 
 # command -> Debian package
-declare -A need=([lighttpd]=lighttpd)
+# gcc: the compiled protocol accelerator builds when the venv installs (python3-dev below).
+declare -A need=([lighttpd]=lighttpd [gcc]=gcc)
 case "$SET" in
     run) ;;
     test)
@@ -28,6 +29,7 @@ case "$SET" in
             [chromedriver]=chromium-driver
             [systemd-analyze]=systemd
             [exiftool]=libimage-exiftool-perl
+            [valgrind]=valgrind
         )
         ;;
     *)
@@ -46,6 +48,13 @@ done
 # Libraries, not commands: the upload service decodes JPEGs with libjpeg-turbo's TurboJPEG API.
 if ! ldconfig -p | grep -q 'libturbojpeg\.so\.0 '; then
     missing+=(libturbojpeg0)
+fi
+
+# The compiled protocol accelerator builds against the headers of the Python that makes the
+# venv (PYTHON, as the Makefile passes it).
+include_dir=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+if [ ! -f "$include_dir/Python.h" ]; then
+    missing+=(python3-dev)
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then

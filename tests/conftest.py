@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
 
@@ -16,3 +18,15 @@ for p in (str(APPS), str(ROOT)):
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(APPS), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--pure", action="store_true",
+                     help="run the pure-Python protocol code, not the compiled accelerator "
+                          "(sets FCGISERVER_PURE=1 for this process and every server it starts)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test module imports fcgiserver: the choice is made once, at import.
+    if config.getoption("--pure"):
+        os.environ["FCGISERVER_PURE"] = "1"

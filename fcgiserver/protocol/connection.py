@@ -13,6 +13,7 @@ from collections.abc import Callable
 from enum import IntEnum, auto
 from typing import NoReturn
 
+from .accel import speedups
 from .constants import (
     DEFAULT_MAX_PARAMS_SIZE,
     FCGI_KEEP_CONN,
@@ -340,39 +341,10 @@ class ServerConnection:
         buf, pos = self._reader.buffered()
         if type(buf) is not bytes:
             return
-        end = len(buf)
-        if end - pos < 16:
+        taken = _scan_whole_request(buf, pos, self._max_params_size)
+        if taken is None:
             return
-        version, rtype, request_id, length, padding = _unpack_header(buf, pos)
-        if version != 1 or rtype != _BEGIN_TYPE or length != 8 or not request_id:
-            return
-        role, flags = _BEGIN_BODY.unpack_from(buf, pos + 8)
-        if role not in _KNOWN_ROLES:
-            return
-        pos += 16 + padding
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            if end - pos < 8:
-                return
-            version, rtype, rid, length, padding = _unpack_header(buf, pos)
-            start = pos + 8
-            pos = start + length + padding
-            if version != 1 or rtype != _PARAMS_TYPE or rid != request_id or pos > end:
-                return
-            if not length:
-                break
-            parts.append(buf[start : start + length])
-            size += length
-        if size > self._max_params_size:
-            return  # the record loop reports it, at the record that went over
-        stdin_ended = False
-        if end - pos >= 8:
-            version, rtype, rid, length, padding = _unpack_header(buf, pos)
-            if (version == 1 and rtype == _STDIN_TYPE and rid == request_id and not length
-                    and pos + 8 + padding <= end):
-                pos += 8 + padding
-                stdin_ended = True
+        pos, request_id, role, flags, raw, stdin_ended = taken
         self._reader.skip_to(pos)
         # From here on exactly what _do_begin, _do_params_end and _do_stdin_end do.
         self.request_id = request_id
@@ -382,7 +354,6 @@ class ServerConnection:
         self._params_size = 0
         self._stderr_used = False
         self.state = _AFTER_PARAMS
-        raw = parts[0] if len(parts) == 1 else b"".join(parts)
         self._events.append(RequestStarted(request_id, role_, keep_conn, decode_params_latin1(raw)))
         if stdin_ended:
             self.state = _AFTER_STDIN
@@ -502,6 +473,58 @@ class ServerConnection:
 
     def _reply_end(self, request_id: int, status: ProtocolStatus) -> None:
         self._outbox.append(encode_record(RecordType.END_REQUEST, request_id, _END_BODY.pack(0, status)))
+
+
+# (offset past the request, request id, role, flags, params block, STDIN ended)
+_Whole = tuple[int, int, int, int, bytes, bool]
+
+
+def scan_whole_request_pure(buf: bytes, pos: int, max_params_size: int) -> _Whole | None:
+    """A request whose BEGIN_REQUEST, PARAMS stream (and maybe empty STDIN) lie whole in
+    `buf` from `pos`: (offset past them, request id, role, flags, the params block, whether
+    STDIN ended). None for anything else, which the record loop then takes.
+
+    The reference for the compiled scan_whole_request (see accel.py). A known role only:
+    FILTER and unknown roles get their answer from the record loop.
+    """
+    end = len(buf)
+    if end - pos < 16:
+        return None
+    version, rtype, request_id, length, padding = _unpack_header(buf, pos)
+    if version != 1 or rtype != _BEGIN_TYPE or length != 8 or not request_id:
+        return None
+    role, flags = _BEGIN_BODY.unpack_from(buf, pos + 8)
+    if role not in _KNOWN_ROLES:
+        return None
+    pos += 16 + padding
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        if end - pos < 8:
+            return None
+        version, rtype, rid, length, padding = _unpack_header(buf, pos)
+        start = pos + 8
+        pos = start + length + padding
+        if version != 1 or rtype != _PARAMS_TYPE or rid != request_id or pos > end:
+            return None
+        if not length:
+            break
+        parts.append(buf[start : start + length])
+        size += length
+    if size > max_params_size:
+        return None  # the record loop reports it, at the record that went over
+    stdin_ended = False
+    if end - pos >= 8:
+        version, rtype, rid, length, padding = _unpack_header(buf, pos)
+        if (version == 1 and rtype == _STDIN_TYPE and rid == request_id and not length
+                and pos + 8 + padding <= end):
+            pos += 8 + padding
+            stdin_ended = True
+    return pos, request_id, role, flags, b"".join(parts) if len(parts) != 1 else parts[0], stdin_ended
+
+
+_scan_whole_request: Callable[[bytes, int, int], _Whole | None] = (
+    scan_whole_request_pure if speedups is None else speedups.scan_whole_request)
 
 
 _ACTIONS: dict[_Do, _Handler | None] = {

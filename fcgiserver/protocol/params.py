@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from .accel import speedups
 from .errors import LocalProtocolError, RemoteProtocolError
 
 _LONG = struct.Struct("!I")
@@ -50,8 +51,11 @@ def decode_params(data: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def decode_params_latin1(data: bytes) -> dict[str, str]:
-    """The pairs as latin-1 strings (PEP 3333's bytes-as-str); a repeated name keeps its last value."""
+def decode_params_latin1_pure(data: bytes) -> dict[str, str]:
+    """The pairs as latin-1 strings (PEP 3333's bytes-as-str); a repeated name keeps its last value.
+
+    The reference for the compiled decode_params_latin1 (see accel.py).
+    """
     # Latin-1 maps byte i to code point i, so one decode of the whole block can be sliced
     # at the byte offsets: far cheaper than decoding every name and value on its own.
     # This runs for every request, so it is decode_params() unrolled for the usual shape
@@ -78,6 +82,10 @@ def decode_params_latin1(data: bytes) -> dict[str, str]:
     if pos > size:
         raise RemoteProtocolError("name-value pair longer than the data holding it")
     return out
+
+
+decode_params_latin1: Callable[[bytes], dict[str, str]] = (
+    decode_params_latin1_pure if speedups is None else speedups.decode_params_latin1)
 
 
 def _lengths(data: bytes, pos: int) -> tuple[int, int, int]:

@@ -1,0 +1,343 @@
+/* Compiled twins of the per-request hot spots of fcgiserver.protocol.
+ *
+ * Each function here has a pure-Python reference (named in its docstring) and must behave
+ * exactly like it: the same result, or the same RemoteProtocolError with the same message,
+ * on any input (tests/test_speedups.py compares them on random bytes). The Python code
+ * stays the truth; this file only makes it cheaper. FCGISERVER_PURE=1 turns it off.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+static PyObject *RemoteProtocolError; /* fcgiserver.protocol.errors.RemoteProtocolError */
+
+#define MAX_LEN 0x7FFFFFFF
+
+/* -- params ------------------------------------------------------------------------------ */
+
+/* Names repeat from request to request (a front sends the same 20 or so every time), and so
+ * do most short values (the method, protocol, host, addresses): the str for each is kept in
+ * a small table and reused, which spares building it (and, for a name, hashing it) for every
+ * pair. Names are interned, so they are the very objects the code's own constants
+ * ("REQUEST_METHOD", ...) are and later dict lookups match on identity. A slot is picked
+ * from the length and three of the bytes; a miss replaces the slot. */
+#define CACHE_SIZE 256
+#define CACHE_MAX_LEN 48
+static PyObject *name_cache[CACHE_SIZE];
+static PyObject *value_cache[CACHE_SIZE];
+
+static PyObject *
+latin1_cached(PyObject **cache, const unsigned char *s, Py_ssize_t n, int intern)
+{
+    if (n == 0 || n > CACHE_MAX_LEN) {
+        return PyUnicode_DecodeLatin1((const char *)s, n, NULL);
+    }
+    size_t slot = ((size_t)n * 31u + s[0] * 7u + s[n - 1] * 3u + s[n >> 1]) & (CACHE_SIZE - 1);
+    PyObject *cached = cache[slot];
+    if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n
+            && memcmp(PyUnicode_1BYTE_DATA(cached), s, (size_t)n) == 0) {
+        return Py_NewRef(cached);
+    }
+    PyObject *text = PyUnicode_DecodeLatin1((const char *)s, n, NULL);
+    if (text == NULL) {
+        return NULL;
+    }
+    if (intern) {
+        PyUnicode_InternInPlace(&text);
+    }
+    /* A latin-1 string is one byte per character: the memcmp above relies on it. */
+    if (PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND) {
+        Py_XSETREF(cache[slot], Py_NewRef(text));
+    }
+    return text;
+}
+
+static PyObject *
+truncated(const char *what)
+{
+    PyErr_SetString(RemoteProtocolError, what);
+    return NULL;
+}
+
+/* A 4-byte length (its top bit set) at p. */
+static inline Py_ssize_t
+long_length(const unsigned char *p)
+{
+    return (((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8)
+            | (Py_ssize_t)p[3]) & MAX_LEN;
+}
+
+/* Pairs in a well-formed block, counted without building anything (at most `size`). */
+static Py_ssize_t
+count_pairs(const unsigned char *data, Py_ssize_t size)
+{
+    Py_ssize_t pos = 0, pairs = 0;
+    while (pos + 1 < size) {
+        Py_ssize_t lengths[2];
+        for (int i = 0; i < 2; i++) {
+            if (pos >= size) {
+                return pairs;
+            }
+            if (data[pos] & 0x80) {
+                if (pos + 4 > size) {
+                    return pairs;
+                }
+                lengths[i] = long_length(data + pos);
+                pos += 4;
+            }
+            else {
+                lengths[i] = data[pos++];
+            }
+        }
+        pos += lengths[0] + lengths[1];
+        pairs++;
+    }
+    return pairs;
+}
+
+/* Room the WSGI bridge adds to the params dict when it makes it the environ (wsgi.*,
+ * FCGI_ROLE, defaults): sized in advance, the dict is not rebuilt on the way. */
+#define ENVIRON_EXTRA 16
+
+/* params.decode_params_latin1_pure(), pair by pair: same results, same errors, same order of
+ * checks (which error a garbled block gets depends on it). */
+static PyObject *
+decode_block(const unsigned char *data, Py_ssize_t size)
+{
+    /* Capped: a block of many tiny (or repeated) pairs must not buy a huge table. */
+    Py_ssize_t pairs = count_pairs(data, size);
+    PyObject *out = _PyDict_NewPresized((pairs < 128 ? pairs : 128) + ENVIRON_EXTRA);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    while (pos < size) {
+        Py_ssize_t name_len, value_len, start;
+        if (pos + 1 >= size) {
+            Py_DECREF(out);
+            return truncated("name-value pair truncated in a length");
+        }
+        name_len = data[pos];
+        value_len = data[pos + 1];
+        if (name_len < 0x80 && value_len < 0x80) {
+            start = pos + 2;
+        }
+        else {
+            Py_ssize_t p = pos;
+            Py_ssize_t lengths[2];
+            for (int i = 0; i < 2; i++) {
+                if (p >= size) {
+                    Py_DECREF(out);
+                    return truncated("name-value pair truncated in a length");
+                }
+                Py_ssize_t n = data[p];
+                if (n & 0x80) {
+                    if (p + 4 > size) {
+                        Py_DECREF(out);
+                        return truncated("name-value pair truncated in a 4-byte length");
+                    }
+                    n = long_length(data + p);
+                    p += 4;
+                }
+                else {
+                    p += 1;
+                }
+                lengths[i] = n;
+            }
+            name_len = lengths[0];
+            value_len = lengths[1];
+            start = p;
+        }
+        Py_ssize_t mid = start + name_len;
+        pos = mid + value_len;
+        if (pos > size) {
+            break; /* the pair runs past the data: reported below, as the reference does */
+        }
+        PyObject *name = latin1_cached(name_cache, data + start, name_len, 1);
+        if (name == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *value = latin1_cached(value_cache, data + mid, value_len, 0);
+        if (value == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(out);
+            return NULL;
+        }
+        int failed = PyDict_SetItem(out, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (failed) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    if (pos > size) {
+        Py_DECREF(out);
+        return truncated("name-value pair longer than the data holding it");
+    }
+    return out;
+}
+
+PyDoc_STRVAR(decode_params_latin1_doc,
+"decode_params_latin1(data) -> dict[str, str]\n\n"
+"The compiled params.decode_params_latin1_pure().");
+
+static PyObject *
+decode_params_latin1(PyObject *module, PyObject *data)
+{
+    if (PyBytes_CheckExact(data)) {
+        return decode_block((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *out = decode_block((const unsigned char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* -- the whole request in one piece ---------------------------------------------------------- */
+
+#define BEGIN_REQUEST 1
+#define PARAMS 4
+#define STDIN 5
+
+typedef struct {
+    int version, type, request_id, length, padding;
+} header;
+
+static inline header
+read_header(const unsigned char *p)
+{
+    header h = {p[0], p[1], (p[2] << 8) | p[3], (p[4] << 8) | p[5], p[6]};
+    return h;
+}
+
+PyDoc_STRVAR(scan_whole_request_doc,
+"scan_whole_request(buf, pos, max_params_size) -> tuple | None\n\n"
+"The compiled connection.scan_whole_request_pure().");
+
+static PyObject *
+scan_whole_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "scan_whole_request() takes 3 arguments");
+        return NULL;
+    }
+    PyObject *bufobj = args[0];
+    if (!PyBytes_CheckExact(bufobj)) {
+        PyErr_SetString(PyExc_TypeError, "scan_whole_request() takes bytes");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t max_params_size = PyLong_AsSsize_t(args[2]);
+    if (max_params_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(bufobj);
+    Py_ssize_t end = PyBytes_GET_SIZE(bufobj);
+    if (pos < 0 || end - pos < 16) {
+        Py_RETURN_NONE;
+    }
+    header h = read_header(buf + pos);
+    if (h.version != 1 || h.type != BEGIN_REQUEST || h.length != 8 || h.request_id == 0) {
+        Py_RETURN_NONE;
+    }
+    int request_id = h.request_id;
+    int role = (buf[pos + 8] << 8) | buf[pos + 9];
+    int flags = buf[pos + 10];
+    if (role != 1 && role != 2) { /* RESPONDER, AUTHORIZER */
+        Py_RETURN_NONE;
+    }
+    pos += 16 + h.padding;
+    Py_ssize_t params_at = pos;
+    Py_ssize_t size = 0;
+    for (;;) {
+        if (end - pos < 8) {
+            Py_RETURN_NONE;
+        }
+        h = read_header(buf + pos);
+        pos += 8 + h.length + h.padding;
+        if (h.version != 1 || h.type != PARAMS || h.request_id != request_id || pos > end) {
+            Py_RETURN_NONE;
+        }
+        if (h.length == 0) {
+            break;
+        }
+        size += h.length;
+    }
+    if (size > max_params_size) {
+        Py_RETURN_NONE;
+    }
+    int stdin_ended = 0;
+    if (end - pos >= 8) {
+        h = read_header(buf + pos);
+        if (h.version == 1 && h.type == STDIN && h.request_id == request_id && h.length == 0
+                && pos + 8 + h.padding <= end) {
+            pos += 8 + h.padding;
+            stdin_ended = 1;
+        }
+    }
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, size);
+    if (raw == NULL) {
+        return NULL;
+    }
+    /* The records were checked above: a second walk copies their content. */
+    char *to = PyBytes_AS_STRING(raw);
+    for (Py_ssize_t at = params_at; to < PyBytes_AS_STRING(raw) + size;) {
+        header piece = read_header(buf + at);
+        memcpy(to, buf + at + 8, (size_t)piece.length);
+        to += piece.length;
+        at += 8 + piece.length + piece.padding;
+    }
+    /* Built by hand: Py_BuildValue parses its format on every call, half this function's cost. */
+    PyObject *items[5] = {PyLong_FromSsize_t(pos), PyLong_FromLong(request_id), PyLong_FromLong(role),
+                          PyLong_FromLong(flags), raw};
+    PyObject *out = PyTuple_New(6);
+    if (out == NULL || !items[0] || !items[1] || !items[2] || !items[3]) {
+        Py_XDECREF(out);
+        for (int i = 0; i < 5; i++) {
+            Py_XDECREF(items[i]);
+        }
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        PyTuple_SET_ITEM(out, i, items[i]);
+    }
+    PyTuple_SET_ITEM(out, 5, Py_NewRef(stdin_ended ? Py_True : Py_False));
+    return out;
+}
+
+/* -- module ---------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"decode_params_latin1", (PyCFunction)decode_params_latin1, METH_O, decode_params_latin1_doc},
+    {"scan_whole_request", (PyCFunction)(void (*)(void))scan_whole_request, METH_FASTCALL,
+     scan_whole_request_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "fcgiserver.protocol._speedups",
+    "Compiled twins of fcgiserver.protocol's per-request hot spots.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *errors = PyImport_ImportModule("fcgiserver.protocol.errors");
+    if (errors == NULL) {
+        return NULL;
+    }
+    RemoteProtocolError = PyObject_GetAttrString(errors, "RemoteProtocolError");
+    Py_DECREF(errors);
+    if (RemoteProtocolError == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&module_def);
+}

@@ -1,0 +1,19 @@
+"""The compiled accelerator: setuptools reads this beside pyproject.toml (which has the rest).
+
+fcgiserver.protocol._speedups is optional: without a C compiler or Python's headers the
+build says so and goes on, and the package runs its pure-Python code (see
+fcgiserver/protocol/accel.py). On Debian: apt-get install gcc python3-dev.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "fcgiserver.protocol._speedups",
+            ["fcgiserver/protocol/_speedups.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+        ),
+    ],
+)
