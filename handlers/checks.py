@@ -22,6 +22,7 @@ from types import TracebackType
 
 from handlers.budget import Budget, RequestBudget
 from handlers.images import ImageInfo, inspect_image, make_thumbnail
+from handlers.renditions import medium_from_preview
 from handlers.spool import SpoolFile
 
 
@@ -30,6 +31,7 @@ class Checked:
     info: ImageInfo  # without the preview: only the thumbnail made from it is kept
     thumbnail: bytes
     thumb_size: tuple[int, int]
+    medium: bytes | None = None  # made from the same decode when the picture is over medium_px
 
 
 class Check:
@@ -37,11 +39,12 @@ class Check:
     checks (for a JPEG, before the long decode), result() once it decoded to the end; both
     raise the ImageError that refused the picture."""
 
-    def __init__(self, spool: SpoolFile, budget: RequestBudget, thumb_size: int) -> None:
+    def __init__(self, spool: SpoolFile, budget: RequestBudget, thumb_size: int, medium_px: int = 0) -> None:
         # Made on the writer's thread, while the spool file is still open (see reader()).
         self._reader = spool.reader()
         self._budget = budget
         self._thumb_size = thumb_size
+        self._medium_px = medium_px
         self._header: Future[ImageInfo] = Future()
         self._result: Future[Checked] = Future()
         self._job: Future[None] | None = None
@@ -79,12 +82,18 @@ class Check:
     def _check(self) -> Checked:
         fp = self._reader
         budget = self._budget.budget
-        info = inspect_image(fp, budget.max_pixels, self._thumb_size, on_header=self._set_header,
-                             budget=budget, charge=self._budget.charge)
+        # One decode serves the check, the medium rendition and the thumbnail: the preview it
+        # keeps covers the larger of the two.
+        medium_px = self._medium_px
+        info = inspect_image(fp, budget.max_pixels, max(self._thumb_size, medium_px),
+                             on_header=self._set_header, budget=budget, charge=self._budget.charge)
         self._set_header(info)  # formats whose orientation shows only after decoding
+        medium = None
+        if medium_px and info.preview is not None and max(info.width, info.height) > medium_px:
+            medium = medium_from_preview(info.preview, info.format, medium_px)
         fp.seek(0, io.SEEK_SET)
         thumbnail, width, height = make_thumbnail(fp, self._thumb_size, info.preview)
-        return Checked(dataclasses.replace(info, preview=None), thumbnail, (width, height))
+        return Checked(dataclasses.replace(info, preview=None), thumbnail, (width, height), medium)
 
     def _set_header(self, info: ImageInfo) -> None:
         if not self._header.done():
@@ -95,17 +104,18 @@ class Checker:
     """The checks of one request, run in the order their files arrive (a context manager:
     leaving it cancels what is left and waits for the thread)."""
 
-    def __init__(self, budget: Budget | int, thumb_size: int) -> None:
+    def __init__(self, budget: Budget | int, thumb_size: int, medium_px: int = 0) -> None:
         # One budget for all of the request's pictures (an int: the pixel limit, other limits
         # at their defaults).
         self._budget = RequestBudget(budget if isinstance(budget, Budget) else Budget(max_pixels=budget))
         self._thumb_size = thumb_size
+        self._medium_px = medium_px
         self._checks: list[Check] = []
         self._pool: ThreadPoolExecutor | None = None
 
     def start(self, spool: SpoolFile) -> Check:
         """Start checking a file that is still being written (read_files' on_file)."""
-        check = Check(spool, self._budget, self._thumb_size)
+        check = Check(spool, self._budget, self._thumb_size, self._medium_px)
         self._checks.append(check)
         if self._pool is None:
             # Made per request, on the request's thread: nothing outlives the request or a fork.

@@ -167,6 +167,12 @@ def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_
     return dataclasses.replace(info, preview=_with_orientation(first, info.orientation))
 
 
+def first_frame_preview(im: Image.Image, size: int) -> Image.Image:
+    """The current frame of an opened picture, shrunk to fit ``size`` without a full-size RGBA
+    copy, carrying its orientation (as inspect_image's preview does)."""
+    return _with_orientation(_small_copy(im, size), _orientation(im))
+
+
 def _small_copy(im: Image.Image, size: int) -> Image.Image:
     """The decoded frame, shrunk to fit ``size`` (a copy: the file goes on to its next frame)."""
     w, h = im.size
@@ -176,8 +182,10 @@ def _small_copy(im: Image.Image, size: int) -> Image.Image:
     src = im
     if im.mode not in _THUMB_MODES:
         # A palette (or 16-bit, or grey+alpha) frame is shrunk to a few times the thumbnail
-        # before it becomes RGBA: a full-size RGBA copy would cost 4 bytes a pixel.
-        step = (min(w, 4 * fit[0]), min(h, 4 * fit[1]))
+        # before it becomes RGBA: a full-size RGBA copy would cost 4 bytes a pixel. For a
+        # medium-sized preview, twice its size (4x of 1280 a side would be 100 MB of RGBA).
+        k = 4 if max(fit) <= 512 else 2
+        step = (min(w, k * fit[0]), min(h, k * fit[1]))
         src = (im.resize(step, Image.Resampling.NEAREST) if step != (w, h) else im).convert("RGBA")
     return src.resize(fit, Image.Resampling.BICUBIC, reducing_gap=2.0)
 

@@ -76,7 +76,7 @@ def stage_picture(upload: SpooledFile[Check], txn: Transaction, settings: Settin
         large=public.size > settings.large_threshold, served_sha256=public.sha256,
         thumb_width=checked.thumb_size[0], thumb_height=checked.thumb_size[1],
     )
-    return Staged(pid, upload.sha256, public.path, txn.write_temp(checked.thumbnail), facts)
+    return Staged(pid, upload.sha256, public.path, txn.write_temp(checked.thumbnail), facts, checked.medium)
 
 
 @contextlib.contextmanager

@@ -133,6 +133,9 @@ class Staged:
     picture: Path
     thumbnail: Path
     facts: Facts
+    # The medium rendition the check made from its one decode (handlers.renditions), published
+    # after the commit; None: none needed, or made later from the stored picture.
+    medium: bytes | None = None
 
 
 @dataclass(frozen=True)

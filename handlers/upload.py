@@ -241,12 +241,13 @@ class UploadApp:
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
         # One request, one transaction: every picture is published, or none.
         with Transaction.begin(self.storage) as txn, \
-                Checker(self.settings.budget, self.settings.thumb_size) as checker:
+                Checker(self.settings.budget, self.settings.thumb_size, self.settings.medium_px) as checker:
             spooled = read_files(environ, txn, self.limits, checker.start)
             staged: dict[str, Staged] = {}
-            done = txn.commit([self._stage(item, len(spooled), txn, staged) for item in spooled])
-        for r in done:
-            self._make_medium(r.record)
+            stages = [self._stage(item, len(spooled), txn, staged) for item in spooled]
+            done = txn.commit(stages)
+        for r, stage in zip(done, stages, strict=True):
+            self._make_medium(r.record, stage.medium)
         cookies = [self._token_cookie(r, f"/{r.record.id}", environ) for r in done]
         if wants_json(environ):
             files = [self._describe(r.record, r.token, _origin(environ)) for r in done]
@@ -287,11 +288,11 @@ class UploadApp:
         expiry = int(urllib.parse.parse_qs(query)["e"][0])
         return f"/l/{record.filename}?{query}", expiry
 
-    def _make_medium(self, record: Record) -> None:
+    def _make_medium(self, record: Record, rendered: bytes | None = None) -> None:
         """Make the medium rendition if it is missing. The picture is published already: a
         rendition that fails is logged, never the request's failure (_medium_url falls back)."""
         try:
-            ensure_medium(self.storage, record, self.settings.medium_px)
+            ensure_medium(self.storage, record, self.settings.medium_px, rendered)
         except (OSError, ValueError, UploadError, Image.DecompressionBombError):
             log.exception("medium rendition of %s failed", record.id)
 
