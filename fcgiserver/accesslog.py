@@ -18,12 +18,9 @@ import os
 import select
 import time
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from fcgiserver.logs import write_all
-
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+from fcgiserver.spec import ExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
 
 # Longest line that still goes out in one atomic write to a pipe.
 MAX_LINE = select.PIPE_BUF

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from fcgiserver.seqlock import stable_copy as _stable_copy
+from fcgiserver.seqlock import store_seq as _store_seq
+
 if TYPE_CHECKING:
     from fcgiserver.poolstats import PoolStats
     from fcgiserver.sharedconns import ShareTable
@@ -260,38 +263,6 @@ _pack_data = _DATA.pack_into
 _pack_state = _STATE.pack_into
 # Request methods as stored, by the str the front sent: a handful of values, encoded once.
 _methods: dict[str, bytes] = {}
-
-
-def _store_seq(buf: mmap.mmap, at: int, value: int) -> None:
-    """Writes a sequence counter in one store.
-
-    Not with pack_into: it zeroes its target before filling it, and a reader that saw
-    that zero (an even value) on both sides of its copy took a half-written slot for a
-    whole one. A slice assignment copies the four bytes as they are.
-    """
-    buf[at : at + 4] = _pack_seq(value)
-
-
-def _stable_copy(buf: mmap.mmap, seq_at: int, start: int, end: int,
-                 last_good: dict[int, bytes] | None = None) -> bytes:
-    """buf[start:end], copied while the sequence counter at `seq_at` stayed even and unchanged.
-
-    When no try succeeds, the last consistent copy remembered in `last_good` (or zeros: an
-    empty slot) stands in for it.
-    """
-    unpack_seq = _SEQ.unpack_from
-    for attempt in range(_READ_TRIES):
-        before = unpack_seq(buf, seq_at)[0]
-        raw = buf[start:end]
-        if before & 1 == 0 and unpack_seq(buf, seq_at)[0] == before:
-            if last_good is not None:
-                last_good[seq_at] = raw
-            return raw
-        if attempt >= _READ_SPINS:
-            time.sleep(_READ_PAUSE)
-    if last_good is not None and seq_at in last_good:
-        return last_good[seq_at]
-    return bytes(end - start)
 
 
 class _MutableHeader:

@@ -22,7 +22,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fcgiserver.scoreboard import _stable_copy, _store_seq
+from fcgiserver.seqlock import stable_copy as _stable_copy
+from fcgiserver.seqlock import store_seq as _store_seq
 
 __all__ = ["CHECK_INTERVAL", "MAX_PEERS", "Duplicate", "ShareInfo", "ShareTable", "SharedConnectionCheck",
            "socket_inodes"]

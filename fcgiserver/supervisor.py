@@ -23,7 +23,6 @@ import socket
 import time
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from wsgiref.types import WSGIApplication
 
 import psutil
 
@@ -36,17 +35,25 @@ from fcgiserver.child import run_child
 from fcgiserver.config import Config
 from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
-from fcgiserver.inherited import EXIT_REFUSED, InheritanceGuard, Refused, shareable_inodes
-from fcgiserver.loader import AppLoader, AppLoadError
+from fcgiserver.inherited import InheritanceGuard, Refused, shareable_inodes
+from fcgiserver.loader import AppLoadError
 from fcgiserver.logs import LogRelay, flush_logs, reopen_error_log, worker_pipe
 from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
-from fcgiserver.scoreboard import Scoreboard, SlotState
+from fcgiserver.scoreboard import Scoreboard, Slot, SlotState
 from fcgiserver.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
 from fcgiserver.signals import HANDLED, SignalQueue
 from fcgiserver.sockets import describe
-from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
+from fcgiserver.spec import (
+    EXIT_APP_LOAD_ERROR,
+    EXIT_BOOT_ERROR,
+    EXIT_INHERITANCE_REFUSED,
+    AppLoader,
+    WorkerInfo,
+    WorkerSpec,
+    WSGIApplication,
+)
 
 log = logging.getLogger("fcgiserver.supervisor")
 
@@ -77,16 +84,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:  # e.g. a real-time signal
         return f"signal {number}"
-
-
-@dataclass
-class WorkerInfo:
-    """What hooks see of a worker. ``started`` is a time.time() value."""
-
-    pid: int
-    index: int
-    generation: int
-    started: float
 
 
 @dataclass
@@ -575,7 +572,8 @@ class Supervisor:
         if pid == 0:
             self.parent_watch.in_child()  # first: only this process may hold the write end
             os.close(output_r)
-            run_child(self, info, slot, force_reseed=force_reseed, output_fd=output_w)  # never returns
+            self.signals.reset_in_child()
+            run_child(self._worker_spec(info, slot, output_w, force_reseed))  # never returns
         os.close(output_w)
         self.relay.add(output_r, pid)
         if force_reseed:
@@ -585,6 +583,18 @@ class Supervisor:
         self.poolstats.add("spawned")
         log.debug("started worker %d (slot %d, generation %d)", pid, index, info.generation)
         return True
+
+    def _worker_spec(self, info: WorkerInfo, slot: Slot, output_fd: int, force_reseed: bool) -> WorkerSpec:
+        """What the new worker gets of ours; it reads nothing else of the supervisor."""
+        close_fds = self.relay.fds()
+        if self.access_log is not None:
+            close_fds.append(self.access_log.read_fd)
+        return WorkerSpec(
+            config=self.config, info=info, slot=slot,
+            listeners=tuple(self.listeners), hooks=self.hooks, server=self, app=self.app,
+            app_loader=self.app_loader, identity=self.identity, parent_watch=self.parent_watch,
+            allow=self.allow, output_fd=output_fd, close_fds=tuple(close_fds), access_fd=self.access_fd,
+            force_reseed=force_reseed)
 
     def _warn_threads(self) -> None:
         threads = forksafety.live_threads()
@@ -602,7 +612,7 @@ class Supervisor:
             self._inherited.before_fork(ours, (self.config.error_log, self.config.access_log))
         except Refused as exc:
             log.critical("%s", exc)
-            self._halt(EXIT_REFUSED)
+            self._halt(EXIT_INHERITANCE_REFUSED)
             return False
         return True
 

@@ -42,8 +42,9 @@ from fcgiserver.protocol import (
 )
 from fcgiserver.scoreboard import Slot
 from fcgiserver.sockets import releasable
+from fcgiserver.spec import EXIT_BOOT_ERROR, EXIT_OK, WSGIApplication
 from fcgiserver.status import request_path, status_routes
-from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
+from fcgiserver.wsgi import ErrorStream, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import (
     EMPTY_INPUT,
     BadContentLength,
@@ -54,10 +55,6 @@ from fcgiserver.wsgi_input import (
 )
 
 log = logging.getLogger("fcgiserver.worker")
-
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3
-EXIT_APP_LOAD_ERROR = 4
 
 RECV_SIZE = 256 * 1024
 _POLLIN = select.POLLIN
@@ -276,7 +273,7 @@ _EXCLUSIVE_IN = getattr(select, "EPOLLIN", 0) | _EPOLLEXCLUSIVE
 class Worker:
     """Serves connections from `listeners`, one at a time, until told to stop."""
 
-    def __init__(self, app: WSGIApp, listeners: list[socket.socket], config: Config, slot: Slot,
+    def __init__(self, app: WSGIApplication, listeners: list[socket.socket], config: Config, slot: Slot,
                  generation: int, *, parent: ParentWatch | None = None,
                  allow: AllowList | None = None) -> None:
         self.app = app

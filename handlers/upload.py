@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from handlers import templates
 from handlers.checks import Check, Checker
@@ -44,8 +45,7 @@ from handlers.storage import (
     random_id,
 )
 
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
+Environ = WSGIEnvironment
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charset=utf-8"}
