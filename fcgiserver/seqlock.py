@@ -21,6 +21,9 @@ import mmap
 import struct
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 SEQ = struct.Struct("<I")
 SEQ_SIZE = SEQ.size
@@ -58,6 +61,21 @@ def stable_copy(buf: mmap.mmap, seq_at: int, start: int, end: int,
     if last_good is not None and seq_at in last_good:
         return last_good[seq_at]
     return bytes(end - start)
+
+
+def stable_read(buf: mmap.mmap, seq_at: int, read: Callable[[], _T]) -> _T:
+    """read(), retried until the counter at `seq_at` stayed even and unchanged around it (for
+    a read made of other reads, such as the scoreboard's header with every slot). After
+    READ_TRIES the last try stands."""
+    attempt = 0
+    while True:
+        before = unpack_seq(buf, seq_at)[0]
+        value = read()
+        attempt += 1
+        if (before & 1 == 0 and unpack_seq(buf, seq_at)[0] == before) or attempt >= READ_TRIES:
+            return value
+        if attempt >= READ_SPINS:
+            time.sleep(READ_PAUSE)
 
 
 class SeqWriter:
