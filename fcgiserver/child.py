@@ -1,6 +1,6 @@
 """A worker's life after fork(), up to os._exit(): it never returns into the supervisor.
 
-It is handed a WorkerSpec (spec.py) and reads nothing else of the supervisor.
+It is handed a WorkerSpec (workerspec.py) and reads nothing else of the supervisor.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
 from fcgiserver.logs import flush_logs, tag_worker_records, use_worker_output
 from fcgiserver.signals import HANDLED
-from fcgiserver.spec import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, WorkerSpec
+from fcgiserver.spec import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
 from fcgiserver.worker import Worker
+from fcgiserver.workerspec import WorkerSpec
 
 log = logging.getLogger("fcgiserver.worker")
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from fcgiserver.addresses import parse_address
 from fcgiserver.inherited import POLICIES
+from fcgiserver.spec import POOL_MODES
 
 MIB = 1 << 20
 
@@ -42,16 +43,17 @@ def option_flag(name: str) -> str:
     return BY_NAME[name].label
 
 
+# A Python module path, or an attribute path: a.b.c
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def v_app(name: str, value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise _fail(name, value, "expected MODULE:CALLABLE")
     module, sep, attr = value.partition(":")
-    ident = r"[A-Za-z_][A-Za-z0-9_]*"
-    if not re.fullmatch(rf"{ident}(\.{ident})*", module) or (
-        sep and not re.fullmatch(rf"{ident}(\.{ident})*", attr)
-    ):
+    if not _DOTTED_NAME.fullmatch(module) or (sep and not _DOTTED_NAME.fullmatch(attr)):
         raise _fail(name, value, "expected MODULE:CALLABLE, e.g. myproject.wsgi:application")
     return value
 
@@ -197,8 +199,7 @@ def v_log_level(name: str, value: object) -> str:
 def v_module(name: str, value: object) -> str | None:
     if value is None:
         return None
-    ident = r"[A-Za-z_][A-Za-z0-9_]*"
-    if isinstance(value, str) and re.fullmatch(rf"{ident}(\.{ident})*", value):
+    if isinstance(value, str) and _DOTTED_NAME.fullmatch(value):
         return value
     raise _fail(name, value, "expected a dotted module name")
 
@@ -234,7 +235,6 @@ def v_url_path(name: str, value: object) -> str | None:
     raise _fail(name, value, "expected a URL path starting with /, e.g. /fcgiserver-status")
 
 
-POOL_MODES = ("static", "dynamic")
 LOG_FORMATS = ("text", "json")
 
 

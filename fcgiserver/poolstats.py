@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, stable_copy
+from fcgiserver.spec import POOL_MODES
 
 # mode, min_spare, max_spare, max_workers, workers (target), max_reached_count,
 # max_reached_at, spawned, retired, rss_recycled, timeouts, slow_requests, reloads,
@@ -23,7 +24,6 @@ from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, stable_copy
 _DATA = struct.Struct("<B3xIIIIQdQQQQQQQI")
 SIZE = SEQ_SIZE + _DATA.size
 
-MODES = ("static", "dynamic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +78,14 @@ class PoolStats:
 
     def _write(self) -> None:
         i = self._info
-        self._writer.write(_DATA.pack_into, MODES.index(i.mode), i.min_spare, i.max_spare, i.max_workers,
+        self._writer.write(_DATA.pack_into, POOL_MODES.index(i.mode), i.min_spare, i.max_spare, i.max_workers,
                            i.workers, i.max_reached_count, i.max_reached_at, i.spawned, i.retired,
                            i.rss_recycled, i.timeouts, i.slow_requests, i.reloads, i.reload_failures,
                            i.generation)
 
     def read(self) -> PoolInfo:
         values = _DATA.unpack(stable_copy(self._buf, 0, SEQ_SIZE, SIZE, self._last_good))
-        mode = MODES[values[0]] if values[0] < len(MODES) else "static"
+        mode = POOL_MODES[values[0]] if values[0] < len(POOL_MODES) else "static"
         return PoolInfo(mode, *values[1:])
 
     def close(self) -> None:

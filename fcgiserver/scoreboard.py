@@ -26,6 +26,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, pack_seq, stable_copy, stable_read, unpack_seq
+from fcgiserver.spec import FINGERPRINT_SIZE
 
 if TYPE_CHECKING:
     from fcgiserver.poolstats import PoolStats
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 SLOT_SIZE = 256
 HEADER_SIZE = 256
-FINGERPRINT_LEN = 16
 METHOD_LEN = 16
 
 # Why the supervisor replaced a worker. "crash": an unexpected exit with an error code or a
@@ -45,7 +45,7 @@ RESTART_CAUSES = ("crash", "timeout", "max_requests", "max_rss", "rng_duplicate"
 # The sequence counter (SEQ_SIZE bytes), then the fields.
 # pid, generation, state, requests, accepted, busy_since, last_change, fingerprint, method,
 # uri length
-_FIELDS = f"<iIB3xQQdd{FINGERPRINT_LEN}s{METHOD_LEN}sH"
+_FIELDS = f"<iIB3xQQdd{FINGERPRINT_SIZE}s{METHOD_LEN}sH"
 _HEAD = struct.Struct(_FIELDS)
 URI_LEN = SLOT_SIZE - SEQ_SIZE - _HEAD.size
 _DATA = struct.Struct(f"{_FIELDS}{URI_LEN}s")
@@ -174,7 +174,7 @@ class Slot:
         self._write(SlotState.EXITING, 0.0)
 
     def set_fingerprint(self, fp: bytes) -> None:
-        self._fingerprint = bytes(fp[:FINGERPRINT_LEN])
+        self._fingerprint = bytes(fp[:FINGERPRINT_SIZE])
         self._write(self._state, self._busy_since)
 
     def _write(self, state: SlotState, busy_since: float, now: float | None = None) -> None:
@@ -310,12 +310,6 @@ class Scoreboard:
         if not 0 <= i < self._slots:
             raise IndexError(f"slot {i} out of range (0..{self._slots - 1})")
         return Slot(self._buf, HEADER_SIZE + i * SLOT_SIZE, self)
-
-    def free_index(self) -> int | None:
-        for i in range(self._slots):
-            if self.slot(i).read().state == SlotState.FREE:
-                return i
-        return None
 
     def snapshot(self) -> list[SlotInfo]:
         return [self.slot(i).read() for i in range(self._slots)]

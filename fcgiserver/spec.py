@@ -1,26 +1,17 @@
-"""What the supervisor side and the worker side share: exit codes, the WSGI types, what hooks
-see of a worker (WorkerInfo), and the frozen WorkerSpec the supervisor hands a new worker.
+"""What the supervisor side and the worker side share: exit codes, the WSGI types, a few
+values both spell, and what hooks see of a worker (WorkerInfo).
 
-A leaf: at run time it imports nothing of fcgiserver (the types named in WorkerSpec are
-imported for the type checker only), so any module may import it without a cycle.
+A leaf: it imports nothing of fcgiserver, so any module may import it without a cycle. The
+frozen WorkerSpec the supervisor hands a new worker is in workerspec.py.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
-
-if TYPE_CHECKING:
-    from fcgiserver.allowlist import AllowList
-    from fcgiserver.config import Config
-    from fcgiserver.hooks import HookSet
-    from fcgiserver.parentwatch import ParentWatch
-    from fcgiserver.privileges import Identity
-    from fcgiserver.scoreboard import Slot
 
 __all__ = [
     "EXIT_APP_LOAD_ERROR",
@@ -32,13 +23,14 @@ __all__ = [
     "EXIT_STARTUP_ERROR",
     "EXIT_STATUS_FAILED",
     "EXIT_USAGE",
+    "FINGERPRINT_SIZE",
+    "POOL_MODES",
     "AppLoader",
     "ExcInfo",
     "StartResponse",
     "WSGIApplication",
     "WSGIEnvironment",
     "WorkerInfo",
-    "WorkerSpec",
 ]
 
 # ---- exit codes -------------------------------------------------------------------------------
@@ -61,6 +53,12 @@ EXIT_CLIENT_REFUSED = 3
 # `fcgiserver status`: the server could not be reached or read.
 EXIT_STATUS_FAILED = 1
 
+# ---- values both sides spell -------------------------------------------------------------------
+# --pool: "static" (always --workers workers) or "dynamic"; poolstats.py stores the index.
+POOL_MODES = ("static", "dynamic")
+# Bytes of a worker's RNG fingerprint (forksafety.py), as its scoreboard slot holds it.
+FINGERPRINT_SIZE = 16
+
 # ---- WSGI (PEP 3333) types: one spelling, the standard library's ------------------------------
 # sys.exc_info() as start_response takes it (the standard library's StartResponse shape).
 ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -78,36 +76,3 @@ class WorkerInfo:
     index: int
     generation: int
     started: float
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a new worker needs from the supervisor, built before the fork.
-
-    The worker side (child.py) reads this and nothing else of the supervisor. `server` is
-    handed to hooks only (their documented first argument), never read by the worker.
-    """
-
-    config: Config
-    info: WorkerInfo
-    slot: Slot
-    listeners: tuple[socket.socket, ...]
-    hooks: HookSet
-    server: object
-    # The application when it was imported before the fork (--preload), else the loader.
-    app: WSGIApplication | None
-    app_loader: AppLoader
-    # Who the worker runs as (--user/--group); None = as the supervisor.
-    identity: Identity | None
-    # The parent-death pipe (parentwatch.py), its write end already closed in the child.
-    parent_watch: ParentWatch
-    allow: AllowList | None
-    # The write end of this worker's stdout/stderr pipe; None = keep the supervisor's.
-    output_fd: int | None
-    # The supervisor's descriptors the worker must not keep: the other workers' output pipes,
-    # the access log's reading end.
-    close_fds: tuple[int, ...]
-    # The access log pipe's write end (accesslog.py); None = no access log.
-    access_fd: int | None
-    # Reseed even with --no-reseed: this worker replaces one with a duplicate RNG stream.
-    force_reseed: bool = False

@@ -27,7 +27,7 @@ from enum import Enum
 import psutil
 
 from fcgiserver import allowlist, forksafety, privileges, reexec, sdnotify
-from fcgiserver.accesslog import AccessLogSink, access_pipe
+from fcgiserver.accesslog import AccessLogSink
 
 # Imported in the parent, once: the worker stack then sits in pages every worker shares,
 # instead of being imported (and written) anew in each child.
@@ -37,7 +37,7 @@ from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
 from fcgiserver.inherited import InheritanceGuard, Refused, shareable_inodes
 from fcgiserver.loader import AppLoadError
-from fcgiserver.logs import LogRelay, flush_logs, reopen_error_log, worker_pipe
+from fcgiserver.logs import LogRelay, flush_logs, output_pipe, reopen_error_log
 from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
@@ -51,9 +51,9 @@ from fcgiserver.spec import (
     EXIT_INHERITANCE_REFUSED,
     AppLoader,
     WorkerInfo,
-    WorkerSpec,
     WSGIApplication,
 )
+from fcgiserver.workerspec import WorkerSpec
 
 log = logging.getLogger("fcgiserver.supervisor")
 
@@ -159,7 +159,7 @@ class Supervisor:
         self.access_fd: int | None = None  # write end, for workers
         access = inherited.access_pipe if inherited is not None else None
         if config.access_log is not None:
-            read_fd, self.access_fd = access or access_pipe()
+            read_fd, self.access_fd = access or output_pipe()
             self.access_log = AccessLogSink(config.access_log, read_fd)
         stats = PoolInfo(mode=config.pool, min_spare=config.min_spare, max_spare=config.max_spare,
                          max_workers=config.max_workers if self.dynamic else self.num_workers,
@@ -559,7 +559,7 @@ class Supervisor:
         slot = self.scoreboard.slot(index)
         slot.clear()
         force_reseed = self._reseed_replacements > 0
-        output_r, output_w = worker_pipe()
+        output_r, output_w = output_pipe()
         flush_logs()
         forksafety.prepare_fork()  # the heap walk here, so workers keep their pages shared
         # Until the worker has its own handlers, a signal sent to it must wait (blocked), not

@@ -67,8 +67,6 @@ _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
                                errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
                                errno.EOPNOTSUPP, errno.ENETUNREACH})
-# Seconds a KEEP_CONN connection may sit idle between requests before we close it.
-DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 # How long an idle kept connection leaves a new connection to the free workers before taking
 # it itself: a free worker normally accepts within microseconds, so a take means there is none.
 TAKEOVER_GRACE_MS = 20
@@ -289,7 +287,7 @@ class Worker:
         self.script_name = config.script_name
         self.extra_environ = config.extra_environ
         # Idle time allowed on a KEEP_CONN connection between requests (0 = read_timeout).
-        keepalive = float(getattr(config, "keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
+        keepalive = config.keepalive_timeout
         self.keepalive_ms: int | None = int(keepalive * 1000) if keepalive > 0 else self.timeout_ms
         # FCGI_GET_VALUES: one connection per worker, so the pool takes this many at once.
         self.max_conns = max(1, config.workers)
