@@ -12,32 +12,18 @@ pid; ``--log-format json`` writes one object per line with the same fields.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import select
 import time
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from fcgiserver.logs import write_all
-
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+from fcgiserver.spec import ExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
 
 # Longest line that still goes out in one atomic write to a pipe.
 MAX_LINE = select.PIPE_BUF
-PIPE_SIZE = 1 << 20
 READ_SIZE = 256 * 1024
-
-
-def access_pipe() -> tuple[int, int]:
-    """(read end, non-blocking write end); both survive exec so a reload keeps them."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(w, False)
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    return r, w
 
 
 def _clf_time(now: float) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
-from wsgiref.types import WSGIApplication
 
 from fcgiserver.config import VALIDATORS, Config, build_config
 from fcgiserver.launch import launch
-from fcgiserver.loader import AppLoader, loader_for, loader_for_object
+from fcgiserver.loader import loader_for, loader_for_object
+from fcgiserver.spec import AppLoader, WSGIApplication
 
 log = logging.getLogger("fcgiserver")
 

@@ -1,4 +1,7 @@
-"""A worker's life after fork(), up to os._exit(): it never returns into the supervisor."""
+"""A worker's life after fork(), up to os._exit(): it never returns into the supervisor.
+
+It is handed a WorkerSpec (workerspec.py) and reads nothing else of the supervisor.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,17 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from fcgiserver import forksafety, inherited, parentwatch, privileges
 from fcgiserver.accesslog import AccessLogMiddleware, AccessLogWriter
 from fcgiserver.hooks import HookError
 from fcgiserver.loader import AppLoadError
 from fcgiserver.logs import flush_logs, tag_worker_records, use_worker_output
-from fcgiserver.scoreboard import Slot
 from fcgiserver.signals import HANDLED
-from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, Worker
-
-if TYPE_CHECKING:
-    from fcgiserver.supervisor import Supervisor, WorkerInfo
+from fcgiserver.spec import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
+from fcgiserver.worker import Worker
+from fcgiserver.workerspec import WorkerSpec
 
 log = logging.getLogger("fcgiserver.worker")
 
@@ -39,13 +40,12 @@ class _Worker(Worker):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
 
-def run_child(server: Supervisor, info: WorkerInfo, slot: Slot, *, force_reseed: bool = False,
-              output_fd: int | None = None) -> NoReturn:
+def run_child(spec: WorkerSpec) -> NoReturn:
     code = EXIT_BOOT_ERROR
     try:
-        if output_fd is not None:
-            _redirect_output(server, output_fd)
-        code = _child_main(server, info, slot, force_reseed)
+        if spec.output_fd is not None:
+            _redirect_output(spec.output_fd, spec.close_fds)
+        code = _child_main(spec)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except HookError as exc:
@@ -61,52 +61,49 @@ def run_child(server: Supervisor, info: WorkerInfo, slot: Slot, *, force_reseed:
         os._exit(code)
 
 
-def _redirect_output(server: Supervisor, output_fd: int) -> None:
+def _redirect_output(output_fd: int, close_fds: tuple[int, ...]) -> None:
     """stdout and stderr go to this worker's pipe; the supervisor adds our pid (logs.py)."""
     flush_logs()
     os.dup2(output_fd, 1)
     os.dup2(output_fd, 2)
     os.close(output_fd)
     # The other workers' pipes and the access log's reading end are the supervisor's.
-    for fd in server.relay.fds():
+    for fd in close_fds:
         os.close(fd)
-    if server.access_log is not None:
-        os.close(server.access_log.read_fd)
     use_worker_output()
     tag_worker_records()
 
 
-def _child_main(server: Supervisor, info: WorkerInfo, slot: Slot, force_reseed: bool) -> int:
+def _child_main(spec: WorkerSpec) -> int:
+    info, slot, config, hooks = spec.info, spec.slot, spec.config, spec.hooks
     info.pid = os.getpid()
-    server.signals.reset_in_child()
     inherited.close_after_fork()  # --inherited-connections close, before any other code runs here
     slot.booting(info.pid, info.generation)
-    if server.identity is not None:
+    if spec.identity is not None:
         # Before any hook or application code runs here.
-        privileges.drop_to(server.identity)
+        privileges.drop_to(spec.identity)
     # After the drop, which would clear it. TERM stays blocked until the worker handles it.
     parentwatch.set_death_signal(signal.SIGTERM)
-    config = server.config
-    forksafety.reseed_after_fork(config.reseed or force_reseed)
+    forksafety.reseed_after_fork(config.reseed or spec.force_reseed)
     slot.set_fingerprint(forksafety.rng_fingerprint())
     # A worker aborted for a hung request (SIGABRT) writes every thread's stack to the log.
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    server.hooks.run("post_fork", server, info)
-    app = server.app
+    hooks.run("post_fork", spec.server, info)
+    app = spec.app
     if app is None:
         try:
-            app = server.app_loader()
+            app = spec.app_loader()
         except AppLoadError as exc:
             exc.log(log)
             return EXIT_APP_LOAD_ERROR
         except Exception:
             log.exception("cannot load the application")
             return EXIT_APP_LOAD_ERROR
-    if server.access_fd is not None:
-        app = AccessLogMiddleware(app, AccessLogWriter(server.access_fd, config.log_format))
-    server.hooks.run("post_worker_init", info)
+    if spec.access_fd is not None:
+        app = AccessLogMiddleware(app, AccessLogWriter(spec.access_fd, config.log_format))
+    hooks.run("post_worker_init", info)
     try:
-        return _Worker(app, server.listeners, config, slot, info.generation,
-                       parent=server.parent_watch, allow=server.allow).run()
+        return _Worker(app, list(spec.listeners), config, slot, info.generation,
+                       parent=spec.parent_watch, allow=spec.allow).run()
     finally:
-        server.hooks.run("worker_exit", server, info)
+        hooks.run("worker_exit", spec.server, info)

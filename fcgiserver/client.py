@@ -35,7 +35,8 @@ from fcgiserver.protocol import (
     encode_record,
     encode_stream,
 )
-from fcgiserver.usage import EXIT_USAGE, Parser
+from fcgiserver.spec import EXIT_CLIENT_CONNECTION, EXIT_CLIENT_REFUSED, EXIT_OK, EXIT_USAGE
+from fcgiserver.usage import Parser
 
 __all__ = ["ClientError", "FastCGIClient", "Response", "main"]
 
@@ -460,10 +461,6 @@ def _status_name(status: int) -> str:
 
 # -- command line ----------------------------------------------------------------
 
-EXIT_OK = 0
-EXIT_CONNECTION = 1
-EXIT_REFUSED = 3
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
@@ -523,16 +520,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             response = _send_cli_request(client, args, headers)
     except ClientError as exc:
         print(f"error: {exc}", file=err)
-        return EXIT_CONNECTION
+        return EXIT_CLIENT_CONNECTION
     except OSError as exc:
         print(f"error: {exc}", file=err)
-        return EXIT_CONNECTION
+        return EXIT_CLIENT_CONNECTION
     if response.stderr:
         err.write(response.stderr.decode("utf-8", "replace"))
         err.flush()
     if response.protocol_status != ProtocolStatus.REQUEST_COMPLETE:
         print(f"error: request refused: {_status_name(response.protocol_status)}", file=err)
-        return EXIT_REFUSED
+        return EXIT_CLIENT_REFUSED
     if args.include:
         lines = [f"HTTP/1.1 {response.status} {response.reason}".rstrip()]
         lines += [f"{name}: {value}" for name, value in response.headers]

@@ -1,9 +1,9 @@
 """One frozen Config built from command-line values and a TOML file (command line wins).
 
-Every option has one validator: a plain function taking the option name and the raw value
-(a CLI string or a TOML value) and returning the typed value, or raising ConfigError with a
-message fit for the user. The same keys serve the CLI (``--max-requests``) and TOML
-(``max_requests``).
+Each option is declared once, as a field of Config (see `option()`). Every option has one
+validator: a plain function taking the option name and the raw value (a CLI string or a TOML
+value) and returning the typed value, or raising ConfigError with a message fit for the user.
+The same keys serve the CLI (``--max-requests``) and TOML (``max_requests``).
 """
 
 from __future__ import annotations
@@ -16,96 +16,18 @@ import pwd
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Literal
 
 from fcgiserver.addresses import parse_address
 from fcgiserver.inherited import POLICIES
+from fcgiserver.spec import POOL_MODES
 
 MIB = 1 << 20
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option and the problem."""
-
-
-@dataclass(frozen=True)
-class Config:
-    # "module:callable"; None when the API is given an application object instead.
-    app: str | None = None
-    # Normalised bind addresses (see fcgiserver.addresses); empty = fd 0 or systemd sockets.
-    bind: tuple[str, ...] = ()
-    workers: int = 1
-    backlog: int = 1024
-    pidfile: str | None = None
-    # A worker exits after this many requests (0 = never), plus a random 0..jitter so that
-    # workers started together do not all restart together.
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    # Seconds a request may run before its worker is aborted (0 = no limit).
-    timeout: float = 30.0
-    # Seconds a worker waits for the next bytes of a request (0 = no limit).
-    read_timeout: float = 30.0
-    # Seconds a kept (FCGI_KEEP_CONN) connection may sit idle between requests before the
-    # worker closes it and goes back to accepting (0 = read_timeout).
-    keepalive_timeout: float = 5.0
-    # Seconds in-flight requests get to finish on a graceful stop or reload.
-    graceful_timeout: float = 30.0
-    preload: bool = True
-    # Unix socket permissions, whatever the umask: owner and group (the front's, see
-    # socket_owner) only. None = leave to the umask.
-    socket_mode: int | None = 0o660
-    # (uid, gid) for unix sockets we create; -1 leaves that id unchanged; None = no chown.
-    socket_owner: tuple[int, int] | None = None
-    umask: int | None = None
-    log_level: str = "info"
-    reseed: bool = True
-    hooks: str | None = None
-    max_params_size: int = MIB
-    spool_threshold: int = MIB
-    # SCRIPT_NAME for the app; None = take it from the front end's params.
-    script_name: str | None = None
-    chdir: str | None = None
-    # Added to every request's WSGI environ (flup's ``environ`` argument); request values win.
-    extra_environ: tuple[tuple[str, str], ...] = ()
-    config_file: str | None = None
-    # "static": always `workers` workers. "dynamic": `workers` at start, then enough to keep
-    # min_spare..max_spare of them idle, never more than max_workers.
-    pool: str = "static"
-    min_spare: int = 1
-    max_spare: int = 4
-    max_workers: int = 16
-    # Seconds after which a still-running request's stack is logged (0 = off); the worker
-    # keeps serving.
-    slow_log_timeout: float = 0.0
-    # Resident memory in MiB above which a worker is recycled after its request (0 = off).
-    max_rss: int = 0
-    # Log destinations: None = stderr for the error log, no access log.
-    error_log: str | None = None
-    access_log: str | None = None
-    log_format: str = "text"
-    # Workers run as this uid/gid (None = as the supervisor); resolved from names.
-    user: int | None = None
-    group: int | None = None
-    allow_root: bool = False
-    # URL paths a worker answers itself, before the app: the status page and "pong".
-    status_path: str | None = None
-    ping_path: str | None = None
-    # Connections made before the fork that every worker would inherit: "warn", "close" (each
-    # worker closes its copy at once) or "refuse" (the start stops). See inherited.py.
-    inherited_connections: str = "warn"
-    # Largest request body, declared or streamed, in bytes; a larger one is answered 413. A
-    # bound on the disk one request can fill, far above any form upload.
-    max_body_size: int = 1 << 30
-    # Seconds from accept to a request's complete head, BEGIN_REQUEST and PARAMS (0 = the
-    # read timeout). Fronts send the head at once; this bounds connections that send nothing.
-    head_timeout: float = 5.0
-    # TCP clients allowed (addresses or networks), with FCGI_WEB_SERVER_ADDRS; empty = any.
-    allow_from: tuple[str, ...] = ()
-
-    @property
-    def log_level_number(self) -> int:
-        return int(logging.getLevelName(self.log_level.upper()))
 
 
 Validator = Callable[[str, Any], Any]
@@ -118,11 +40,11 @@ def _fail(name: str, value: object, why: str) -> ConfigError:
 
 
 def option_flag(name: str) -> str:
-    return _FLAGS.get(name) or "--" + name.replace("_", "-")
+    return BY_NAME[name].label
 
 
-# Fields whose command-line option is not simply their name with dashes.
-_FLAGS = {"extra_environ": "--environ", "config_file": "--config"}
+# A Python module path, or an attribute path: a.b.c
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def v_app(name: str, value: object) -> str | None:
@@ -131,10 +53,7 @@ def v_app(name: str, value: object) -> str | None:
     if not isinstance(value, str):
         raise _fail(name, value, "expected MODULE:CALLABLE")
     module, sep, attr = value.partition(":")
-    ident = r"[A-Za-z_][A-Za-z0-9_]*"
-    if not re.fullmatch(rf"{ident}(\.{ident})*", module) or (
-        sep and not re.fullmatch(rf"{ident}(\.{ident})*", attr)
-    ):
+    if not _DOTTED_NAME.fullmatch(module) or (sep and not _DOTTED_NAME.fullmatch(attr)):
         raise _fail(name, value, "expected MODULE:CALLABLE, e.g. myproject.wsgi:application")
     return value
 
@@ -280,8 +199,7 @@ def v_log_level(name: str, value: object) -> str:
 def v_module(name: str, value: object) -> str | None:
     if value is None:
         return None
-    ident = r"[A-Za-z_][A-Za-z0-9_]*"
-    if isinstance(value, str) and re.fullmatch(rf"{ident}(\.{ident})*", value):
+    if isinstance(value, str) and _DOTTED_NAME.fullmatch(value):
         return value
     raise _fail(name, value, "expected a dotted module name")
 
@@ -317,7 +235,6 @@ def v_url_path(name: str, value: object) -> str | None:
     raise _fail(name, value, "expected a URL path starting with /, e.g. /fcgiserver-status")
 
 
-POOL_MODES = ("static", "dynamic")
 LOG_FORMATS = ("text", "json")
 
 
@@ -386,52 +303,224 @@ def v_environ(name: str, value: object) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-VALIDATORS: dict[str, Validator] = {
-    "app": v_app,
-    "bind": v_bind,
-    "workers": v_positive_int,
-    "backlog": v_positive_int,
-    "pidfile": v_path,
-    "max_requests": v_non_negative_int,
-    "max_requests_jitter": v_non_negative_int,
-    "timeout": v_seconds,
-    "read_timeout": v_seconds,
-    "keepalive_timeout": v_seconds,
-    "graceful_timeout": v_seconds,
-    "preload": v_bool,
-    "socket_mode": v_mode,
-    "socket_owner": v_owner,
-    "umask": v_mode,
-    "log_level": v_log_level,
-    "reseed": v_bool,
-    "hooks": v_module,
-    "max_params_size": v_positive_int,
-    "spool_threshold": v_non_negative_int,
-    "script_name": v_script_name,
-    "chdir": v_directory,
-    "extra_environ": v_environ,
-    "config_file": v_path,
-    "pool": v_pool,
-    "min_spare": v_non_negative_int,
-    "max_spare": v_positive_int,
-    "max_workers": v_positive_int,
-    "slow_log_timeout": v_seconds,
-    "max_rss": v_non_negative_int,
-    "error_log": v_path,
-    "access_log": v_path,
-    "log_format": v_log_format,
-    "user": v_user,
-    "group": v_group,
-    "allow_root": v_bool,
-    "status_path": v_url_path,
-    "ping_path": v_url_path,
-    "inherited_connections": v_inherited_connections,
-    "max_body_size": v_size,
-    "head_timeout": v_seconds,
-    "allow_from": v_networks,
-}
+# ---- the options ----------------------------------------------------------------------------
+# Each option is declared once, as a Config field: its type (the annotation), default,
+# validator, command-line flags, help, TOML key and group. The validation below, the
+# command line (cli.py) and the option table of docs/configuration.md (optiondocs.py) are
+# all made from these declarations.
 
-assert set(VALIDATORS) == {f.name for f in fields(Config)}
+# Groups in the order --help and the docs show them; None = the program's own arguments.
+GROUPS = ("binding and access", "workers and pool", "limits and timeouts", "logging",
+          "status pages (answered by the workers, before the app)", "process and identity",
+          "fork safety", "stop and reload", "the application's environment")
+
+# How an option appears on the command line: "value" (takes one value), "append" (takes a
+# value, repeatable), "bool" (--x / --no-x), "off" (a flag that sets False), "on" (a flag that
+# sets True), "positional".
+Kind = Literal["value", "append", "bool", "off", "on", "positional"]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    validator: Validator
+    help: str
+    group: str | None
+    flags: tuple[str, ...]
+    metavar: str | None
+    kind: Kind
+    toml: str
+    default: object
+    # The default as --help and the docs show it; None = not shown.
+    shown: str | None
+    # More for the docs table than --help has room for.
+    doc: str
+
+    @property
+    def label(self) -> str:
+        """How messages name the option: its long flag."""
+        longs = [f for f in self.flags if f.startswith("--")]
+        return longs[0] if longs else "--" + self.name.replace("_", "-")
+
+    @property
+    def full_help(self) -> str:
+        return f"{self.help} (default {self.shown})" if self.shown is not None else self.help
+
+
+def option(default: object, validator: Validator, help: str, *, group: str | None,
+           flags: tuple[str, ...] = (), metavar: str | None = None, kind: Kind = "value",
+           toml: str | None = None, shown: str | None = None, doc: str = "") -> Any:
+    """A Config field declaring an option; the name comes from the field.
+
+    Without `flags`, the flag is the name with dashes; without `shown`, a default that is not
+    None, empty or a bool is shown as written.
+    """
+    if shown is None and default is not None and default != () and not isinstance(default, bool):
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+    spec = {"validator": validator, "help": help, "group": group, "flags": flags, "metavar": metavar,
+            "kind": kind, "toml": toml, "shown": shown, "doc": doc}
+    return field(default=default, metadata={"option": spec})
+
+
+_BIND, _POOL, _LIMITS, _LOGS, _PAGES, _PROCESS, _FORK, _RELOAD, _ENV = GROUPS
+
+
+@dataclass(frozen=True)
+class Config:
+    app: str | None = option(
+        None, v_app, "the WSGI application, e.g. myproject.wsgi:application", group=None,
+        metavar="MODULE:CALLABLE", kind="positional",
+        doc="(`:application` when the callable is left out); the module is looked for in the working "
+            "directory (after `--chdir`) and on the Python path")
+    config_file: str | None = option(
+        None, v_path, "read options from a TOML file", group=None, flags=("-c", "--config"),
+        metavar="FILE.toml")
+    # Normalised bind addresses (see fcgiserver.addresses); empty = fd 0 or systemd sockets.
+    bind: tuple[str, ...] = option(
+        (), v_bind, "unix:/path.sock, HOST:PORT, [IPV6]:PORT or fd://N; repeatable. Without it: the "
+                    "listening socket on stdin, else systemd's LISTEN_FDS",
+        group=_BIND, flags=("-b", "--bind"), metavar="ADDRESS", kind="append",
+        doc="A stale socket file from a dead run is replaced; a live one is an error")
+    backlog: int = option(1024, v_positive_int, "listen backlog", group=_BIND, metavar="N")
+    # Unix socket permissions, whatever the umask: owner and group (the front's, see
+    # socket_owner) only. None = leave to the umask.
+    socket_mode: int | None = option(
+        0o660, v_mode, "permissions of a unix socket we create, whatever the umask", group=_BIND,
+        metavar="MODE", shown="0660")
+    # (uid, gid) for unix sockets we create; -1 leaves that id unchanged; None = no chown.
+    socket_owner: tuple[int, int] | None = option(
+        None, v_owner, "owner of a unix socket we create; :GROUP gives the front's group access",
+        group=_BIND, metavar="USER:GROUP")
+    # TCP clients allowed (addresses or networks), with FCGI_WEB_SERVER_ADDRS; empty = any.
+    allow_from: tuple[str, ...] = option(
+        (), v_networks, "accept TCP connections only from here; repeatable; adds to "
+                        "$FCGI_WEB_SERVER_ADDRS", group=_BIND, metavar="ADDR|CIDR", kind="append",
+        shown="any")
+    workers: int = option(1, v_positive_int, "worker processes", group=_POOL, flags=("-w", "--workers"),
+                          metavar="N", shown="the CPU count")
+    # "static": always `workers` workers. "dynamic": `workers` at start, then enough to keep
+    # min_spare..max_spare of them idle, never more than max_workers.
+    pool: str = option("static", v_pool, "static: always --workers workers; dynamic: --workers at start, "
+                                         "then as many as keep --min-spare..--max-spare idle",
+                       group=_POOL, metavar="MODE")
+    min_spare: int = option(1, v_non_negative_int, "dynamic pool: fewest idle workers", group=_POOL,
+                            metavar="N")
+    max_spare: int = option(4, v_positive_int, "dynamic pool: most idle workers", group=_POOL, metavar="N")
+    max_workers: int = option(16, v_positive_int, "dynamic pool: most workers", group=_POOL, metavar="N")
+    # A worker exits after this many requests (0 = never), plus a random 0..jitter so that
+    # workers started together do not all restart together.
+    max_requests: int = option(0, v_non_negative_int, "restart a worker after N requests; 0 = never",
+                               group=_LIMITS, metavar="N")
+    max_requests_jitter: int = option(0, v_non_negative_int, "add a random 0..N to --max-requests per worker",
+                                      group=_LIMITS, metavar="N")
+    # Resident memory in MiB above which a worker is recycled after its request (0 = off).
+    max_rss: int = option(0, v_non_negative_int, "recycle a worker (after its request) once its resident "
+                                                 "memory passes MB MiB; 0 = off", group=_LIMITS, metavar="MB")
+    # Seconds a request may run before its worker is aborted (0 = no limit).
+    timeout: float = option(30.0, v_seconds, "abort a worker whose request runs longer; 0 = no limit",
+                            group=_LIMITS, flags=("-t", "--timeout"), metavar="SECONDS",
+                            doc="Its traceback is logged, then the worker is killed and replaced")
+    # Seconds a worker waits for the next bytes of a request (0 = no limit).
+    read_timeout: float = option(30.0, v_seconds, "drop a connection that sends nothing for this long; "
+                                                  "0 = no limit", group=_LIMITS, metavar="SECONDS")
+    # Seconds from accept to a request's complete head, BEGIN_REQUEST and PARAMS (0 = the
+    # read timeout). Fronts send the head at once; this bounds connections that send nothing.
+    head_timeout: float = option(5.0, v_seconds, "close a connection whose request head is not in this long "
+                                                 "after accept; 0 = the read timeout",
+                                 group=_LIMITS, metavar="SECONDS")
+    # Seconds a kept (FCGI_KEEP_CONN) connection may sit idle between requests before the
+    # worker closes it and goes back to accepting (0 = read_timeout).
+    keepalive_timeout: float = option(5.0, v_seconds, "close a kept connection idle this long between "
+                                                      "requests; 0 = the read timeout",
+                                      group=_LIMITS, metavar="SECONDS")
+    # Seconds after which a still-running request's stack is logged (0 = off); the worker
+    # keeps serving.
+    slow_log_timeout: float = option(0.0, v_seconds, "log the stack of a request running this long, "
+                                                     "without stopping it; 0 = off",
+                                     group=_LIMITS, metavar="SECONDS")
+    # Largest request body, declared or streamed, in bytes; a larger one is answered 413. A
+    # bound on the disk one request can fill, far above any form upload.
+    max_body_size: int = option(1 << 30, v_size, "answer 413 to a larger request body, e.g. 20M",
+                                group=_LIMITS, metavar="BYTES", shown="1G")
+    max_params_size: int = option(MIB, v_positive_int, "largest FastCGI PARAMS stream accepted",
+                                  group=_LIMITS, metavar="BYTES", shown="1048576 = 1 MiB")
+    spool_threshold: int = option(MIB, v_non_negative_int, "request bodies above this size go to a temp file",
+                                  group=_LIMITS, metavar="BYTES", shown="1048576 = 1 MiB")
+    log_level: str = option("info", v_log_level, "debug, info, warning, error or critical", group=_LOGS,
+                            metavar="LEVEL")
+    # Log destinations: None = stderr for the error log, no access log.
+    error_log: str | None = option(None, v_path, "server and worker messages", group=_LOGS, metavar="FILE",
+                                   shown="stderr", doc="USR1 reopens it")
+    access_log: str | None = option(None, v_path, "one line per request", group=_LOGS, metavar="FILE",
+                                    shown="off", doc="USR1 reopens it")
+    log_format: str = option("text", v_log_format, "text or json", group=_LOGS, metavar="FORMAT")
+    # URL paths a worker answers itself, before the app: the status page and "pong".
+    status_path: str | None = option(
+        None, v_url_path, "serve the status page here, e.g. /fcgiserver-status (JSON; ?format=prometheus, "
+                          "?full); see also `fcgiserver status --help`", group=_PAGES, metavar="PATH",
+        doc="([status.md](status.md))")
+    ping_path: str | None = option(None, v_url_path, 'answer "pong" here, e.g. /fcgiserver-ping',
+                                   group=_PAGES, metavar="PATH")
+    # Workers run as this uid/gid (None = as the supervisor); resolved from names.
+    user: int | None = option(None, v_user,
+                              "run workers as this user (the supervisor binds first, as started)",
+                              group=_PROCESS, flags=("-u", "--user"), metavar="USER")
+    group: int | None = option(None, v_group, "run workers with this group", group=_PROCESS,
+                               flags=("-g", "--group"), metavar="GROUP", shown="the user's own")
+    allow_root: bool = option(False, v_bool, "accept --user root", group=_PROCESS, kind="on")
+    pidfile: str | None = option(
+        None, v_path, "write the supervisor's pid here", group=_PROCESS, flags=("-p", "--pidfile"),
+        metavar="FILE", doc="Written atomically, removed at exit; a live pid in it refuses the start, a "
+                            "stale one is replaced")
+    umask: int | None = option(None, v_mode, "process umask, e.g. 0027", group=_PROCESS, metavar="MODE")
+    chdir: str | None = option(None, v_directory, "change to this directory before loading the app",
+                               group=_PROCESS, metavar="DIR")
+    preload: bool = option(True, v_bool, "import the app before forking workers, or in each worker",
+                           group=_FORK, kind="bool", shown="--preload")
+    hooks: str | None = option(None, v_module, "module defining server hooks (pre_fork, post_fork, ...)",
+                               group=_FORK, metavar="MODULE", doc="(Hooks, below)")
+    reseed: bool = option(True, v_bool, "do not reseed random generators in workers", group=_FORK,
+                          flags=("--no-reseed",), kind="off", doc="([forksafety.md](forksafety.md))")
+    # Connections made before the fork that every worker would inherit: "warn", "close" (each
+    # worker closes its copy at once) or "refuse" (the start stops). See inherited.py.
+    inherited_connections: str = option(
+        "warn", v_inherited_connections, "connections the app opened before the fork, which every worker "
+                                         "would share: warn names them; close also closes them in each "
+                                         "worker; refuse stops the start (exit code 5)",
+        group=_FORK, metavar="POLICY")
+    # Seconds in-flight requests get to finish on a graceful stop or reload.
+    graceful_timeout: float = option(30.0, v_seconds, "time in-flight requests get on stop or reload",
+                                     group=_RELOAD, metavar="SECONDS")
+    # SCRIPT_NAME for the app; None = take it from the front end's params.
+    script_name: str | None = option(
+        None, v_script_name, "SCRIPT_NAME for the app", group=_ENV, metavar="PATH",
+        shown="from the front end",
+        doc="The mount point: PATH_INFO is the rest of the request's path. Without it SCRIPT_NAME and "
+            "PATH_INFO are the front's, except that a whole path in SCRIPT_NAME with no PATH_INFO "
+            "(lighttpd's `\"/\"` mount without `fix-root-scriptname`, for a one-segment path) becomes "
+            "PATH_INFO")
+    # Added to every request's WSGI environ (flup's ``environ`` argument); request values win.
+    extra_environ: tuple[tuple[str, str], ...] = option(
+        (), v_environ, "add NAME=VALUE to every request's WSGI environ; repeatable", group=_ENV,
+        flags=("--environ",), metavar="NAME=VALUE", kind="append", toml="environ",
+        doc="The request's own values win; in TOML an `[environ]` table")
+
+    @property
+    def log_level_number(self) -> int:
+        return int(logging.getLevelName(self.log_level.upper()))
+
+
+def _declared(f: Field[Any]) -> Option:
+    spec = dict(f.metadata["option"])
+    if not spec["flags"] and spec["kind"] != "positional":
+        spec["flags"] = ("--" + f.name.replace("_", "-"),)
+    spec["toml"] = spec["toml"] or f.name
+    return Option(name=f.name, default=f.default, **spec)
+
+
+OPTIONS: tuple[Option, ...] = tuple(_declared(f) for f in fields(Config))
+BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+VALIDATORS: dict[str, Validator] = {opt.name: opt.validator for opt in OPTIONS}
 
 
 def default_workers() -> int:
@@ -442,8 +531,8 @@ DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Config)}
 # Callers see the machine-dependent default, not the placeholder in the dataclass.
 DEFAULTS["workers"] = default_workers()
 
-# TOML spelling of the repeatable --environ option.
-ALIASES = {"environ": "extra_environ"}
+# TOML keys that are not simply the field's name (environ for extra_environ).
+ALIASES = {opt.toml: opt.name for opt in OPTIONS if opt.toml != opt.name}
 
 
 def normalise_keys(values: Mapping[str, object], source: str) -> dict[str, object]:

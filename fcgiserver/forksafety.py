@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 # The connection side of fork safety lives in inherited.py; its one public call is here too.
 from fcgiserver.heap import subclasses_of, whole_heap
 from fcgiserver.inherited import shareable
+from fcgiserver.spec import FINGERPRINT_SIZE
 
 __all__ = [
     "FINGERPRINT_SIZE",
@@ -48,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger("fcgiserver.forksafety")
 
-FINGERPRINT_SIZE = 16
 # Enough entropy for any generator we reseed (MT19937 takes it all, PCG64 uses 128 bits).
 _SEED_BYTES = 32
 

@@ -46,7 +46,6 @@ from typing import Any, TypeVar
 from fcgiserver.heap import holders, subclasses_of, whole_heap
 
 __all__ = [
-    "EXIT_REFUSED",
     "POLICIES",
     "InheritanceGuard",
     "Refused",
@@ -59,8 +58,6 @@ __all__ = [
 log = logging.getLogger("fcgiserver.inherited")
 
 POLICIES = ("warn", "close", "refuse")
-# The supervisor's exit code when --inherited-connections refuse stops the start.
-EXIT_REFUSED = 5
 
 _FIX = "open it in a post_fork hook, or close it in a pre_fork hook"
 _STREAM_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)

@@ -16,17 +16,14 @@ import sys
 from fcgiserver import reexec
 from fcgiserver.config import Config
 from fcgiserver.hooks import load_hooks
-from fcgiserver.loader import AppLoader
 from fcgiserver.logs import configure_logging
 from fcgiserver.pidfile import Pidfile, PidfileError
 from fcgiserver.privileges import PrivilegeError
 from fcgiserver.sockets import BindError, close_listeners, open_listeners
+from fcgiserver.spec import EXIT_STARTUP_ERROR, AppLoader
 from fcgiserver.usage import os_error_text, os_reason
 
 log = logging.getLogger("fcgiserver")
-
-# Exit code for a failure to start that is not the application's or a worker's fault.
-EXIT_STARTUP_ERROR = 1
 
 
 def prepare_process(config: Config, *, import_from_cwd: bool) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import traceback
-from collections.abc import Callable
-from wsgiref.types import WSGIApplication
 
-AppLoader = Callable[[], WSGIApplication]
+from fcgiserver.spec import AppLoader, WSGIApplication
 
 DEFAULT_CALLABLE = "application"
 

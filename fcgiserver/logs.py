@@ -170,8 +170,9 @@ def flush_logs() -> None:
             stream.flush()
 
 
-def worker_pipe() -> tuple[int, int]:
-    """A pipe for one worker's stdout/stderr: (read end, non-blocking write end)."""
+def output_pipe() -> tuple[int, int]:
+    """A pipe for what workers write (their stdout/stderr, the access log): (read end,
+    non-blocking write end). Close-on-exec; a reload by re-exec keeps the ones it needs."""
     r, w = os.pipe2(os.O_CLOEXEC)
     flags = fcntl.fcntl(w, fcntl.F_GETFL)
     fcntl.fcntl(w, fcntl.F_SETFL, flags | os.O_NONBLOCK)

@@ -1,8 +1,8 @@
 """Pool counters the supervisor publishes for the status page: a small shared memory block.
 
 The supervisor makes it before forking, so every worker can read it (e.g. a status
-endpoint); only the supervisor writes. Like the scoreboard it is a seqlock: the writer makes
-the counter odd while it writes, a reader retries until it copied a stable even value.
+endpoint); only the supervisor writes. Like the scoreboard it is guarded by the seqlock of
+seqlock.py.
 
 After a reload by re-exec the supervisor carries the counters over into a new block, which
 the new generation of workers inherits.
@@ -15,15 +15,15 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 
-_SEQ = struct.Struct("<I")
+from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, stable_copy
+from fcgiserver.spec import POOL_MODES
+
 # mode, min_spare, max_spare, max_workers, workers (target), max_reached_count,
 # max_reached_at, spawned, retired, rss_recycled, timeouts, slow_requests, reloads,
 # reload_failures, generation
 _DATA = struct.Struct("<B3xIIIIQdQQQQQQQI")
-SIZE = _SEQ.size + _DATA.size
-_READ_TRIES = 1000
+SIZE = SEQ_SIZE + _DATA.size
 
-MODES = ("static", "dynamic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,9 @@ class PoolStats:
 
     def __init__(self, initial: PoolInfo | None = None) -> None:
         self._buf = mmap.mmap(-1, SIZE)
-        self._seq = 0
+        self._writer = SeqWriter(self._buf, 0)
+        # Reader side: the last consistent copy, for a read that finds the writer stuck.
+        self._last_good: dict[int, bytes] = {}
         self._info = initial or PoolInfo()
         self._write()
 
@@ -76,25 +78,14 @@ class PoolStats:
 
     def _write(self) -> None:
         i = self._info
-        odd = (self._seq + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(self._buf, 0, odd)
-        _DATA.pack_into(self._buf, _SEQ.size, MODES.index(i.mode), i.min_spare, i.max_spare, i.max_workers,
-                        i.workers, i.max_reached_count, i.max_reached_at, i.spawned, i.retired,
-                        i.rss_recycled, i.timeouts, i.slow_requests, i.reloads, i.reload_failures,
-                        i.generation)
-        self._seq = (odd + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(self._buf, 0, self._seq)
+        self._writer.write(_DATA.pack_into, POOL_MODES.index(i.mode), i.min_spare, i.max_spare, i.max_workers,
+                           i.workers, i.max_reached_count, i.max_reached_at, i.spawned, i.retired,
+                           i.rss_recycled, i.timeouts, i.slow_requests, i.reloads, i.reload_failures,
+                           i.generation)
 
     def read(self) -> PoolInfo:
-        raw = b""
-        for _ in range(_READ_TRIES):
-            before = _SEQ.unpack_from(self._buf, 0)[0]
-            raw = self._buf[_SEQ.size:SIZE]
-            if before & 1 == 0 and _SEQ.unpack_from(self._buf, 0)[0] == before:
-                break
-            time.sleep(0.0001)
-        values = _DATA.unpack(raw)
-        mode = MODES[values[0]] if values[0] < len(MODES) else "static"
+        values = _DATA.unpack(stable_copy(self._buf, 0, SEQ_SIZE, SIZE, self._last_good))
+        mode = POOL_MODES[values[0]] if values[0] < len(POOL_MODES) else "static"
         return PoolInfo(mode, *values[1:])
 
     def close(self) -> None:

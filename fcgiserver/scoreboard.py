@@ -4,10 +4,10 @@ The supervisor creates the Scoreboard before forking; every worker then writes o
 slot and the supervisor (and the status page) read all of them. The map is anonymous and
 shared, so it lives exactly as long as the processes that inherited it.
 
-Each slot is guarded by a sequence counter (a seqlock): the writer makes it odd while it
-writes and even when done, and a reader retries until it sees the same even value on both
-sides of its copy. Writers never wait, which keeps the per-request cost to a few small
-memory copies.
+Each slot is guarded by a sequence counter (the seqlock of seqlock.py): the writer makes it
+odd while it writes and even when done, and a reader retries until it sees the same even
+value on both sides of its copy. Writers never wait, which keeps the per-request cost to a
+few small memory copies.
 
 The header holds what outlives a worker: the requests and connections of workers already
 reaped (folded in when the supervisor clears their slot) and worker restarts by cause. Only
@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, pack_seq, stable_copy, stable_read, unpack_seq
+from fcgiserver.spec import FINGERPRINT_SIZE
+
 if TYPE_CHECKING:
     from fcgiserver.poolstats import PoolStats
     from fcgiserver.sharedconns import ShareTable
 
 SLOT_SIZE = 256
 HEADER_SIZE = 256
-FINGERPRINT_LEN = 16
 METHOD_LEN = 16
 
 # Why the supervisor replaced a worker. "crash": an unexpected exit with an error code or a
@@ -40,17 +42,14 @@ METHOD_LEN = 16
 # "rng_duplicate": stopped because it shared another worker's RNG state.
 RESTART_CAUSES = ("crash", "timeout", "max_requests", "max_rss", "rng_duplicate")
 
-# The sequence counter, then the fields. They are written separately because pack_into
-# zeroes its whole target before filling it: the counter must stay odd meanwhile (and is
-# itself written by _store_seq(), never by pack_into).
-_SEQ = struct.Struct("<I")
+# The sequence counter (SEQ_SIZE bytes), then the fields.
 # pid, generation, state, requests, accepted, busy_since, last_change, fingerprint, method,
 # uri length
-_FIELDS = f"<iIB3xQQdd{FINGERPRINT_LEN}s{METHOD_LEN}sH"
+_FIELDS = f"<iIB3xQQdd{FINGERPRINT_SIZE}s{METHOD_LEN}sH"
 _HEAD = struct.Struct(_FIELDS)
-URI_LEN = SLOT_SIZE - _SEQ.size - _HEAD.size
+URI_LEN = SLOT_SIZE - SEQ_SIZE - _HEAD.size
 _DATA = struct.Struct(f"{_FIELDS}{URI_LEN}s")
-assert _SEQ.size + _DATA.size == SLOT_SIZE
+assert SEQ_SIZE + _DATA.size == SLOT_SIZE
 # state, requests, accepted, busy_since, last_change: what done() changes, packed alone at
 # this offset into the fields. The method and URI it leaves in place mean nothing once the
 # slot is no longer busy (read() shows them only for a busy slot).
@@ -60,15 +59,7 @@ assert _FIELDS.startswith("<iIB3xQQdd")
 
 # supervisor pid, started (time.time()), accepted and requests of reaped workers, restarts
 _HEADER = struct.Struct(f"<4xidQQ{len(RESTART_CAUSES)}Q")
-assert _SEQ.size + _HEADER.size <= HEADER_SIZE
-
-# A reader spins this often, then sleeps a moment between tries to let a writer finish;
-# after _READ_TRIES it gives up: a status page must never hang on a worker that died (or
-# was stopped) in the middle of a write. It then answers with the last consistent copy it
-# saw, stale but never torn (pack_into zero-fills before writing, so a torn copy is garbage).
-_READ_SPINS = 64
-_READ_TRIES = 1000
-_READ_PAUSE = 0.0002
+assert SEQ_SIZE + _HEADER.size <= HEADER_SIZE
 
 
 class SlotState(IntEnum):
@@ -117,7 +108,7 @@ class Slot:
         self._board = board
         # Writer-side copies: only the owning worker writes the slot, so it never has to
         # read its own fields back from shared memory.
-        self._seq = _SEQ.unpack_from(buf, offset)[0] & ~1
+        self._seq = unpack_seq(buf, offset)[0] & ~1
         self._pid = 0
         self._generation = 0
         self._requests = 0
@@ -173,7 +164,7 @@ class Slot:
         buf, off = self._buf, self._offset
         seq = self._seq
         buf[off : off + 4] = _pack_seq((seq + 1) & 0xFFFFFFFF)
-        _pack_state(buf, off + _SEQ.size + _STATE_AT, _IDLE, self._requests, self._accepted, 0.0, now)
+        _pack_state(buf, off + SEQ_SIZE + _STATE_AT, _IDLE, self._requests, self._accepted, 0.0, now)
         self._seq = seq = (seq + 2) & 0xFFFFFFFF
         buf[off : off + 4] = _pack_seq(seq)
         self._state = _IDLE
@@ -183,7 +174,7 @@ class Slot:
         self._write(SlotState.EXITING, 0.0)
 
     def set_fingerprint(self, fp: bytes) -> None:
-        self._fingerprint = bytes(fp[:FINGERPRINT_LEN])
+        self._fingerprint = bytes(fp[:FINGERPRINT_SIZE])
         self._write(self._state, self._busy_since)
 
     def _write(self, state: SlotState, busy_since: float, now: float | None = None) -> None:
@@ -194,7 +185,7 @@ class Slot:
         odd = (self._seq + 1) & 0xFFFFFFFF
         even = (odd + 1) & 0xFFFFFFFF
         # The clock is read first, so the slot is odd (unreadable) only for one copy.
-        # _store_seq(), inlined: this runs for every request.
+        # SeqWriter.write(), inlined (here and in done()): this runs for every request.
         buf[off : off + 4] = _pack_seq(odd)
         _pack_data(buf, off + 4, self._pid, self._generation, state, self._requests, self._accepted,
                    busy_since, now, self._fingerprint, self._method, len(uri), uri)
@@ -208,7 +199,7 @@ class Slot:
     def read(self) -> SlotInfo:
         buf, off = self._buf, self._offset
         board = self._board
-        raw = _stable_copy(buf, off, off + _SEQ.size, off + SLOT_SIZE,
+        raw = stable_copy(buf, off, off + SEQ_SIZE, off + SLOT_SIZE,
                            None if board is None else board._last_good)
         (pid, generation, state, requests, accepted, busy_since, last_change, fp, method, uri_len,
          uri) = _DATA.unpack(raw)
@@ -240,11 +231,12 @@ class Slot:
             self._clear()
 
     def _clear(self) -> None:
-        seq = ((_SEQ.unpack_from(self._buf, self._offset)[0] | 1) + 1) & 0xFFFFFFFF
-        _store_seq(self._buf, self._offset, seq - 1)
-        self._buf[self._offset + _SEQ.size:self._offset + SLOT_SIZE] = bytes(SLOT_SIZE - _SEQ.size)
-        _store_seq(self._buf, self._offset, seq)
-        self._seq = seq
+        # From the counter in memory, not ours: the supervisor clears a slot its worker wrote.
+        writer = SeqWriter(self._buf, self._offset)
+        writer.begin()
+        self._buf[self._offset + SEQ_SIZE:self._offset + SLOT_SIZE] = bytes(SLOT_SIZE - SEQ_SIZE)
+        writer.end()
+        self._seq = writer.seq
         self._pid = self._generation = self._requests = self._accepted = 0
         self._fingerprint = self._method = self._uri = b""
         self._state = SlotState.FREE
@@ -255,43 +247,11 @@ _STATES = frozenset(int(s) for s in SlotState)
 _BUSY = SlotState.BUSY
 _IDLE = SlotState.IDLE
 _time = time.time
-_pack_seq = _SEQ.pack
+_pack_seq = pack_seq
 _pack_data = _DATA.pack_into
 _pack_state = _STATE.pack_into
 # Request methods as stored, by the str the front sent: a handful of values, encoded once.
 _methods: dict[str, bytes] = {}
-
-
-def _store_seq(buf: mmap.mmap, at: int, value: int) -> None:
-    """Writes a sequence counter in one store.
-
-    Not with pack_into: it zeroes its target before filling it, and a reader that saw
-    that zero (an even value) on both sides of its copy took a half-written slot for a
-    whole one. A slice assignment copies the four bytes as they are.
-    """
-    buf[at : at + 4] = _pack_seq(value)
-
-
-def _stable_copy(buf: mmap.mmap, seq_at: int, start: int, end: int,
-                 last_good: dict[int, bytes] | None = None) -> bytes:
-    """buf[start:end], copied while the sequence counter at `seq_at` stayed even and unchanged.
-
-    When no try succeeds, the last consistent copy remembered in `last_good` (or zeros: an
-    empty slot) stands in for it.
-    """
-    unpack_seq = _SEQ.unpack_from
-    for attempt in range(_READ_TRIES):
-        before = unpack_seq(buf, seq_at)[0]
-        raw = buf[start:end]
-        if before & 1 == 0 and unpack_seq(buf, seq_at)[0] == before:
-            if last_good is not None:
-                last_good[seq_at] = raw
-            return raw
-        if attempt >= _READ_SPINS:
-            time.sleep(_READ_PAUSE)
-    if last_good is not None and seq_at in last_good:
-        return last_good[seq_at]
-    return bytes(end - start)
 
 
 class _MutableHeader:
@@ -310,19 +270,16 @@ class _HeaderWrite:
 
     def __init__(self, board: Scoreboard) -> None:
         self._board = board
-        self._header = _MutableHeader(_HEADER.unpack_from(board._buf, _SEQ.size))
+        self._header = _MutableHeader(_HEADER.unpack_from(board._buf, SEQ_SIZE))
 
     def __enter__(self) -> _MutableHeader:
-        board = self._board
-        board._header_seq = (board._header_seq + 1) & 0xFFFFFFFF
-        _store_seq(board._buf, 0, board._header_seq)
+        self._board._header_writer.begin()
         return self._header
 
     def __exit__(self, *exc_info: object) -> None:
         board, h = self._board, self._header
-        _HEADER.pack_into(board._buf, _SEQ.size, h.pid, h.started, h.accepted, h.requests, *h.restarts)
-        board._header_seq = (board._header_seq + 1) & 0xFFFFFFFF
-        _store_seq(board._buf, 0, board._header_seq)
+        _HEADER.pack_into(board._buf, SEQ_SIZE, h.pid, h.started, h.accepted, h.requests, *h.restarts)
+        board._header_writer.end()
 
 
 class Scoreboard:
@@ -336,7 +293,7 @@ class Scoreboard:
         self._buf = mmap.mmap(-1, HEADER_SIZE + slots * SLOT_SIZE)
         # Reader side: the last consistent copy of each slot and of the header, by offset.
         self._last_good: dict[int, bytes] = {}
-        self._header_seq = 0
+        self._header_writer = SeqWriter(self._buf, 0)
         # The supervisor's pool counters (poolstats.py), for a status page in a worker; the
         # supervisor sets it right after making both.
         self.poolstats: PoolStats | None = None
@@ -354,12 +311,6 @@ class Scoreboard:
             raise IndexError(f"slot {i} out of range (0..{self._slots - 1})")
         return Slot(self._buf, HEADER_SIZE + i * SLOT_SIZE, self)
 
-    def free_index(self) -> int | None:
-        for i in range(self._slots):
-            if self.slot(i).read().state == SlotState.FREE:
-                return i
-        return None
-
     def snapshot(self) -> list[SlotInfo]:
         return [self.slot(i).read() for i in range(self._slots)]
 
@@ -372,23 +323,14 @@ class Scoreboard:
             header.restarts[index] += 1
 
     def totals(self) -> BoardTotals:
-        raw = _stable_copy(self._buf, 0, _SEQ.size, _SEQ.size + _HEADER.size, self._last_good)
+        raw = stable_copy(self._buf, 0, SEQ_SIZE, SEQ_SIZE + _HEADER.size, self._last_good)
         return _totals(_HEADER.unpack(raw))
 
     def read_all(self) -> tuple[BoardTotals, list[SlotInfo]]:
         """The header and every slot, with no worker counted twice or lost to a reap
         happening meanwhile (retried while the supervisor clears a slot)."""
         buf = self._buf
-        attempt = 0
-        while True:
-            before = _SEQ.unpack_from(buf, 0)[0]
-            totals = _totals(_HEADER.unpack_from(buf, _SEQ.size))
-            slots = self.snapshot()
-            attempt += 1
-            if (before & 1 == 0 and _SEQ.unpack_from(buf, 0)[0] == before) or attempt >= _READ_TRIES:
-                return totals, slots
-            if attempt >= _READ_SPINS:
-                time.sleep(_READ_PAUSE)
+        return stable_read(buf, 0, lambda: (_totals(_HEADER.unpack_from(buf, SEQ_SIZE)), self.snapshot()))
 
     def _header_write(self) -> _HeaderWrite:
         return _HeaderWrite(self)

@@ -9,8 +9,8 @@ reported once per socket, with both pids, like two workers with one RNG state
 (fingerprints.py); replacing a worker would not help here, its replacement inherits the same.
 
 The result also goes to a small shared memory table, one entry per scoreboard slot, which the
-status page reads for its per-worker rows. Only the supervisor writes it; a reader copies an
-entry under its sequence counter, as for the scoreboard.
+status page reads for its per-worker rows. Only the supervisor writes it; each entry is
+guarded by the seqlock of seqlock.py, as the scoreboard's slots are.
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fcgiserver.scoreboard import _stable_copy, _store_seq
+from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, stable_copy
 
 __all__ = ["CHECK_INTERVAL", "MAX_PEERS", "Duplicate", "ShareInfo", "ShareTable", "SharedConnectionCheck",
            "socket_inodes"]
 
 CHECK_INTERVAL = 1.0
 MAX_PEERS = 8
-_SEQ = struct.Struct("<I")
 # pid, inherited sockets shared with another worker, peers listed, peer pids
 _ENTRY = struct.Struct(f"<iHH{MAX_PEERS}i")
 ENTRY_SIZE = 64
-assert _SEQ.size + _ENTRY.size <= ENTRY_SIZE
+assert SEQ_SIZE + _ENTRY.size <= ENTRY_SIZE
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -72,27 +71,23 @@ class ShareTable:
     def __init__(self, slots: int) -> None:
         self._slots = slots
         self._buf = mmap.mmap(-1, slots * ENTRY_SIZE)
-        self._seqs = [0] * slots
+        self._writers = [SeqWriter(self._buf, i * ENTRY_SIZE) for i in range(slots)]
+        self._last_good: dict[int, bytes] = {}
 
     def __len__(self) -> int:
         return self._slots
 
     def write(self, index: int, info: ShareInfo) -> None:
-        at = index * ENTRY_SIZE
         peers = info.peers[:MAX_PEERS]
-        odd = (self._seqs[index] + 1) & 0xFFFFFFFF
-        _store_seq(self._buf, at, odd)
-        _ENTRY.pack_into(self._buf, at + _SEQ.size, info.pid, min(info.sockets, 0xFFFF), len(peers),
-                         *peers, *([0] * (MAX_PEERS - len(peers))))
-        self._seqs[index] = (odd + 1) & 0xFFFFFFFF
-        _store_seq(self._buf, at, self._seqs[index])
+        self._writers[index].write(_ENTRY.pack_into, info.pid, min(info.sockets, 0xFFFF), len(peers),
+                                   *peers, *([0] * (MAX_PEERS - len(peers))))
 
     def clear(self, index: int) -> None:
         self.write(index, ShareInfo(0, 0, ()))
 
     def read(self, index: int) -> ShareInfo:
         at = index * ENTRY_SIZE
-        raw = _stable_copy(self._buf, at, at + _SEQ.size, at + _SEQ.size + _ENTRY.size)
+        raw = stable_copy(self._buf, at, at + SEQ_SIZE, at + SEQ_SIZE + _ENTRY.size, self._last_good)
         pid, sockets, count, *peers = _ENTRY.unpack(raw)
         return ShareInfo(pid, sockets, tuple(peers[:count]))
 

@@ -31,7 +31,7 @@ from fcgiserver.poolstats import PoolInfo
 from fcgiserver.scoreboard import RESTART_CAUSES, Scoreboard, Slot, SlotInfo, SlotState
 from fcgiserver.sharedconns import ShareInfo, ShareTable
 from fcgiserver.sockets import describe
-from fcgiserver.wsgi import WSGIApp
+from fcgiserver.spec import StartResponse, WSGIApplication
 
 JSON_TYPE = "application/json"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,7 +39,6 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 PING_BODY = b"pong"
 _NO_STORE = ("Cache-Control", "no-store")
 
-StartResponse = Callable[..., Callable[[bytes], object]]
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -326,7 +325,7 @@ def _method_check(environ: dict[str, Any], start_response: StartResponse) -> lis
     return [b"Method Not Allowed\n"]
 
 
-def make_status_app(board: Scoreboard, listeners: Sequence[socket.socket]) -> WSGIApp:
+def make_status_app(board: Scoreboard, listeners: Sequence[socket.socket]) -> WSGIApplication:
     """The status page, as a WSGI app over `board` and the worker's `listeners`."""
 
     def status_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -356,9 +355,10 @@ def ping_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable
     return _answer(start_response, "200 OK", TEXT_TYPE, PING_BODY, environ.get("REQUEST_METHOD") == "HEAD")
 
 
-def status_routes(config: Config, slot: Slot, listeners: Sequence[socket.socket]) -> dict[str, WSGIApp]:
+def status_routes(config: Config, slot: Slot,
+                  listeners: Sequence[socket.socket]) -> dict[str, WSGIApplication]:
     """Path -> app for the pages a worker answers before the application (empty when none)."""
-    routes: dict[str, WSGIApp] = {}
+    routes: dict[str, WSGIApplication] = {}
     board = slot.board
     if config.status_path is not None and board is not None:
         routes[config.status_path] = make_status_app(board, list(listeners))

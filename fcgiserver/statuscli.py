@@ -21,10 +21,9 @@ import psutil
 
 from fcgiserver.client import ClientError, FastCGIClient
 from fcgiserver.config import ConfigError, load_toml
+from fcgiserver.spec import EXIT_OK, EXIT_STATUS_FAILED
 from fcgiserver.usage import Parser
 
-EXIT_OK = 0
-EXIT_FAILED = 1
 DEFAULT_PATH = "/fcgiserver-status"
 
 
@@ -73,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_table(report))
     except StatusError as exc:
         print(f"fcgiserver status: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_STATUS_FAILED
     return EXIT_OK
 
 

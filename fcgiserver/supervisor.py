@@ -21,32 +21,40 @@ import os
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from enum import Enum
-from wsgiref.types import WSGIApplication
 
 import psutil
 
 from fcgiserver import allowlist, forksafety, privileges, reexec, sdnotify
-from fcgiserver.accesslog import AccessLogSink, access_pipe
+from fcgiserver.accesslog import AccessLogSink
 
 # Imported in the parent, once: the worker stack then sits in pages every worker shares,
 # instead of being imported (and written) anew in each child.
 from fcgiserver.child import run_child
+from fcgiserver.children import ChildHandle, send_signal
 from fcgiserver.config import Config
 from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
-from fcgiserver.inherited import EXIT_REFUSED, InheritanceGuard, Refused, shareable_inodes
-from fcgiserver.loader import AppLoader, AppLoadError
-from fcgiserver.logs import LogRelay, flush_logs, reopen_error_log, worker_pipe
+from fcgiserver.inherited import InheritanceGuard, Refused, shareable_inodes
+from fcgiserver.loader import AppLoadError
+from fcgiserver.logs import LogRelay, flush_logs, output_pipe, reopen_error_log
 from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
-from fcgiserver.scoreboard import Scoreboard, SlotState
+from fcgiserver.scoreboard import Scoreboard, Slot, SlotState
 from fcgiserver.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
 from fcgiserver.signals import HANDLED, SignalQueue
 from fcgiserver.sockets import describe
-from fcgiserver.worker import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
+from fcgiserver.spec import (
+    EXIT_APP_LOAD_ERROR,
+    EXIT_BOOT_ERROR,
+    EXIT_INHERITANCE_REFUSED,
+    AppLoader,
+    WorkerInfo,
+    WSGIApplication,
+)
+from fcgiserver.workerspec import WorkerSpec
 
 log = logging.getLogger("fcgiserver.supervisor")
 
@@ -77,33 +85,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:  # e.g. a real-time signal
         return f"signal {number}"
-
-
-@dataclass
-class WorkerInfo:
-    """What hooks see of a worker. ``started`` is a time.time() value."""
-
-    pid: int
-    index: int
-    generation: int
-    started: float
-
-
-@dataclass
-class _Child:
-    info: WorkerInfo
-    born: float  # time.monotonic()
-    ready: bool = False
-    stopping: bool = False
-    timed_out: bool = False
-    # busy_since of the request whose stack --slow-log-timeout already asked for.
-    slow_logged: float = 0.0
-    # A worker of an earlier program image (reload by re-exec): no slot in our scoreboard.
-    inherited: bool = False
-    process: psutil.Process | None = None
-    # Reseed in the child even with --no-reseed (it replaces a worker with a duplicate stream).
-    force_reseed: bool = False
-    kill_at: float | None = None  # time.monotonic() after which it gets SIGKILL
 
 
 class State(Enum):
@@ -139,7 +120,7 @@ class Supervisor:
         self._watchdog_interval = sdnotify.watchdog_interval()
         for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):
             os.environ.pop(name, None)
-        self._children: dict[int, _Child] = {}
+        self._children: dict[int, ChildHandle] = {}
         self._last_generation = 1
         self._announced_ready = False
         self._reloading = False
@@ -162,7 +143,7 @@ class Supervisor:
         self.access_fd: int | None = None  # write end, for workers
         access = inherited.access_pipe if inherited is not None else None
         if config.access_log is not None:
-            read_fd, self.access_fd = access or access_pipe()
+            read_fd, self.access_fd = access or output_pipe()
             self.access_log = AccessLogSink(config.access_log, read_fd)
         stats = PoolInfo(mode=config.pool, min_spare=config.min_spare, max_spare=config.max_spare,
                          max_workers=config.max_workers if self.dynamic else self.num_workers,
@@ -191,7 +172,7 @@ class Supervisor:
         now = time.monotonic()
         for w in state.workers:
             info = WorkerInfo(pid=w.pid, index=w.index, generation=w.generation, started=w.started)
-            self._children[w.pid] = _Child(info=info, born=now, ready=True, inherited=True)
+            self._children[w.pid] = ChildHandle(info=info, born=now, ready=True, inherited=True)
             if w.output_fd is not None:
                 self.relay.add(w.output_fd, w.pid)
         known = {f.name for f in fields(PoolInfo)}
@@ -361,12 +342,12 @@ class Supervisor:
             return
         self.state = State.STOPPING if graceful else State.QUITTING
         if self._check_pid is not None:
-            self._kill(self._check_pid, signal.SIGKILL)  # no reload to check for any more
+            send_signal(self._check_pid, signal.SIGKILL)  # no reload to check for any more
         sig, grace = ((signal.SIGTERM, self.config.graceful_timeout) if graceful
                       else (signal.SIGQUIT, QUIT_GRACE))
         log.info("%s stop of %d workers", "graceful" if graceful else "immediate", len(self._children))
         for child in self._children.values():
-            self._stop_child(child, sig, grace)
+            child.stop(sig, grace)
 
     def reload(self) -> None:
         if self._check_pid is not None:
@@ -451,7 +432,7 @@ class Supervisor:
 
     # ---- workers -----------------------------------------------------------------------------
 
-    def _current(self) -> list[_Child]:
+    def _current(self) -> list[ChildHandle]:
         return [c for c in self._children.values()
                 if c.info.generation == self.generation and not c.stopping]
 
@@ -473,7 +454,7 @@ class Supervisor:
         elif missing < 0:
             surplus = sorted(self._current(), key=lambda c: c.born)[:-missing]
             for child in surplus:
-                self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
+                child.stop(signal.SIGTERM, self.config.graceful_timeout)
         current = self._current()
         if len(current) >= self.num_workers and all(c.ready for c in current):
             self._generation_ready()
@@ -484,8 +465,8 @@ class Supervisor:
         # Workers not started yet (e.g. the first generation) count as booting.
         idle, busy, booting = 0, 0, max(0, self.num_workers - len(current))
         for child in current:
-            info = self.scoreboard.slot(child.info.index).read()
-            if info.pid != child.info.pid or not child.ready:
+            info = child.observe(self.scoreboard)
+            if info is None or not child.ready:
                 booting += 1
             elif info.state == SlotState.IDLE:
                 idle += 1
@@ -506,15 +487,14 @@ class Supervisor:
             log.info("%d idle of %d workers: starting %d more", idle, view.total, decision.start)
         elif decision.retire:
             # The longest-idle one: its process has been least useful lately.
-            candidates = [c for c in self._current() if c.ready]
-            slots = {c.info.pid: self.scoreboard.slot(c.info.index).read() for c in candidates}
-            idle_children = [c for c in candidates if slots[c.info.pid].pid == c.info.pid
-                             and slots[c.info.pid].state == SlotState.IDLE]
+            seen = [(c, c.observe(self.scoreboard)) for c in self._current() if c.ready]
+            idle_children = [(c, info) for c, info in seen
+                             if info is not None and info.state == SlotState.IDLE]
             if idle_children:
-                victim = min(idle_children, key=lambda c: slots[c.info.pid].last_change)
+                victim = min(idle_children, key=lambda pair: pair[1].last_change)[0]
                 self.num_workers = view.total - 1
                 log.info("%d idle of %d workers: retiring worker %d", idle, view.total, victim.info.pid)
-                self._stop_child(victim, signal.SIGTERM, self.config.graceful_timeout)
+                victim.stop(signal.SIGTERM, self.config.graceful_timeout)
                 self.poolstats.add("retired")
                 self._next_retire = now + RETIRE_INTERVAL
         if self.poolstats.info.workers != self.num_workers:
@@ -524,7 +504,7 @@ class Supervisor:
         """The current generation is complete: retire older workers and announce readiness."""
         for child in self._children.values():
             if child.info.generation != self.generation and not child.stopping:
-                self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
+                child.stop(signal.SIGTERM, self.config.graceful_timeout)
         status = f"STATUS=running {self.num_workers} workers (generation {self.generation})"
         if not self._announced_ready:
             self._announced_ready = True
@@ -562,7 +542,7 @@ class Supervisor:
         slot = self.scoreboard.slot(index)
         slot.clear()
         force_reseed = self._reseed_replacements > 0
-        output_r, output_w = worker_pipe()
+        output_r, output_w = output_pipe()
         flush_logs()
         forksafety.prepare_fork()  # the heap walk here, so workers keep their pages shared
         # Until the worker has its own handlers, a signal sent to it must wait (blocked), not
@@ -575,16 +555,29 @@ class Supervisor:
         if pid == 0:
             self.parent_watch.in_child()  # first: only this process may hold the write end
             os.close(output_r)
-            run_child(self, info, slot, force_reseed=force_reseed, output_fd=output_w)  # never returns
+            self.signals.reset_in_child()
+            run_child(self._worker_spec(info, slot, output_w, force_reseed))  # never returns
         os.close(output_w)
         self.relay.add(output_r, pid)
         if force_reseed:
             self._reseed_replacements -= 1
         info.pid = pid
-        self._children[pid] = _Child(info=info, born=time.monotonic(), force_reseed=force_reseed)
+        self._children[pid] = ChildHandle(info=info, born=time.monotonic(), force_reseed=force_reseed)
         self.poolstats.add("spawned")
         log.debug("started worker %d (slot %d, generation %d)", pid, index, info.generation)
         return True
+
+    def _worker_spec(self, info: WorkerInfo, slot: Slot, output_fd: int, force_reseed: bool) -> WorkerSpec:
+        """What the new worker gets of ours; it reads nothing else of the supervisor."""
+        close_fds = self.relay.fds()
+        if self.access_log is not None:
+            close_fds.append(self.access_log.read_fd)
+        return WorkerSpec(
+            config=self.config, info=info, slot=slot,
+            listeners=tuple(self.listeners), hooks=self.hooks, server=self, app=self.app,
+            app_loader=self.app_loader, identity=self.identity, parent_watch=self.parent_watch,
+            allow=self.allow, output_fd=output_fd, close_fds=tuple(close_fds), access_fd=self.access_fd,
+            force_reseed=force_reseed)
 
     def _warn_threads(self) -> None:
         threads = forksafety.live_threads()
@@ -602,7 +595,7 @@ class Supervisor:
             self._inherited.before_fork(ours, (self.config.error_log, self.config.access_log))
         except Refused as exc:
             log.critical("%s", exc)
-            self._halt(EXIT_REFUSED)
+            self._halt(EXIT_INHERITANCE_REFUSED)
             return False
         return True
 
@@ -621,21 +614,11 @@ class Supervisor:
                       "it; open it in a post_fork hook, or start with --inherited-connections close",
                       dup.first, dup.second, what)
 
-    def _stop_child(self, child: _Child, sig: int, grace: float) -> None:
-        child.stopping = True
-        deadline = time.monotonic() + grace
-        child.kill_at = deadline if child.kill_at is None else min(child.kill_at, deadline)
-        self._kill(child.info.pid, sig)
-
-    def _kill(self, pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
     def _check_ready(self) -> None:
         for child in self._children.values():
             if not child.ready:
-                info = self.scoreboard.slot(child.info.index).read()
-                if info.pid == child.info.pid and info.state in READY_STATES:
+                info = child.observe(self.scoreboard)
+                if info is not None and info.state in READY_STATES:
                     child.ready = True
                     log.debug("worker %d ready", child.info.pid)
 
@@ -644,8 +627,8 @@ class Supervisor:
         for child in self._children.values():
             if child.stopping:
                 continue
-            info = self.scoreboard.slot(child.info.index).read()
-            if info.pid != child.info.pid or not info.fingerprint:
+            info = child.observe(self.scoreboard)
+            if info is None or not info.fingerprint:
                 continue
             dup = self._fingerprints.check(child.info.pid, info.fingerprint)
             if dup is None:
@@ -655,7 +638,7 @@ class Supervisor:
             # Forked from the same unreseeded state, a plain replacement would repeat it.
             self._reseed_replacements += 1
             self.scoreboard.count_restart("rng_duplicate")
-            self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
+            child.stop(signal.SIGTERM, self.config.graceful_timeout)
 
     def _check_timeouts(self) -> None:
         timeout, slow = self.config.timeout, self.config.slow_log_timeout
@@ -663,10 +646,10 @@ class Supervisor:
             return
         now = time.time()
         for child in self._children.values():
-            if child.timed_out or child.inherited:
+            if child.timed_out:
                 continue
-            info = self.scoreboard.slot(child.info.index).read()
-            if info.pid != child.info.pid or info.state != SlotState.BUSY or info.busy_since <= 0:
+            info = child.observe(self.scoreboard)
+            if info is None or info.state != SlotState.BUSY or info.busy_since <= 0:
                 continue
             running = now - info.busy_since
             if 0 < slow < running and child.slow_logged != info.busy_since and (
@@ -676,16 +659,14 @@ class Supervisor:
                 log.warning("worker %d: slow request, %s %s running for %.1f s; its stack follows",
                             child.info.pid, info.method, info.uri, running)
                 # The worker's faulthandler writes its stack to its stderr; it keeps serving.
-                self._kill(child.info.pid, signal.SIGUSR2)
+                child.send(signal.SIGUSR2)
             if timeout > 0 and running > timeout:
                 log.error("worker %d timed out after %.1f s on %s %s; aborting it", child.info.pid,
                           running, info.method, info.uri)
                 child.timed_out = True
                 self.poolstats.add("timeouts")
                 # SIGABRT first: faulthandler in the worker writes the stuck traceback to the log.
-                kill_at = time.monotonic() + ABORT_GRACE
-                child.kill_at = kill_at if child.kill_at is None else min(child.kill_at, kill_at)
-                self._kill(child.info.pid, signal.SIGABRT)
+                child.send(signal.SIGABRT, kill_after=ABORT_GRACE)
 
     def _check_rss(self) -> None:
         """--max-rss: a worker past the limit gets TERM, so it finishes its request first."""
@@ -708,15 +689,13 @@ class Supervisor:
                             "current request", child.info.pid, rss / MIB, limit)
                 self.poolstats.add("rss_recycled")
                 self.scoreboard.count_restart("max_rss")
-                self._stop_child(child, signal.SIGTERM, self.config.graceful_timeout)
+                child.stop(signal.SIGTERM, self.config.graceful_timeout)
 
     def _check_kill_deadlines(self) -> None:
         now = time.monotonic()
         for child in self._children.values():
-            if child.kill_at is not None and now >= child.kill_at:
+            if child.kill_if_due(now):
                 log.warning("worker %d did not exit in time; killing it", child.info.pid)
-                child.kill_at = None
-                self._kill(child.info.pid, signal.SIGKILL)
 
     def _watchdog(self) -> None:
         if self._watchdog_interval and time.monotonic() >= self._next_watchdog:
@@ -741,7 +720,7 @@ class Supervisor:
             if child is not None:
                 self._on_exit(child, os.waitstatus_to_exitcode(status))
 
-    def _on_exit(self, child: _Child, code: int) -> None:
+    def _on_exit(self, child: ChildHandle, code: int) -> None:
         slot = self.scoreboard.slot(child.info.index)
         info = slot.read()
         slot.clear()
@@ -781,7 +760,7 @@ class Supervisor:
     def _backoff(self) -> float:
         return float(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, self._failures - 1)))
 
-    def _boot_failed(self, child: _Child, code: int) -> None:
+    def _boot_failed(self, child: ChildHandle, code: int) -> None:
         what = "could not load the application" if code == EXIT_APP_LOAD_ERROR else "failed to boot"
         serving = [c for c in self._children.values()
                    if c.info.generation != child.info.generation and c.ready and not c.stopping]
@@ -792,7 +771,7 @@ class Supervisor:
                       child.info.pid, what, code, old)
             for other in self._children.values():
                 if other.info.generation == self.generation:
-                    self._stop_child(other, signal.SIGTERM, self.config.graceful_timeout)
+                    other.stop(signal.SIGTERM, self.config.graceful_timeout)
             self.generation = old
             self._reloading = False
             self.notifier.notify("READY=1")
@@ -812,7 +791,7 @@ class Supervisor:
         """Last resort on the way out (e.g. an exception in the loop): leave no worker behind."""
         pids = list(self._children) + ([self._check_pid] if self._check_pid is not None else [])
         for pid in pids:
-            self._kill(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
         self._check_pid = None
         for pid in pids:
             with contextlib.suppress(ChildProcessError):

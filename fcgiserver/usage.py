@@ -9,7 +9,7 @@ import os
 import sys
 from typing import NoReturn
 
-EXIT_USAGE = 2
+from fcgiserver.spec import EXIT_USAGE
 
 
 class Parser(argparse.ArgumentParser):

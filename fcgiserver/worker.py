@@ -43,8 +43,9 @@ from fcgiserver.protocol import (
 )
 from fcgiserver.scoreboard import Slot
 from fcgiserver.sockets import releasable
+from fcgiserver.spec import EXIT_BOOT_ERROR, EXIT_OK, WSGIApplication
 from fcgiserver.status import request_path, status_routes
-from fcgiserver.wsgi import ErrorStream, WSGIApp, build_environ, run_app, simple_response
+from fcgiserver.wsgi import ErrorStream, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import (
     EMPTY_INPUT,
     BadContentLength,
@@ -55,10 +56,6 @@ from fcgiserver.wsgi_input import (
 )
 
 log = logging.getLogger("fcgiserver.worker")
-
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3
-EXIT_APP_LOAD_ERROR = 4
 
 RECV_SIZE = 256 * 1024
 _POLLIN = select.POLLIN
@@ -71,13 +68,14 @@ _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
                                errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
                                errno.EOPNOTSUPP, errno.ENETUNREACH})
-# Seconds a KEEP_CONN connection may sit idle between requests before we close it.
-DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 # How long an idle kept connection leaves a new connection to the free workers before taking
 # it itself: a free worker normally accepts within microseconds, so a take means there is none.
 TAKEOVER_GRACE_MS = 20
 # _wait_and_recv(): a parked connection has bytes while the kept one waited idle.
 _YIELD = -2
+# Reading and dropping the rest of a refused body before the close (see _linger).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
 # Connections that sent nothing yet, held by one worker while it serves others (see _park).
 MAX_PARKED = 128
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
@@ -279,7 +277,7 @@ _EXCLUSIVE_IN = getattr(select, "EPOLLIN", 0) | _EPOLLEXCLUSIVE
 class Worker:
     """Serves connections from `listeners`, one at a time, until told to stop."""
 
-    def __init__(self, app: WSGIApp, listeners: list[socket.socket], config: Config, slot: Slot,
+    def __init__(self, app: WSGIApplication, listeners: list[socket.socket], config: Config, slot: Slot,
                  generation: int, *, parent: ParentWatch | None = None,
                  allow: AllowList | None = None) -> None:
         self.app = app
@@ -295,7 +293,7 @@ class Worker:
         self.script_name = config.script_name
         self.extra_environ = config.extra_environ
         # Idle time allowed on a KEEP_CONN connection between requests (0 = read_timeout).
-        keepalive = float(getattr(config, "keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
+        keepalive = config.keepalive_timeout
         self.keepalive_ms: int | None = int(keepalive * 1000) if keepalive > 0 else self.timeout_ms
         # FCGI_GET_VALUES: one connection per worker, so the pool takes this many at once.
         self.max_conns = max(1, config.workers)
@@ -807,7 +805,35 @@ class Worker:
         log.warning("request body over --max-body-size (%d bytes): answering 413 and closing the "
                     "connection", self.max_body_size)
         self._send_simple(conn, channel, "413 Content Too Large", b"Content Too Large\n")
+        self._linger(channel.sock)
         raise _Close()
+
+    def _linger(self, sock: _socket.socket) -> None:
+        """After answering before the body was read: a close with unread bytes makes the kernel
+        send a reset, which can destroy the answer before the front reads it (nginx then
+        answers 502 instead of our 413). Half-close, then read and drop what still comes, for
+        a bounded time and number of bytes, as HTTP servers do for an early error."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        poller = select.poll()
+        poller.register(sock, _POLLIN)
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(int(left * 1000) + 1):
+                return
+            try:
+                n = sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if n == 0:
+                return
+            drained += n
 
     def _spool_failed(self, exc: OSError) -> None:
         # The rest of STDIN is read and dropped, so the front gets a clear answer at its end

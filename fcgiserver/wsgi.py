@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from fcgiserver.protocol import Role
 from fcgiserver.response import ResponseHead
+from fcgiserver.spec import WSGIApplication
 from fcgiserver.wsgi_input import WSGIInput
 
 log = logging.getLogger("fcgiserver.wsgi")
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], object]]], Iterable[bytes]]
 
 FILE_BLOCK = 64 * 1024
 # Body pieces of a list or tuple response are gathered up to this size before a write:
@@ -318,7 +318,7 @@ class _Call(ResponseHead):
             self.emit(data, False)
 
 
-def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
+def run_app(app: WSGIApplication, environ: dict[str, Any], channel: Channel) -> bool:
     """Calls the app and streams its response to `channel`.
 
     Returns True when the response is complete and the request ended, False when the app

@@ -1,16 +1,19 @@
-"""The one shape of a refused upload, shared by the form, image and storage steps."""
+"""The one shape of a refused request, shared by the routes and the form, image and storage steps."""
 
 from __future__ import annotations
 
 
 class UploadError(Exception):
-    """status is the HTTP status to answer with, code a stable machine-readable word."""
+    """status is the HTTP status to answer with, code a stable machine-readable word, headers
+    any the answer needs (Allow for a 405)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or []
 
 
 class ImageError(UploadError):

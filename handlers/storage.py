@@ -42,7 +42,9 @@ from handlers.errors import UploadError
 
 ID_LENGTH = 8
 ID_ALPHABET = string.ascii_letters
-ID_RE = re.compile(r"[A-Za-z]{8}")
+# A picture id as it appears in paths and URLs (upload.py's routes use the pattern).
+ID_PATTERN = f"[A-Za-z]{{{ID_LENGTH}}}"
+ID_RE = re.compile(ID_PATTERN)
 EXTENSIONS = ("jpg", "png", "gif", "webp")
 PUBLIC_DIRS = ("pictures", "large", "thumbs")
 PRIVATE_DIRS = (".claims", ".meta", ".gone", ".blobs", ".locks", ".txn", ".tmp")

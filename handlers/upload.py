@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from PIL import Image
 
@@ -45,6 +46,8 @@ from handlers.settings import Settings, load_settings
 from handlers.share import Links, as_json, share_codes
 from handlers.signing import LinkState, load_or_create_secret, signed_query, verify
 from handlers.storage import (
+    EXTENSIONS,
+    ID_PATTERN,
     IdSource,
     Published,
     Record,
@@ -55,8 +58,7 @@ from handlers.storage import (
 )
 
 log = logging.getLogger(__name__)
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
+Environ = WSGIEnvironment
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charset=utf-8"}
@@ -70,13 +72,14 @@ CSP = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 
-_PAGE_RE = re.compile(rf"/([A-Za-z]{{8}}(?:,[A-Za-z]{{8}}){{0,{MAX_IDS_PER_PAGE - 1}}})")
-_DELETE_RE = re.compile(r"/([A-Za-z]{8})/delete")
-_LARGE_RE = re.compile(r"/l/([A-Za-z]{8})\.(jpg|png|gif|webp)")
-_PICTURE_RE = re.compile(r"/pictures/([A-Za-z]{8})\.(jpg|png|gif|webp)")
-_THUMB_RE = re.compile(r"/thumbs/([A-Za-z]{8})\.jpg")
-_MEDIUM_RE = re.compile(r"/medium/([A-Za-z]{8})\.(jpg|png|gif|webp)")
-_ORIGINAL_RE = re.compile(r"/o/([A-Za-z]{8})")
+_EXT = "|".join(EXTENSIONS)
+_PAGE_RE = re.compile(rf"/({ID_PATTERN}(?:,{ID_PATTERN}){{0,{MAX_IDS_PER_PAGE - 1}}})")
+_DELETE_RE = re.compile(rf"/({ID_PATTERN})/delete")
+_LARGE_RE = re.compile(rf"/l/({ID_PATTERN})\.({_EXT})")
+_PICTURE_RE = re.compile(rf"/pictures/({ID_PATTERN})\.({_EXT})")
+_THUMB_RE = re.compile(rf"/thumbs/({ID_PATTERN})\.jpg")
+_MEDIUM_RE = re.compile(rf"/medium/({ID_PATTERN})\.({_EXT})")
+_ORIGINAL_RE = re.compile(rf"/o/({ID_PATTERN})")
 _STATIC_RE = re.compile(r"/static/([a-z0-9_-]+)\.(css|js)")
 
 
@@ -90,15 +93,6 @@ class Response:
         reason = HTTPStatus(self.status).phrase
         start_response(f"{self.status} {reason}", self.headers)
         return self.body
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or []
 
 
 def wants_json(environ: Environ) -> bool:
@@ -169,10 +163,8 @@ class UploadApp:
         head = method == "HEAD"
         try:
             response = self.route("GET" if head else method, request_path(environ), environ)
-        except HTTPError as e:
-            response = error_response(environ, e.status, e.code, e.message, e.headers)
         except UploadError as e:
-            response = error_response(environ, e.status, e.code, e.message)
+            response = error_response(environ, e.status, e.code, e.message, e.headers)
         except OSError as e:
             if not is_disk_full(e):
                 raise
@@ -196,7 +188,7 @@ class UploadApp:
             if method == "GET":
                 return self.confirm_delete(m[1], environ)
             if method != "POST":
-                raise HTTPError(405, "method_not_allowed", "Use GET or POST here.",
+                raise UploadError(405, "method_not_allowed", "Use GET or POST here.",
                                 [("Allow", "GET, HEAD, POST")])
             return self.delete(m[1], environ)
         if m := _ORIGINAL_RE.fullmatch(path):
@@ -220,13 +212,13 @@ class UploadApp:
         if m := _STATIC_RE.fullmatch(path):
             self._allow(method, "GET")
             return self.static(m[1], m[2], environ)
-        raise HTTPError(404, "not_found", "There is nothing here.")
+        raise UploadError(404, "not_found", "There is nothing here.")
 
     @staticmethod
     def _allow(method: str, allowed: str) -> None:
         if method != allowed:
             allow = "GET, HEAD" if allowed == "GET" else allowed
-            raise HTTPError(405, "method_not_allowed", f"Use {allowed} here.", [("Allow", allow)])
+            raise UploadError(405, "method_not_allowed", f"Use {allowed} here.", [("Allow", allow)])
 
     # -- upload -------------------------------------------------------------------------------
 
@@ -235,7 +227,7 @@ class UploadApp:
         # the header it trusts. Refused before a byte of the body is read.
         wait = self.rate.take(str(environ.get("REMOTE_ADDR", "") or ""))
         if wait:
-            raise HTTPError(429, "rate_limited",
+            raise UploadError(429, "rate_limited",
                             f"Too many uploads from your address; try again in {wait} seconds.",
                             [("Retry-After", str(wait))])
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
@@ -334,7 +326,7 @@ class UploadApp:
         records = [self.storage.lookup(pid) for pid in ids]
         found = [r for r in records if r is not None]
         if not found:
-            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+            raise UploadError(404, "not_found", "No such picture (it may have been deleted).")
         cookies = http.cookies.SimpleCookie()
         with contextlib.suppress(http.cookies.CookieError):
             cookies.load(environ.get("HTTP_COOKIE", "") or "")
@@ -367,13 +359,13 @@ class UploadApp:
         token = environ.get("HTTP_X_DELETE_TOKEN") or self._form_token(environ)
         record = self.storage.lookup(pid)
         if record is None:
-            raise HTTPError(404, "not_found", "No such picture (it may have been deleted already).")
+            raise UploadError(404, "not_found", "No such picture (it may have been deleted already).")
         if not token or not self.storage.check_token(record, token):
-            raise HTTPError(403, "bad_token", "The delete key does not match this picture.")
+            raise UploadError(403, "bad_token", "The delete key does not match this picture.")
         with Transaction.begin(self.storage) as txn:
             removed = txn.delete(record)
         if not removed:
-            raise HTTPError(404, "not_found", "The picture was deleted already.")
+            raise UploadError(404, "not_found", "The picture was deleted already.")
         expire = ("Set-Cookie", f"dt_{pid}=; Path=/{pid}; Max-Age=0; HttpOnly; SameSite=Strict")
         if wants_json(environ):
             return json_response(200, {"deleted": pid}, [expire])
@@ -384,7 +376,7 @@ class UploadApp:
         or typed) whose POST does."""
         record = self.storage.lookup(pid)
         if record is None:
-            raise HTTPError(404, "not_found", "No such picture (it may have been deleted already).")
+            raise UploadError(404, "not_found", "No such picture (it may have been deleted already).")
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", "") or "")
         key = query.get("key", [""])[0].strip()[:200]
         # The key may sit in the address: keep the page out of caches and referrers.
@@ -397,7 +389,7 @@ class UploadApp:
         (or the public file), and the front sends the bytes."""
         record = self.storage.lookup(pid)
         if record is None:
-            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+            raise UploadError(404, "not_found", "No such picture (it may have been deleted).")
         url, _ = self._picture_url(record)
         return Response(302, [("Location", url), ("Content-Length", "0"), ("Cache-Control", "no-store")])
 
@@ -409,7 +401,7 @@ class UploadApp:
             return ""
         length = int(raw)
         if length > MAX_DELETE_BODY:
-            raise HTTPError(413, "request_too_large", "The delete request is too large.")
+            raise UploadError(413, "request_too_large", "The delete request is too large.")
         body = environ["wsgi.input"].read(length).decode("latin-1")
         values = urllib.parse.parse_qs(body).get("token", [""])
         return str(values[0]).strip()
@@ -423,12 +415,12 @@ class UploadApp:
         name = f"{pid}.{ext}"
         state = verify(self.secret, name, expiry, signature, self.clock())
         if state is LinkState.BAD_SIGNATURE:
-            raise HTTPError(403, "bad_signature", "This link is not valid.")
+            raise UploadError(403, "bad_signature", "This link is not valid.")
         if state is LinkState.EXPIRED:
-            raise HTTPError(410, "link_expired", "This link has expired; open the picture page again.")
+            raise UploadError(410, "link_expired", "This link has expired; open the picture page again.")
         record = self.storage.lookup(pid)
         if record is None or not record.large or record.ext != ext:
-            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+            raise UploadError(404, "not_found", "No such picture (it may have been deleted).")
         path = self.storage.picture_path(record)
         # The web server sends what the header names, following links: name only a regular
         # file that is really there, never a link planted in its place.
@@ -437,7 +429,7 @@ class UploadApp:
         except FileNotFoundError:
             regular = False
         if not regular:
-            raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+            raise UploadError(404, "not_found", "No such picture (it may have been deleted).")
         max_age = max(0, int(expiry) - int(self.clock()))
         headers = [("Content-Type", MIME_TYPES[ext]), ("Cache-Control", f"private, max-age={max_age}"),
                    ("X-Content-Type-Options", "nosniff")]
@@ -452,21 +444,21 @@ class UploadApp:
     def small_file(self, pid: str, ext: str, environ: Environ) -> Response:
         record = self.storage.lookup(pid)
         if record is None or record.large or record.ext != ext:
-            raise HTTPError(404, "not_found", "No such picture.")
+            raise UploadError(404, "not_found", "No such picture.")
         return self._file(self.storage.picture_path(record), MIME_TYPES[ext], environ)
 
     def medium(self, pid: str, ext: str, environ: Environ) -> Response:
         record = self.storage.lookup(pid)
         if record is None or record.ext != ext:
-            raise HTTPError(404, "not_found", "No such picture.")
+            raise UploadError(404, "not_found", "No such picture.")
         path = ensure_medium(self.storage, record, self.settings.medium_px)
         if path is None:
-            raise HTTPError(404, "not_found", "No such picture.")
+            raise UploadError(404, "not_found", "No such picture.")
         return self._file(path, MIME_TYPES[ext], environ)
 
     def thumbnail(self, pid: str, environ: Environ) -> Response:
         if self.storage.lookup(pid) is None:
-            raise HTTPError(404, "not_found", "No such picture.")
+            raise UploadError(404, "not_found", "No such picture.")
         return self._file(self.storage.thumb_path(pid), "image/jpeg", environ)
 
     def static(self, name: str, ext: str, environ: Environ) -> Response:
@@ -478,7 +470,7 @@ class UploadApp:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except (FileNotFoundError, OSError):
-            raise HTTPError(404, "not_found", "No such file.") from None
+            raise UploadError(404, "not_found", "No such file.") from None
         f = os.fdopen(fd, "rb")
         size = os.fstat(fd).st_size
         wrapper = environ.get("wsgi.file_wrapper")

@@ -15,7 +15,7 @@ from fcgiserver.api import make_config
 from fcgiserver.contrib.django.options import Plan
 from fcgiserver.hooks import default_hooks
 from fcgiserver.launch import launch
-from fcgiserver.wsgi import WSGIApp
+from fcgiserver.spec import WSGIApplication
 
 DAEMON_UMASK = 0o022
 STARTED = b"started"
@@ -77,7 +77,7 @@ def daemonize(plan: Plan) -> None:
     default_hooks().add("pre_fork", _StartReport(write_fd))
 
 
-def run(plan: Plan, application: WSGIApp) -> int:
+def run(plan: Plan, application: WSGIApplication) -> int:
     """Serves `application` until stopped; the exit code (0 = a clean stop).
 
     ConfigError (from fcgiserver's own checks) propagates before anything is started.

@@ -11,8 +11,7 @@ from django.db import connections
 from fcgiserver.config import ConfigError
 from fcgiserver.contrib.django.options import USAGE, UsageError, plan
 from fcgiserver.contrib.django.run import run
-
-EXIT_USAGE = 2
+from fcgiserver.spec import EXIT_USAGE
 
 
 class Command(BaseCommand):
