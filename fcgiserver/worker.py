@@ -75,7 +75,7 @@ TAKEOVER_GRACE_MS = 20
 _YIELD = -2
 # Reading and dropping the rest of a refused body before the close (see _linger).
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 64 << 20
+LINGER_BYTES = 16 << 20
 # Connections that sent nothing yet, held by one worker while it serves others (see _park).
 MAX_PARKED = 128
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
