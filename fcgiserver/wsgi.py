@@ -337,7 +337,12 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
         elif type(result) is tuple:
             _send_gathered(call, result)
         else:
-            _send_streamed(call, result)
+            chunks = iter(result)
+            if type(chunks) in _BUILT:
+                # Django's HttpResponse, among others: an iterator over a list it already holds.
+                _send_gathered(call, chunks)
+            else:
+                _send_streamed(call, chunks)
         return True
     except BaseException as exc:
         if call.failure is not None:
@@ -358,7 +363,13 @@ def run_app(app: WSGIApp, environ: dict[str, Any], channel: Channel) -> bool:
             errors.flush()
 
 
-def _send_gathered(call: _Call, result: list[bytes] | tuple[bytes, ...]) -> None:
+# Iterators over a list or tuple: every piece exists already, so gathering them holds back
+# nothing the app is still computing (PEP 3333 forbids only that), and spares a write and a
+# check on the peer per piece. A generator, or any other iterator, is streamed.
+_BUILT: frozenset[type] = frozenset({type(iter([])), type(iter(()))})
+
+
+def _send_gathered(call: _Call, result: Iterable[bytes]) -> None:
     pending: list[bytes] = []
     size = 0
     for chunk in result:

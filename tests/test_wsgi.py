@@ -309,6 +309,51 @@ def test_generator_pieces_are_sent_as_produced() -> None:
     assert channel.body == b"piece 0piece 1piece 2"
 
 
+@pytest.mark.parametrize("make", [lambda chunks: iter(chunks), lambda chunks: iter(tuple(chunks))],
+                         ids=["list_iterator", "tuple_iterator"])
+def test_iterator_over_built_pieces_goes_out_in_one_send(
+        make: Callable[[list[bytes]], Iterator[bytes]]) -> None:
+    # Every piece already exists: nothing is held back while the next one is computed.
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "9")])
+        return make([b"abc", b"", b"defgh", b"ijk"])
+
+    channel, completed = call(app)
+    assert completed
+    assert channel.sends == [(b"Status: 200 OK\r\nContent-Length: 9\r\n\r\nabcdefghi", True)]
+
+
+def test_django_response_goes_out_in_one_send_and_is_closed() -> None:
+    from django.conf import settings
+    from django.core.signals import request_finished
+
+    if not settings.configured:
+        settings.configure()
+    from django.http import HttpResponse
+
+    finished: list[object] = []
+
+    def on_finished(sender: object, **kwargs: object) -> None:
+        finished.append(sender)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        response = HttpResponse(b"<p>one</p>", content_type="text/html")
+        response.write(b"<p>two</p>")
+        start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+        return response
+
+    request_finished.connect(on_finished)
+    try:
+        channel, completed = call(app)
+    finally:
+        request_finished.disconnect(on_finished)
+    assert completed
+    assert len(channel.sends) == 1 and channel.ended
+    assert channel.body == b"<p>one</p><p>two</p>"
+    # Django's close() (request_finished: database connections and the like) still runs.
+    assert len(finished) == 1
+
+
 def test_headers_wait_for_the_first_non_empty_piece() -> None:
     channel = Recorder()
 
