@@ -84,6 +84,24 @@ def _wait_for_workers(server: Managed, workers: int, timeout: float = 30.0) -> l
     return pids
 
 
+def _uss_total(memory: dict[str, object]) -> float:
+    value = memory.get("uss_total_mib")
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _settled(pids: list[int], timeout: float = 30.0) -> dict[str, object]:
+    """Memory of `pids` once their total USS stays put for half a second."""
+    deadline = time.monotonic() + timeout
+    memory = summarize(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = summarize(pids)
+        if abs(_uss_total(again) - _uss_total(memory)) < 0.1:
+            return again
+        memory = again
+    return memory
+
+
 def start_runner(procs: ProcessGroup, workdir: Path, env: dict[str, str], name: str, backend: Backend,
                  settings: DjangoSettings, preload: bool = True) -> Runner:
     """Backend + lighttpd up, idle memory read, every page checked, warmed up, warm memory read."""
@@ -96,9 +114,9 @@ def start_runner(procs: ProcessGroup, workdir: Path, env: dict[str, str], name: 
     front, port = start_lighttpd(procs, f"lighttpd-{name.replace(' ', '')}", rdir / "front", sock)
     runner = Runner(name, server, front, port)
     pids = _wait_for_workers(server, settings.workers)
-    # Idle: booted and waiting, before any request (without --preload the app is imported by then).
-    time.sleep(1.0)
-    runner.memory["idle"] = summarize(pids)
+    # Idle: booted and waiting, before any request (without --preload, once every worker has
+    # imported the app: its memory stops growing).
+    runner.memory["idle"] = _settled(pids)
     for page, path, marker in PAGES:
         resp = request(port, "GET", path)
         if resp.status != 200 or marker not in resp.body:
