@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -431,6 +432,62 @@ def test_file_wrapper_streams_the_file_in_blocks_and_closes_it(tmp_path: Any) ->
     assert channel.body == data
     assert [len(d) for d, _ in channel.sends[1:-1]] == [65536, 65536, 200_000 - 3 * 65536]
     assert opened[0].closed
+
+
+def test_file_wrapper_reads_a_regular_file_in_large_blocks_whatever_block_size_the_app_asks(
+        tmp_path: Any) -> None:
+    # Django's FileResponse asks for 4 KiB blocks; the file holds its bytes already.
+    data = wsgi_apps.pattern(200_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        wrapper: type[FileWrapper] = environ["wsgi.file_wrapper"]
+        return wrapper(open(path, "rb"), 4096)
+
+    channel, _ = call(app)
+    assert channel.body == data
+    assert [len(d) for d, _ in channel.sends[1:-1]] == [65536, 65536, 200_000 - 3 * 65536]
+
+
+def test_django_file_response_goes_out_in_large_blocks(tmp_path: Any) -> None:
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure()
+    from django.http import FileResponse
+
+    data = wsgi_apps.pattern(300_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # What Django's WSGIHandler.__call__ does with a FileResponse, minus the URL routing.
+        response = FileResponse(open(path, "rb"))  # noqa: SIM115 - the response closes it
+        start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+        assert response.block_size == 4096
+        response.file_to_stream.close = response.close  # type: ignore[union-attr]
+        return environ["wsgi.file_wrapper"](response.file_to_stream, response.block_size)  # type: ignore[no-any-return]
+
+    channel, completed = call(app)
+    assert completed and channel.body == data
+    assert len(channel.sends) == 1 + 300_000 // 65536 + 1
+
+
+def test_file_wrapper_reads_a_pipe_in_the_apps_block_size() -> None:
+    # A pipe's bytes may still be on their way: a larger read could hold back what came.
+    r, w = os.pipe()
+    os.write(w, b"x" * 10_000)
+    os.close(w)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        wrapper: type[FileWrapper] = environ["wsgi.file_wrapper"]
+        return wrapper(os.fdopen(r, "rb", buffering=0), 4096)
+
+    channel, _ = call(app)
+    assert [len(d) for d, _ in channel.sends[1:-1]] == [4096, 10_000 - 2 * 4096]
 
 
 def test_close_is_called_after_a_complete_response() -> None:
