@@ -12,21 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import backends as backend_defs
+from bench.django_bench import DjangoSettings, run_django
 from bench.hello import HelloSettings, run_hello
 from bench.micro import micro_table, run_micro
 from bench.procs import short_tempdir
 from bench.reload import ReloadSettings, run_reload
-from bench.report import environment, hello_table, reload_table, upload_table, write_json
+from bench.report import django_table, environment, hello_table, reload_table, upload_table, write_json
 from bench.upload import UploadSettings, run_upload
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", choices=("micro", "hello", "upload", "reload"), action="append",
+    p.add_argument("--only", choices=("micro", "hello", "upload", "reload", "django"), action="append",
                    help="run only these benchmarks (repeatable); default all")
     # pyfloor runs by default: it is the ceiling every req/s goal is to be read against.
     p.add_argument("--backends", default="fcgiserver,uwsgi,flup,pyfloor",
-                   help="comma-separated backends for the hello benchmark")
+                   help="comma-separated backends for the hello and django benchmarks")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=8.0, help="wrk duration per round")
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
@@ -46,7 +47,7 @@ def _exit_on_term(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _exit_on_term)
-    wanted = set(args.only or ("micro", "hello", "upload", "reload"))
+    wanted = set(args.only or ("micro", "hello", "upload", "reload", "django"))
     results: dict[str, Any] = {"environment": environment()}
     tables: list[str] = []
 
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                               connections=args.connections, workers=args.workers)
         upload = UploadSettings(uploads=args.uploads, big_mib=args.big_mib)
         reload = ReloadSettings(threads=args.threads, connections=args.connections, workers=args.workers)
+        django = DjangoSettings(rounds=args.rounds, seconds=args.seconds, threads=args.threads,
+                                connections=args.connections, workers=args.workers)
         plan: list[tuple[str, Callable[[Path], dict[str, Any]], Callable[[dict[str, Any]], str]]] = [
             # In-process cost of each stage of a request, in CPU time: steadier than req/s on a
             # busy machine, and it says where the time goes.
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             ("hello", lambda d: run_hello(d, chosen, hello), hello_table),
             ("upload", lambda d: run_upload(d, upload), upload_table),
             ("reload", lambda d: run_reload(d, reload), reload_table),
+            # A real app: Django's own work per request, and what each server adds to it.
+            ("django", lambda d: run_django(d, chosen, django), django_table),
         ]
         for name, run, table in plan:
             if name not in wanted:

@@ -259,3 +259,51 @@ def reload_table(reload: dict[str, Any]) -> str:
         f"  workers replaced   {len(set(reload['old_workers']) - set(reload['workers_after']))} of "
         f"{len(reload['old_workers'])}; supervisor alive after: {reload['server_alive_after']}",
     ])
+
+
+def django_table(django: dict[str, Any]) -> str:
+    s = django.get("settings", {})
+    title = (f"Benchmark 4: a Django project behind lighttpd, {s.get('workers')} workers, "
+             f"wrk -t{s.get('threads')} -c{s.get('connections')} -d{s.get('seconds', 0):g}s, "
+             f"{s.get('rounds')} interleaved rounds")
+    if "error" in django:
+        return f"{title}\n\n  not run: {_gist(str(django['error']))}"
+    pages: dict[str, str] = django["pages"]
+    lines = [title, "",
+             f"{'page':<24} {'backend':<11} {'median ok req/s':>15} {'min':>7} {'max':>7} {'errors':>7} "
+             f"{'CPU us/req':>10} {'(min':>6} {'max)':>6}"]
+    for page, by_backend in django["results"].items():
+        label = f"{page} {pages[page]}"
+        for name, b in by_backend.items():
+            if "good_rps" not in b:
+                lines.append(f"{label:<24} {name:<11} no successful rounds")
+                continue
+            g, c = b["good_rps"], b["backend_us_per_req"]
+            lines.append(f"{label:<24} {name:<11} {g['median']:>15.0f} {g['min']:>7.0f} {g['max']:>7.0f} "
+                         f"{b['errors_total']:>7} {c['median']:>10.0f} {c['min']:>6.0f} {c['max']:>6.0f}")
+    for name, why in django.get("unavailable", {}).items():
+        lines.append(f"{name:<11} not run: {_gist(why)}")
+    lines.append("")
+    for page, v in django.get("verdicts", {}).items():
+        parts = []
+        if "fcgiserver_cpu_vs_uwsgi" in v:
+            parts.append(f"fcgiserver CPU/req {v['fcgiserver_cpu_vs_uwsgi']:.2f}x uWSGI's (goal < 1: "
+                         f"{'met' if v['cpu_goal_met'] else 'NOT met'}), "
+                         f"req/s {v['fcgiserver_rps_vs_uwsgi']:.2f}x")
+        if "flup_cpu_vs_fcgiserver" in v:
+            parts.append(f"flup CPU/req {v['flup_cpu_vs_fcgiserver']:.2f}x ours (goal >= 1.6: "
+                         f"{'met' if v['flup_goal_met'] else 'NOT met'}), our req/s "
+                         f"{v['fcgiserver_rps_vs_flup']:.2f}x flup's")
+        if parts:
+            lines.append(f"{page}: " + "; ".join(parts))
+    lines += ["", f"{'worker memory, MiB (median)':<28} {'idle':>22} {'warm':>22}"]
+    for name, mem in django.get("memory", {}).items():
+        lines.append(f"{name:<28} {_mem(mem.get('idle', {})):>22} {_mem(mem.get('warm', {})):>22}")
+    lines.append("idle: started, no request served; warm: after the warm-up load. fcgiserver imports the "
+                 "app before forking (--preload, the default) and freezes its heap (gc.freeze).")
+    n = django.get("noise", {})
+    if n:
+        lines.append(f"Other processes took a median {n['other_cpu_share_median']:.0%} of the machine "
+                     f"during rounds (max {n['other_cpu_share_max']:.0%}); CPU per request is the "
+                     "figure to compare.")
+    return "\n".join(lines)

@@ -129,7 +129,7 @@ def send_all(sock: _socket.socket, data: bytes, timeout_ms: int | None) -> None:
 class _Channel:
     """The bridge's way out: STDOUT/STDERR records for the connection's active request."""
 
-    __slots__ = ("conn", "sock", "streaming", "timeout_ms", "worker")
+    __slots__ = ("conn", "peer_poll", "sock", "streaming", "timeout_ms", "worker")
 
     def __init__(self, worker: Worker, sock: _socket.socket, conn: ServerConnection) -> None:
         self.worker = worker
@@ -137,6 +137,8 @@ class _Channel:
         self.conn = conn
         self.timeout_ms = worker.timeout_ms
         self.streaming = False
+        # Made by the first check_peer() of a streamed response (most responses never stream).
+        self.peer_poll: select.poll | None = None
 
     def send(self, data: bytes, last: bool) -> None:
         conn = self.conn
@@ -158,6 +160,14 @@ class _Channel:
 
     def check_peer(self) -> None:
         """Takes what the peer sent so far, without waiting; raises if it gave up."""
+        # The usual answer is "nothing": a poll says so without the BlockingIOError a recv
+        # would raise (an exception object and its strerror text, per streamed piece).
+        peer_poll = self.peer_poll
+        if peer_poll is None:
+            peer_poll = self.peer_poll = select.poll()
+            peer_poll.register(self.sock, _POLLIN)
+        if not peer_poll.poll(0):
+            return
         worker = self.worker
         try:
             n = self.sock.recv_into(worker.buf, RECV_SIZE, _RECV_FLAGS)

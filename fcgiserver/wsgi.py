@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
@@ -104,6 +106,11 @@ class FileWrapper:
     def __iter__(self) -> Iterator[bytes]:
         read = self.filelike.read
         size = self.blksize
+        if size < FILE_BLOCK and _is_regular_file(self.filelike):
+            # A regular file holds all its bytes already, so a larger read holds back nothing
+            # (PEP 3333), and every block costs a write and a check on the peer. Django's
+            # FileResponse asks for 4 KiB. Pipes and sockets keep the size they asked for.
+            size = FILE_BLOCK
         while True:
             block = read(size)
             if not block:
@@ -114,6 +121,16 @@ class FileWrapper:
         close = getattr(self.filelike, "close", None)
         if close is not None:
             close()
+
+
+def _is_regular_file(filelike: object) -> bool:
+    fileno = getattr(filelike, "fileno", None)
+    if fileno is None:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fileno()).st_mode)
+    except (OSError, ValueError):  # io.UnsupportedOperation (BytesIO), a closed file
+        return False
 
 
 def _is_on(value: str) -> bool:
@@ -337,7 +354,12 @@ def run_app(app: WSGIApplication, environ: dict[str, Any], channel: Channel) -> 
         elif type(result) is tuple:
             _send_gathered(call, result)
         else:
-            _send_streamed(call, result)
+            chunks = iter(result)
+            if type(chunks) in _BUILT:
+                # Django's HttpResponse, among others: an iterator over a list it already holds.
+                _send_gathered(call, chunks)
+            else:
+                _send_streamed(call, chunks)
         return True
     except BaseException as exc:
         if call.failure is not None:
@@ -358,7 +380,13 @@ def run_app(app: WSGIApplication, environ: dict[str, Any], channel: Channel) -> 
             errors.flush()
 
 
-def _send_gathered(call: _Call, result: list[bytes] | tuple[bytes, ...]) -> None:
+# Iterators over a list or tuple: every piece exists already, so gathering them holds back
+# nothing the app is still computing (PEP 3333 forbids only that), and spares a write and a
+# check on the peer per piece. A generator, or any other iterator, is streamed.
+_BUILT: frozenset[type] = frozenset({type(iter([])), type(iter(()))})
+
+
+def _send_gathered(call: _Call, result: Iterable[bytes]) -> None:
     pending: list[bytes] = []
     size = 0
     for chunk in result:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -309,6 +310,51 @@ def test_generator_pieces_are_sent_as_produced() -> None:
     assert channel.body == b"piece 0piece 1piece 2"
 
 
+@pytest.mark.parametrize("make", [lambda chunks: iter(chunks), lambda chunks: iter(tuple(chunks))],
+                         ids=["list_iterator", "tuple_iterator"])
+def test_iterator_over_built_pieces_goes_out_in_one_send(
+        make: Callable[[list[bytes]], Iterator[bytes]]) -> None:
+    # Every piece already exists: nothing is held back while the next one is computed.
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "9")])
+        return make([b"abc", b"", b"defgh", b"ijk"])
+
+    channel, completed = call(app)
+    assert completed
+    assert channel.sends == [(b"Status: 200 OK\r\nContent-Length: 9\r\n\r\nabcdefghi", True)]
+
+
+def test_django_response_goes_out_in_one_send_and_is_closed() -> None:
+    from django.conf import settings
+    from django.core.signals import request_finished
+
+    if not settings.configured:
+        settings.configure()
+    from django.http import HttpResponse
+
+    finished: list[object] = []
+
+    def on_finished(sender: object, **kwargs: object) -> None:
+        finished.append(sender)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        response = HttpResponse(b"<p>one</p>", content_type="text/html")
+        response.write(b"<p>two</p>")
+        start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+        return response
+
+    request_finished.connect(on_finished)
+    try:
+        channel, completed = call(app)
+    finally:
+        request_finished.disconnect(on_finished)
+    assert completed
+    assert len(channel.sends) == 1 and channel.ended
+    assert channel.body == b"<p>one</p><p>two</p>"
+    # Django's close() (request_finished: database connections and the like) still runs.
+    assert len(finished) == 1
+
+
 def test_headers_wait_for_the_first_non_empty_piece() -> None:
     channel = Recorder()
 
@@ -386,6 +432,62 @@ def test_file_wrapper_streams_the_file_in_blocks_and_closes_it(tmp_path: Any) ->
     assert channel.body == data
     assert [len(d) for d, _ in channel.sends[1:-1]] == [65536, 65536, 200_000 - 3 * 65536]
     assert opened[0].closed
+
+
+def test_file_wrapper_reads_a_regular_file_in_large_blocks_whatever_block_size_the_app_asks(
+        tmp_path: Any) -> None:
+    # Django's FileResponse asks for 4 KiB blocks; the file holds its bytes already.
+    data = wsgi_apps.pattern(200_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        wrapper: type[FileWrapper] = environ["wsgi.file_wrapper"]
+        return wrapper(open(path, "rb"), 4096)
+
+    channel, _ = call(app)
+    assert channel.body == data
+    assert [len(d) for d, _ in channel.sends[1:-1]] == [65536, 65536, 200_000 - 3 * 65536]
+
+
+def test_django_file_response_goes_out_in_large_blocks(tmp_path: Any) -> None:
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure()
+    from django.http import FileResponse
+
+    data = wsgi_apps.pattern(300_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # What Django's WSGIHandler.__call__ does with a FileResponse, minus the URL routing.
+        response = FileResponse(open(path, "rb"))  # noqa: SIM115 - the response closes it
+        start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+        assert response.block_size == 4096
+        response.file_to_stream.close = response.close  # type: ignore[union-attr]
+        return environ["wsgi.file_wrapper"](response.file_to_stream, response.block_size)  # type: ignore[no-any-return]
+
+    channel, completed = call(app)
+    assert completed and channel.body == data
+    assert len(channel.sends) == 1 + 300_000 // 65536 + 1
+
+
+def test_file_wrapper_reads_a_pipe_in_the_apps_block_size() -> None:
+    # A pipe's bytes may still be on their way: a larger read could hold back what came.
+    r, w = os.pipe()
+    os.write(w, b"x" * 10_000)
+    os.close(w)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        wrapper: type[FileWrapper] = environ["wsgi.file_wrapper"]
+        return wrapper(os.fdopen(r, "rb", buffering=0), 4096)
+
+    channel, _ = call(app)
+    assert [len(d) for d, _ in channel.sends[1:-1]] == [4096, 10_000 - 2 * 4096]
 
 
 def test_close_is_called_after_a_complete_response() -> None:
