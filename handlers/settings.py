@@ -31,6 +31,8 @@ class Settings:
     accel_prefix: str = "/_large/"
     id_tries: int = 16
     recover_seconds: int = 30  # 0: no recovery thread (the tests of a single app)
+    storage: str = ""  # s3://BUCKET?endpoint=... (root is then this host's scratch folder)
+    store_public_url: str = ""  # where clients reach the store's paths (presigned links)
 
     @property
     def pictures(self) -> Path:
@@ -71,12 +73,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     # Absolute, because X-Sendfile hands the web server a path it resolves on its own.
     root = Path(os.path.abspath(env.get("UPLOAD_ROOT") or "./var/media"))
+    storage = env.get("UPLOAD_STORAGE", "").strip()
+    if storage.startswith("file://"):
+        root, storage = Path(os.path.abspath(storage.removeprefix("file://"))), ""
+    elif storage and not storage.startswith("s3://"):
+        raise SettingsError(f"UPLOAD_STORAGE must be file:///path or s3://BUCKET?endpoint=URL, "
+                            f"got {storage!r}")
     sendfile = env.get("UPLOAD_SENDFILE", "x-sendfile").strip().lower() or "x-sendfile"
     if sendfile not in SENDFILE_MODES:
         raise SettingsError(f"UPLOAD_SENDFILE must be one of {', '.join(SENDFILE_MODES)}, got {sendfile!r}")
     secret_text = env.get("UPLOAD_SECRET", "")
     if secret_text and len(secret_text) < 16:
         raise SettingsError("UPLOAD_SECRET must be at least 16 characters")
+    if storage and not secret_text:
+        raise SettingsError("UPLOAD_SECRET must be set with an s3:// UPLOAD_STORAGE: every host signs alike")
     prefix = env.get("UPLOAD_ACCEL_PREFIX", "/_large/")
     if not (prefix.startswith("/") and prefix.endswith("/")):
         raise SettingsError("UPLOAD_ACCEL_PREFIX must start and end with '/'")
@@ -96,4 +106,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         accel_prefix=prefix,
         id_tries=_int(env, "UPLOAD_ID_TRIES", 16),
         recover_seconds=_int(env, "UPLOAD_RECOVER_SECONDS", 30, minimum=0),
+        storage=storage,
+        store_public_url=env.get("UPLOAD_STORE_PUBLIC_URL", "").strip(),
     )

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from handlers import templates
+from handlers.backend import LocalStorage, Txn, open_backend
 from handlers.checks import Check, Checker
 from handlers.errors import UploadError
 from handlers.forms import Limits, SpooledFile, read_files
 from handlers.images import MIME_TYPES, guard_pillow
-from handlers.journal import Transaction
 from handlers.recovery import Recoverer
+from handlers.s3serve import s3_file, s3_large
 from handlers.service import stage_picture
 from handlers.settings import Settings, load_settings
 from handlers.signing import LinkState, load_or_create_secret, signed_query, verify
@@ -39,7 +40,6 @@ from handlers.storage import (
     Published,
     Record,
     Staged,
-    Storage,
     is_disk_full,
     random_id,
 )
@@ -134,14 +134,14 @@ class UploadApp:
     def __init__(self, settings: Settings, *, id_source: IdSource = random_id,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.storage = Storage(settings.root, id_source, settings.id_tries)
-        self.storage.ensure_layout()
+        self.storage = open_backend(settings.storage, settings.root, id_source, settings.id_tries,
+                                    settings.store_public_url)
         self.secret = settings.secret or load_or_create_secret(settings.root)
         self.clock = clock
         self.limits = Limits(settings.max_bytes, settings.max_request_bytes, settings.max_files)
         guard_pillow(settings.max_pixels)
         # Dead requests are recovered at start and then periodically, by every worker.
-        self.recoverer = Recoverer(self.storage, settings.recover_seconds).start() \
+        self.recoverer = Recoverer(None, settings.recover_seconds, self.storage.recover).start() \
             if settings.recover_seconds else None
 
     def close(self) -> None:
@@ -207,7 +207,7 @@ class UploadApp:
     def upload(self, environ: Environ) -> Response:
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
         # One request, one transaction: every picture is published, or none.
-        with Transaction.begin(self.storage) as txn, \
+        with self.storage.begin() as txn, \
                 Checker(self.settings.max_pixels, self.settings.thumb_size) as checker:
             spooled = read_files(environ, txn, self.limits, checker.start)
             staged: dict[str, Staged] = {}
@@ -221,7 +221,7 @@ class UploadApp:
         return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
                               *cookies])
 
-    def _stage(self, item: SpooledFile[Check], count: int, txn: Transaction,
+    def _stage(self, item: SpooledFile[Check], count: int, txn: Txn,
                staged: dict[str, Staged]) -> Staged:
         try:
             result = stage_picture(item, txn, self.settings, staged.get(item.sha256))
@@ -301,7 +301,7 @@ class UploadApp:
             raise HTTPError(404, "not_found", "No such picture (it may have been deleted already).")
         if not token or not self.storage.check_token(record, token):
             raise HTTPError(403, "bad_token", "The delete key does not match this picture.")
-        with Transaction.begin(self.storage) as txn:
+        with self.storage.begin() as txn:
             removed = txn.delete(record)
         if not removed:
             raise HTTPError(404, "not_found", "The picture was deleted already.")
@@ -338,6 +338,8 @@ class UploadApp:
         record = self.storage.lookup(pid)
         if record is None or not record.large or record.ext != ext:
             raise HTTPError(404, "not_found", "No such picture (it may have been deleted).")
+        if not isinstance(self.storage, LocalStorage):
+            return Response(*s3_large(self.storage, record, self.settings, int(expiry) - int(self.clock())))
         path = self.storage.picture_path(record)
         # The web server sends what the header names, following links: name only a regular
         # file that is really there, never a link planted in its place.
@@ -362,11 +364,16 @@ class UploadApp:
         record = self.storage.lookup(pid)
         if record is None or record.large or record.ext != ext:
             raise HTTPError(404, "not_found", "No such picture.")
+        if not isinstance(self.storage, LocalStorage):
+            return Response(*s3_file(self.storage, self.storage.picture_key(pid, ext, large=False),
+                                     MIME_TYPES[ext]))
         return self._file(self.storage.picture_path(record), MIME_TYPES[ext], environ)
 
     def thumbnail(self, pid: str, environ: Environ) -> Response:
         if self.storage.lookup(pid) is None:
             raise HTTPError(404, "not_found", "No such picture.")
+        if not isinstance(self.storage, LocalStorage):
+            return Response(*s3_file(self.storage, self.storage.thumb_key(pid), "image/jpeg"))
         return self._file(self.storage.thumb_path(pid), "image/jpeg", environ)
 
     def static(self, name: str, ext: str, environ: Environ) -> Response:
