@@ -235,10 +235,12 @@ class S3Store:
         self.remove(self.picture_key(record.id, record.ext, large=record.large),
                     self.thumb_key(record.id), f"meta/{record.id}.json")
 
-    def end(self, txid: str) -> None:
-        """Tidy up a decided request: staged files, decision, lease (in that order)."""
+    def end(self, txid: str, *, keep_decision: bool = False) -> None:
+        """Tidy up a decided request: staged files, decision, lease (in that order). Recovery
+        keeps an "aborted" decision for another lease: a stalled owner's commit must still
+        find it taken."""
         self.remove(*self.keys(f"staging/{txid}/"))
-        self.remove(f"txn/{txid}.commit", f"txn/{txid}")
+        self.remove(*([] if keep_decision else [f"txn/{txid}.commit"]), f"txn/{txid}")
 
     def recover(self, full: bool, now: float | None = None) -> list[str]:
         """Decide and tidy up every request whose lease expired (by ``now``): roll a committed
@@ -249,22 +251,44 @@ class S3Store:
         txids = {k.removeprefix("txn/").partition(".")[0] for k in self.keys("txn/")}
         for txid in sorted(txids):
             lease = self.read(f"txn/{txid}")
+            if lease is None:
+                done += self._old_decision(txid, now)
+                continue
             try:
-                expires = float(json.loads(lease or b"{}")["expires"])
+                expires = float(json.loads(lease)["expires"])
             except (ValueError, KeyError, TypeError):
                 expires = 0.0
             if expires > now:
                 continue
             # Decide for the dead request; if its intent got there first, it is published.
-            if not self.create(f"txn/{txid}.commit", ABORTED):
-                decision = self.read(f"txn/{txid}.commit")
-                if decision not in (None, ABORTED):
-                    self.roll_forward(json.loads(decision))
-            self.end(txid)
+            decision = ABORTED if self.create(f"txn/{txid}.commit", ABORTED) else \
+                self.read(f"txn/{txid}.commit")
+            if decision not in (None, ABORTED):
+                self.roll_forward(json.loads(decision))
+            self.end(txid, keep_decision=decision == ABORTED)
             done.append(f"txn/{txid}")
         if full:
             done += self._orphans()
         return done
+
+    def _old_decision(self, txid: str, now: float) -> list[str]:
+        """A decision whose lease is gone: an "aborted" one kept a lease long, or an intent
+        whose tidying up was cut short (rolled forward again)."""
+        key = f"txn/{txid}.commit"
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in _MISSING:
+                return []
+            raise
+        decision = self.read(key)
+        if decision == ABORTED:
+            if now - head["LastModified"].timestamp() < self.lease_seconds:
+                return []
+        elif decision is not None:
+            self.roll_forward(json.loads(decision))
+        self.end(txid)
+        return [key]
 
     def _orphans(self) -> list[str]:
         done: list[str] = []

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from handlers.s3store import S3Store, check_store
-from handlers.storage import random_id
+from handlers.s3store import S3Store, S3Transaction, check_store
+from handlers.settings import SettingsError, load_settings
+from handlers.storage import Facts, Record, Staged, StorageError, random_id
 from tests.support.scaleout import running_scaleout
 from tests.support.seaweed import Seaweed, running_seaweed
 from tests.support.stack import http_request, multipart, noise_png, small_jpeg
@@ -252,6 +253,83 @@ def test_killing_one_app_host_under_load_loses_only_its_in_flight_requests(
             if status == 201:
                 pic = answer["files"][0]
                 assert http_request(base, "GET", pic["url"]).body == s3.read(f"pictures/{pic['id']}.jpg")
-        # What the dead host's requests left is decided once their leases run out.
+        # What the dead host's requests left is decided once their leases run out, and the
+        # decisions are dropped a lease later.
         s3.recover(full=True, now=time.time() + 3600)
+        s3.recover(full=True, now=time.time() + 7200)
         assert check_store(s3, deep=True) == []
+
+
+# ---- the commit protocol on the store -------------------------------------------------------------
+
+def _staged(txn: S3Transaction, seed: int) -> Staged:
+    picture, thumb = txn.write_temp(small_jpeg(seed)), txn.write_temp(small_jpeg(seed, (20, 15)))
+    facts = Facts(ext="jpg", format="JPEG", width=320, height=240, size=picture.stat().st_size,
+                  large=False, served_sha256=hashlib.sha256(picture.read_bytes()).hexdigest(),
+                  thumb_width=20, thumb_height=15)
+    return Staged(txn.claim_id(), hashlib.sha256(b"%d" % seed).hexdigest(), picture, thumb, facts)
+
+
+class Died(Exception):
+    pass
+
+
+def _die(intent: object) -> list[Record]:
+    raise Died
+
+
+def test_a_dead_request_after_its_commit_point_is_published_whole_by_recovery(
+        store: Seaweed, tmp_path: Path) -> None:
+    store.make_bucket("dead-committed")
+    s3 = s3store(store, tmp_path / "scratch", "dead-committed")
+    txn = s3.begin()
+    staged = [_staged(txn, n) for n in (1, 2, 3)]
+    # Dies right after its commit point: the intent is there, nothing is published.
+    real_roll = s3.roll_forward
+    s3.roll_forward = _die  # type: ignore[method-assign]
+    with pytest.raises(Died):
+        txn.commit(staged)
+    s3.roll_forward = real_roll  # type: ignore[method-assign]
+    assert all(s3.lookup(s.pid) is None for s in staged)
+    first = staged[0].picture.read_bytes()
+    assert s3.recover(full=True) == []  # its lease runs: it may be alive, only slow
+    done = s3.recover(full=True, now=time.time() + 3600)
+    assert f"txn/{txn.txid}" in done
+    assert all(s3.lookup(s.pid) is not None for s in staged)
+    assert s3.read(f"pictures/{staged[0].pid}.jpg") == first
+    assert list(s3.scratch.iterdir()) == []  # its scratch files went with it
+    assert check_store(s3, deep=True) == []
+
+
+def test_a_request_whose_lease_ran_out_is_aborted_once_and_its_late_commit_refused(
+        store: Seaweed, tmp_path: Path) -> None:
+    store.make_bucket("late")
+    s3 = s3store(store, tmp_path / "scratch", "late")
+    txn = s3.begin()
+    staged = [_staged(txn, n) for n in (4, 5)]
+    # Recovery takes the request for dead (its owner only stalled) and decides: aborted.
+    assert f"txn/{txn.txid}" in s3.recover(full=False, now=time.time() + 3600)
+    txn.expires = time.time() + 3600  # the stalled owner does not know
+    with pytest.raises(StorageError) as refused:
+        txn.commit(staged)
+    assert refused.value.status == 503
+    assert all(s3.lookup(s.pid) is None for s in staged)
+    # Still refused while the decision is kept, however often recovery runs meanwhile.
+    assert s3.recover(full=False, now=time.time() + 60) == []
+    assert not s3.create(f"txn/{txn.txid}.commit", b"[]")
+    txn.close()
+    # Its claims stay taken: an id is never handed out twice.
+    assert all(s3.exists(f"ids/{s.pid}") for s in staged)
+    assert check_store(s3, deep=True) == []
+
+
+def test_upload_storage_names_a_file_root_or_an_s3_bucket_and_nothing_else() -> None:
+    assert load_settings({"UPLOAD_STORAGE": "file:///srv/pictures"}).root == Path("/srv/pictures")
+    assert load_settings({"UPLOAD_STORAGE": "file:///srv/pictures"}).storage == ""
+    url = "s3://media?endpoint=http://127.0.0.1:8333"
+    assert load_settings({"UPLOAD_STORAGE": url, "UPLOAD_SECRET": "x" * 32}).storage == url
+    with pytest.raises(SettingsError, match="UPLOAD_STORAGE"):
+        load_settings({"UPLOAD_STORAGE": "ftp://media"})
+    # Every host must sign links alike: a secret made up by one host would not do.
+    with pytest.raises(SettingsError, match="UPLOAD_SECRET"):
+        load_settings({"UPLOAD_STORAGE": "s3://media?endpoint=http://127.0.0.1:8333"})
