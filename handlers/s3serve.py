@@ -35,10 +35,12 @@ def s3_file(store: S3Store, key: str, ctype: str) -> Answer:
 
 def s3_large(store: S3Store, record: Record, settings: Settings, max_age: int) -> Answer:
     """A presigned link to a large picture, valid as long as the app's own signed link."""
-    url = store.presign(store.picture_key(record.id, record.ext, large=True), max(10, max_age))
+    accel = settings.sendfile == "x-accel"
+    key = store.picture_key(record.id, record.ext, large=True)
+    url = store.presign(key, max(10, max_age), public=not accel)
     headers = [("Content-Type", MIME_TYPES[record.ext]), ("X-Content-Type-Options", "nosniff"),
                ("Cache-Control", f"private, max-age={max(0, max_age)}"), ("Content-Length", "0")]
-    if settings.sendfile == "x-accel":
+    if accel:
         # The internal location proxies what follows its prefix to the store, Host and all.
         parts = urllib.parse.urlsplit(url)
         target = f"{settings.accel_prefix.rstrip('/')}{parts.path}?{parts.query}"

@@ -165,8 +165,11 @@ class S3Store:
             raise
         return obj["Body"].iter_chunks(65536), int(obj["ContentLength"])
 
-    def presign(self, key: str, lifetime: int) -> str:
-        return str(self.presigner.generate_presigned_url(
+    def presign(self, key: str, lifetime: int, *, public: bool = True) -> str:
+        """A link to ``key``: for the clients (through the front's origin) or, not ``public``,
+        for a front fetching it itself from the store's address."""
+        signer = self.presigner if public else self.client
+        return str(signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=lifetime))
 
     # -- names --------------------------------------------------------------------------------

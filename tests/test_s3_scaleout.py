@@ -333,3 +333,29 @@ def test_upload_storage_names_a_file_root_or_an_s3_bucket_and_nothing_else() -> 
     # Every host must sign links alike: a secret made up by one host would not do.
     with pytest.raises(SettingsError, match="UPLOAD_SECRET"):
         load_settings({"UPLOAD_STORAGE": "s3://media?endpoint=http://127.0.0.1:8333"})
+
+
+def test_nginx_serves_pictures_from_the_store_through_its_cache_and_large_ones_by_x_accel(
+        store: Seaweed, tmp_path: Path) -> None:
+    with running_scaleout(tmp_path, store, front="nginx", env={"UPLOAD_LARGE_BYTES": "50000"}) as farm:
+        base = farm.front.base_url
+        s3 = s3store(store, tmp_path / "check")
+        status, answer = post(base, small_jpeg(11))
+        assert status == 201, (answer, farm.logs())
+        pic = answer["files"][0]
+        stored = s3.read(f"pictures/{pic['id']}.jpg")
+        first, second = http_request(base, "GET", pic["url"]), http_request(base, "GET", pic["url"])
+        assert (first.status, first.body, second.body) == (200, stored, stored), farm.logs()
+        assert (first.header("x-cache-status"), second.header("x-cache-status")) == ("MISS", "HIT")
+        assert http_request(base, "GET", pic["thumbnail_url"]).body == s3.read(f"thumbs/{pic['id']}.jpg")
+
+        status, answer = post(base, noise_png(80_000, seed=4), "big.png", "image/png")
+        assert status == 201, answer
+        large = answer["files"][0]
+        served = http_request(base, "GET", large["url"])
+        assert (served.status, served.body) == (200, s3.read(f"large/{large['id']}.png")), farm.logs()
+        assert served.header("x-accel-redirect") is None
+        # The internal location is not reachable from outside, and a bad app link stays refused.
+        assert http_request(base, "GET", f"/_s3/{store.bucket}/large/{large['id']}.png").status == 404
+        assert http_request(base, "GET", large["url"].replace("s=", "s=0")).status == 403
+        assert check_store(s3, deep=True) == []
