@@ -8,7 +8,10 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -359,3 +362,15 @@ def test_nginx_serves_pictures_from_the_store_through_its_cache_and_large_ones_b
         assert http_request(base, "GET", f"/_s3/{store.bucket}/large/{large['id']}.png").status == 404
         assert http_request(base, "GET", large["url"].replace("s=", "s=0")).status == 403
         assert check_store(s3, deep=True) == []
+
+
+def test_the_scale_out_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    unit = Path(__file__).resolve().parent.parent / "conf" / "fcgiserver-scaleout.service"
+    text = unit.read_text()
+    assert "--bind ${FCGISERVER_BIND}" in text and "--hooks handlers.upload" in text
+    copy = tmp_path / unit.name
+    copy.write_text(text.replace("/opt/fcgiserver/.venv/bin/fcgiserver", f"{sys.executable} -m fcgiserver"))
+    verify = shutil.which("systemd-analyze") or "systemd-analyze"
+    result = subprocess.run([verify, "verify", "--man=no", unit.name],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
