@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from bench.memory import cpu_seconds
 from handlers.backend import LocalStorage
 from handlers.s3store import S3Store
 from handlers.storage import random_id
@@ -47,6 +50,18 @@ def _upload_rate(base: str, seed: int) -> float:
     return UPLOADS / elapsed
 
 
+def _pids(root: int) -> list[int]:
+    try:
+        proc = psutil.Process(root)
+        return [root, *(c.pid for c in proc.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cpu(parts: dict[str, list[int]]) -> dict[str, float]:
+    return {name: cpu_seconds(pids) for name, pids in parts.items()}
+
+
 def _claim_latency(claim: Any) -> float:
     """Median seconds of one claim."""
     times = []
@@ -65,9 +80,17 @@ def run_scaleout(workdir: Path) -> dict[str, Any]:
             rates = []
             with running_scaleout(workdir / f"farm{n}", store, hosts=HOSTS[:n], workers=2) as farm:
                 _upload_rate(farm.front.base_url, 10_000)  # warm: imports, connections, first volume
+                parts = {"app hosts": [p for h in farm.hosts for p in _pids(h.proc.pid)],
+                         "front": _pids(farm.front.proc.pid), "store": _pids(store.proc.pid),
+                         "clients": [os.getpid()]}
+                before, wall = _cpu(parts), time.perf_counter()
                 for r in range(ROUNDS):
                     rates.append(_upload_rate(farm.front.base_url, 1000 * (r + 1) + 100 * n))
-            results["hosts"][str(n)] = {"per_second": statistics.median(rates), "rounds": rates}
+                after, wall = _cpu(parts), time.perf_counter() - wall
+            cpu_ms = {k: (after[k] - before[k]) * 1000 / (UPLOADS * ROUNDS) for k in parts}
+            results["hosts"][str(n)] = {"per_second": statistics.median(rates), "rounds": rates,
+                                        "cpu_ms_per_upload": cpu_ms,
+                                        "cores_busy": sum(after[k] - before[k] for k in parts) / wall}
         with tempfile.TemporaryDirectory(dir=workdir) as scratch:
             s3 = S3Store(store.client(), store.bucket, Path(scratch), random_id, 16)
             txn = s3.begin()
@@ -88,7 +111,9 @@ def scaleout_table(r: dict[str, Any]) -> str:
              f"x 2 workers + SeaweedFS, all on {r['cpus']} cores (median of {r['rounds']})",
              "  hosts  uploads/s  vs 1 host"]
     for n, h in r["hosts"].items():
-        lines.append(f"  {n:>5}  {h['per_second']:9.1f}  {h['per_second'] / one:8.2f}x")
+        cpu = ", ".join(f"{k} {v:.1f}" for k, v in h["cpu_ms_per_upload"].items())
+        lines.append(f"  {n:>5}  {h['per_second']:9.1f}  {h['per_second'] / one:8.2f}x   "
+                     f"CPU ms per upload: {cpu}; {h['cores_busy']:.2f} cores busy")
     s3, local = r["claim_s3_seconds"], r["claim_local_seconds"]
     lines.append(f"  id claim (median of {CLAIMS}): local link() {local * 1e6:.0f} us, "
                  f"S3 PUT If-None-Match {s3 * 1e3:.2f} ms ({s3 / local:.0f}x)")
