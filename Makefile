@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps run demo test lint bench soak clean
+.PHONY: all setup system-deps run demo test test-ceph lint bench soak clean
 
 all: test
 
@@ -29,6 +29,11 @@ demo: $(VENV)/.stamp
 
 test: setup
 	$(PY) -bb -m pytest $(PYTEST_ARGS)
+
+# The S3 suite against a single-node Ceph RGW (Debian's radosgw, the production engine).
+test-ceph: setup
+	command -v radosgw >/dev/null || apt-get install -y --no-install-recommends radosgw ceph-mon ceph-osd
+	FCGISERVER_TEST_STORE=ceph $(PY) -bb -m pytest tests/test_s3_scaleout.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check fcgiserver handlers tests bench

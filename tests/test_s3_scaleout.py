@@ -24,6 +24,7 @@ import pytest
 from handlers.s3store import S3Store, S3Transaction, check_store
 from handlers.settings import SettingsError, load_settings
 from handlers.storage import Facts, Record, Staged, StorageError, random_id
+from tests.support.ceph import running_ceph
 from tests.support.scaleout import running_scaleout
 from tests.support.seaweed import Seaweed, running_seaweed
 from tests.support.stack import http_request, multipart, noise_png, small_jpeg
@@ -33,7 +34,9 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as running:
+    """SeaweedFS; Ceph RGW with FCGISERVER_TEST_STORE=ceph (make test-ceph)."""
+    engine = running_ceph if os.environ.get("FCGISERVER_TEST_STORE") == "ceph" else running_seaweed
+    with engine(tmp_path_factory.mktemp("store")) as running:
         yield running
 
 

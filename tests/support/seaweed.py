@@ -84,7 +84,7 @@ def running_seaweed(workdir: Path, bucket: str = "media", timeout: float = 60.0)
                                 start_new_session=True)
     store = Seaweed(f"http://127.0.0.1:{ports['s3.port']}", bucket, proc, log)
     try:
-        _wait_for_bucket(store, timeout)
+        wait_for_bucket(store, timeout)
         yield store
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -96,12 +96,13 @@ def running_seaweed(workdir: Path, bucket: str = "media", timeout: float = 60.0)
             proc.wait()
 
 
-def _wait_for_bucket(store: Seaweed, timeout: float) -> None:
+def wait_for_bucket(store: Seaweed, timeout: float) -> None:
+    """Until the store serves S3: the bucket made (readable in part, see make_bucket), a PUT taken."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if store.proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {store.proc.returncode}:\n{store.logs()}")
+            raise RuntimeError(f"the store exited with {store.proc.returncode}:\n{store.logs()}")
         try:
             store.make_bucket(store.bucket)
             client = store.client()
@@ -111,4 +112,4 @@ def _wait_for_bucket(store: Seaweed, timeout: float) -> None:
         except Exception as e:
             last = e
             time.sleep(0.5)
-    raise RuntimeError(f"weed mini did not serve S3 in {timeout} s ({last}):\n{store.logs()}")
+    raise RuntimeError(f"the store did not serve S3 in {timeout} s ({last}):\n{store.logs()}")
