@@ -5,8 +5,6 @@ keys made here, on free ports; stopped on exit. Answers like tests.support.seawe
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import time
 import uuid
@@ -14,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, wait_for_bucket
-from tests.support.server import free_port
+from tests.support.server import free_port, stop_group
 
 _KEYS = (
     ("mon.", ("mon", "allow *")),
@@ -105,10 +103,4 @@ def running_ceph(workdir: Path, bucket: str = "media", timeout: float = 120.0) -
         yield store
     finally:
         for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, 20)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.s3store import public_read_policy
-from tests.support.server import free_port
+from tests.support.server import free_port, stop_group
 
 ACCESS_KEY = "fcgiservertest"
 SECRET_KEY = "fcgiservertest-secret-0123456789"
@@ -87,13 +86,7 @@ def running_seaweed(workdir: Path, bucket: str = "media", timeout: float = 60.0)
         wait_for_bucket(store, timeout)
         yield store
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def wait_for_bucket(store: Seaweed, timeout: float) -> None:
