@@ -8,7 +8,7 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 UPLOAD_DIST := packaging/fcgiserver-upload
 
-.PHONY: all setup setup-run system-deps system-deps-run run demo test test-pure lint bench soak dist clean
+.PHONY: all setup setup-run system-deps system-deps-run run demo test test-pure test-ceph lint bench soak dist clean
 
 all: test
 
@@ -54,6 +54,11 @@ PURE_TESTS := tests/test_protocol_connection.py tests/test_protocol_fuzz.py test
 	tests/test_wsgi.py tests/test_lighttpd.py
 test-pure: setup
 	$(PY) -bb -m pytest --pure $(PURE_TESTS) $(PYTEST_ARGS)
+
+# The S3 suite against a single-node Ceph RGW (Debian's radosgw, the production engine).
+test-ceph: setup
+	command -v radosgw >/dev/null || apt-get install -y --no-install-recommends radosgw ceph-mon ceph-osd
+	FCGISERVER_TEST_STORE=ceph $(PY) -bb -m pytest tests/test_s3_scaleout.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check fcgiserver handlers tests bench

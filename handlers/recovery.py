@@ -9,11 +9,13 @@ left by journals lost with a disk that did not keep them) and then every few sec
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Callable
 
 from handlers.journal import TXID_RE, Transaction
 from handlers.storage import Storage, unlink_quietly
@@ -40,6 +42,10 @@ def recover(storage: Storage, *, full: bool = False) -> list[str]:
     if full:
         done += _orphans(storage)
     return done
+
+
+def _recover(storage: Storage, full: bool) -> list[str]:
+    return recover(storage, full=full)
 
 
 def _orphans(storage: Storage) -> list[str]:
@@ -76,8 +82,15 @@ class Recoverer:
     """A daemon thread of the worker: recover(full=True) at once, then recover() every
     ``interval`` seconds until stop()."""
 
-    def __init__(self, storage: Storage, interval: float) -> None:
+    def __init__(self, storage: Storage | None, interval: float,
+                 run: Callable[[bool], list[str]] | None = None) -> None:
+        """``run(full)``: another store's recovery (handlers.s3store) instead of recover()."""
         self.storage = storage
+        if run is None:
+            if storage is None:
+                raise ValueError("Recoverer needs a storage or a run function")
+            run = functools.partial(_recover, storage)
+        self.run = run
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upload-recovery", daemon=True)
@@ -95,7 +108,7 @@ class Recoverer:
         full = True
         while True:
             try:
-                done = recover(self.storage, full=full)
+                done = self.run(full)
                 if done:
                     log.warning("recovered what dead requests left: %s", ", ".join(done[:20]))
             except Exception:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from handlers.backend import Txn
 from handlers.checks import Check, Checked
 from handlers.forms import SpooledFile
 from handlers.images import ImageError, ImageInfo, copy_without_metadata, has_trailing_data, reencode
-from handlers.journal import Transaction
 from handlers.settings import Settings
 from handlers.storage import (
     Facts,
@@ -51,7 +51,7 @@ class _Public:
     sha256: str
 
 
-def stage_picture(upload: SpooledFile[Check], txn: Transaction, settings: Settings,
+def stage_picture(upload: SpooledFile[Check], txn: Txn, settings: Settings,
                   twin: Staged | None = None) -> Staged:
     """``twin``: a picture of the same request with the same bytes, staged already."""
     check = upload.watcher
@@ -90,7 +90,7 @@ def _verdict_first(check: Check) -> Iterator[None]:
         raise
 
 
-def _prepare(upload: SpooledFile[Check], check: Check, header: ImageInfo, txn: Transaction,
+def _prepare(upload: SpooledFile[Check], check: Check, header: ImageInfo, txn: Txn,
              settings: Settings) -> tuple[_Public, Checked]:
     """The durable file to publish and the check's verdict, or the error refusing the upload."""
     with _verdict_first(check):
@@ -110,7 +110,7 @@ def _prepare(upload: SpooledFile[Check], check: Check, header: ImageInfo, txn: T
         raise
 
 
-def _draft(upload: SpooledFile[Check], info: ImageInfo, txn: Transaction, keep_metadata: bool) -> _Draft:
+def _draft(upload: SpooledFile[Check], info: ImageInfo, txn: Txn, keep_metadata: bool) -> _Draft:
     """Runs before the verdict: decodes nothing, writes to .tmp/ only."""
     with _open(upload.path) as src:
         trailing = (keep_metadata or info.format != "JPEG") and has_trailing_data(src, info)

@@ -51,6 +51,8 @@ class Settings:
     medium_px: int = 1280
     rate_per_minute: int = 60  # uploads per client and minute; 0: no limit
     site_name: str = "Picturebox"
+    storage: str = ""  # s3://BUCKET?endpoint=... (root is then this host's scratch folder)
+    store_public_url: str = ""  # where clients reach the store's paths (presigned links)
 
     @property
     def pictures(self) -> Path:
@@ -95,12 +97,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     # Absolute, because X-Sendfile hands the web server a path it resolves on its own.
     root = Path(os.path.abspath(env.get("UPLOAD_ROOT") or "./var/media"))
+    storage = env.get("UPLOAD_STORAGE", "").strip()
+    if storage.startswith("file://"):
+        root, storage = Path(os.path.abspath(storage.removeprefix("file://"))), ""
+    elif storage and not storage.startswith("s3://"):
+        raise SettingsError(f"UPLOAD_STORAGE must be file:///path or s3://BUCKET?endpoint=URL, "
+                            f"got {storage!r}")
     sendfile = env.get("UPLOAD_SENDFILE", "x-sendfile").strip().lower() or "x-sendfile"
     if sendfile not in SENDFILE_MODES:
         raise SettingsError(f"UPLOAD_SENDFILE must be one of {', '.join(SENDFILE_MODES)}, got {sendfile!r}")
     secret_text = env.get("UPLOAD_SECRET", "")
     if secret_text and len(secret_text) < 16:
         raise SettingsError("UPLOAD_SECRET must be at least 16 characters")
+    if storage and not secret_text:
+        raise SettingsError("UPLOAD_SECRET must be set with an s3:// UPLOAD_STORAGE: every host signs alike")
     prefix = env.get("UPLOAD_ACCEL_PREFIX", "/_large/")
     if not (prefix.startswith("/") and prefix.endswith("/")):
         raise SettingsError("UPLOAD_ACCEL_PREFIX must start and end with '/'")
@@ -130,6 +140,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         medium_px=_int(env, "UPLOAD_MEDIUM_PX", 1280, minimum=64),
         rate_per_minute=_int(env, "UPLOAD_RATE_PER_MINUTE", 60, minimum=0),
         site_name=_site_name(env.get("UPLOAD_SITE_NAME", "")),
+        storage=storage,
+        store_public_url=env.get("UPLOAD_STORE_PUBLIC_URL", "").strip(),
     )
 
 

@@ -32,15 +32,16 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 from PIL import Image
 
 from handlers import templates
+from handlers.backend import LocalStorage, Txn, open_backend
 from handlers.blocklist import Blocklist
 from handlers.checks import Check, Checker
 from handlers.errors import UploadError
 from handlers.forms import Limits, SpooledFile, read_files
 from handlers.images import MIME_TYPES, guard_pillow
-from handlers.journal import Transaction
 from handlers.ratelimit import RateLimiter
 from handlers.recovery import Recoverer
 from handlers.renditions import ensure_medium, medium_path, medium_url
+from handlers.s3serve import s3_file, s3_large
 from handlers.service import stage_picture
 from handlers.settings import Settings, load_settings
 from handlers.share import Links, as_json, share_codes
@@ -52,7 +53,6 @@ from handlers.storage import (
     Published,
     Record,
     Staged,
-    Storage,
     is_disk_full,
     random_id,
 )
@@ -141,8 +141,8 @@ class UploadApp:
     def __init__(self, settings: Settings, *, id_source: IdSource = random_id,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.storage = Storage(settings.root, id_source, settings.id_tries)
-        self.storage.ensure_layout()
+        self.storage = open_backend(settings.storage, settings.root, id_source, settings.id_tries,
+                                    settings.store_public_url)
         self.secret = settings.secret or load_or_create_secret(settings.root)
         self.clock = clock
         self.limits = Limits(settings.max_bytes, settings.max_request_bytes, settings.max_files)
@@ -151,7 +151,7 @@ class UploadApp:
         self.blocklist = Blocklist(settings.root)
         templates.configure(settings.site_name)
         # Dead requests are recovered at start and then periodically, by every worker.
-        self.recoverer = Recoverer(self.storage, settings.recover_seconds).start() \
+        self.recoverer = Recoverer(None, settings.recover_seconds, self.storage.recover).start() \
             if settings.recover_seconds else None
 
     def close(self) -> None:
@@ -232,7 +232,7 @@ class UploadApp:
                             [("Retry-After", str(wait))])
         # Each picture is checked on another thread from its first bytes on (handlers.checks).
         # One request, one transaction: every picture is published, or none.
-        with Transaction.begin(self.storage) as txn, \
+        with self.storage.begin() as txn, \
                 Checker(self.settings.budget, self.settings.thumb_size, self.settings.medium_px) as checker:
             spooled = read_files(environ, txn, self.limits, checker.start)
             staged: dict[str, Staged] = {}
@@ -252,7 +252,7 @@ class UploadApp:
         return Response(303, [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store"),
                               *cookies])
 
-    def _stage(self, item: SpooledFile[Check], count: int, txn: Transaction,
+    def _stage(self, item: SpooledFile[Check], count: int, txn: Txn,
                staged: dict[str, Staged]) -> Staged:
         try:
             self.blocklist.refuse(item.sha256)
@@ -283,6 +283,8 @@ class UploadApp:
     def _make_medium(self, record: Record, rendered: bytes | None = None) -> None:
         """Make the medium rendition if it is missing. The picture is published already: a
         rendition that fails is logged, never the request's failure (_medium_url falls back)."""
+        if not isinstance(self.storage, LocalStorage):
+            return  # on an S3 store the page and the codes use the original (see docs/scale-out.md)
         try:
             ensure_medium(self.storage, record, self.settings.medium_px, rendered)
         except (OSError, ValueError, UploadError, Image.DecompressionBombError):
@@ -290,7 +292,8 @@ class UploadApp:
 
     def _medium_url(self, record: Record) -> str:
         url = medium_url(record, self.settings.medium_px)
-        if url.startswith("/medium/") and not medium_path(self.storage, record).is_file():
+        if url.startswith("/medium/") and (not isinstance(self.storage, LocalStorage)
+                                           or not medium_path(self.storage, record).is_file()):
             return f"/o/{record.id}"  # no rendition (it failed): the stable original link
         return url
 
@@ -362,7 +365,7 @@ class UploadApp:
             raise UploadError(404, "not_found", "No such picture (it may have been deleted already).")
         if not token or not self.storage.check_token(record, token):
             raise UploadError(403, "bad_token", "The delete key does not match this picture.")
-        with Transaction.begin(self.storage) as txn:
+        with self.storage.begin() as txn:
             removed = txn.delete(record)
         if not removed:
             raise UploadError(404, "not_found", "The picture was deleted already.")
@@ -421,6 +424,8 @@ class UploadApp:
         record = self.storage.lookup(pid)
         if record is None or not record.large or record.ext != ext:
             raise UploadError(404, "not_found", "No such picture (it may have been deleted).")
+        if not isinstance(self.storage, LocalStorage):
+            return Response(*s3_large(self.storage, record, self.settings, int(expiry) - int(self.clock())))
         path = self.storage.picture_path(record)
         # The web server sends what the header names, following links: name only a regular
         # file that is really there, never a link planted in its place.
@@ -445,11 +450,14 @@ class UploadApp:
         record = self.storage.lookup(pid)
         if record is None or record.large or record.ext != ext:
             raise UploadError(404, "not_found", "No such picture.")
+        if not isinstance(self.storage, LocalStorage):
+            return Response(*s3_file(self.storage, self.storage.picture_key(pid, ext, large=False),
+                                     MIME_TYPES[ext]))
         return self._file(self.storage.picture_path(record), MIME_TYPES[ext], environ)
 
     def medium(self, pid: str, ext: str, environ: Environ) -> Response:
         record = self.storage.lookup(pid)
-        if record is None or record.ext != ext:
+        if record is None or record.ext != ext or not isinstance(self.storage, LocalStorage):
             raise UploadError(404, "not_found", "No such picture.")
         path = ensure_medium(self.storage, record, self.settings.medium_px)
         if path is None:
@@ -459,6 +467,8 @@ class UploadApp:
     def thumbnail(self, pid: str, environ: Environ) -> Response:
         if self.storage.lookup(pid) is None:
             raise UploadError(404, "not_found", "No such picture.")
+        if not isinstance(self.storage, LocalStorage):
+            return Response(*s3_file(self.storage, self.storage.thumb_key(pid), "image/jpeg"))
         return self._file(self.storage.thumb_path(pid), "image/jpeg", environ)
 
     def static(self, name: str, ext: str, environ: Environ) -> Response:

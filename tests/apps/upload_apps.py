@@ -55,6 +55,25 @@ always_same = _lazy(lambda: UploadApp(
     load_settings(), id_source=lambda: os.environ.get("UPLOAD_TEST_FIRST_ID", FIRST_ID)))
 plain = _lazy(lambda: UploadApp(load_settings()))
 
+
+def sequence() -> IdSource:
+    """The same ids in the same order in every process, so every host races for every id."""
+    count = 0
+
+    def draw() -> str:
+        nonlocal count
+        n, letters = count, []
+        count += 1
+        for _ in range(5):
+            n, digit = divmod(n, 52)
+            letters.append("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"[digit])
+        return "Seq" + "".join(letters)
+
+    return draw
+
+
+sequenced = _lazy(lambda: UploadApp(load_settings(), id_source=sequence()))
+
 APPS = {"colliding": colliding, "always_same": always_same, "plain": plain}
 
 

@@ -282,8 +282,11 @@ def running_nginx(
     keepalive: int = 1,
     template: Path = NGINX_TEMPLATE,
     start_timeout: float = START_TIMEOUT,
+    values: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[Front]:
     """nginx (daemon off) rendered from conf/nginx.conf on a free port, stopped on exit.
+    ``values`` fill the template's other placeholders; ``port``: this one, not a free one.
 
     `keepalive` idle backend connections are kept; each holds a worker, so it stays below
     the server's worker count (the stacks run 2 workers).
@@ -292,8 +295,9 @@ def running_nginx(
     log_dir, run_dir, _ = _dirs(workdir)
     conf = workdir / "nginx.conf"
     stderr_path = log_dir / "nginx.stderr"
+    fixed_port = port
     for _attempt in range(5):
-        port = free_port()
+        port = fixed_port or free_port()
         render_nginx_conf(
             template,
             conf,
@@ -307,6 +311,7 @@ def running_nginx(
                 "RUN_DIR": str(run_dir),
                 "NGINX_USER": _nginx_user(),
                 "KEEPALIVE": str(keepalive),
+                **(values or {}),
             },
         )
         proc = _spawn([binary, "-c", str(conf), "-p", str(workdir), "-e", str(log_dir / "nginx-startup.log"),
