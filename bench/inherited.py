@@ -41,11 +41,14 @@ def median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
 
 
 def load_django(db: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "apps"))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "django_site.settings"
-    os.environ["DJANGO_SITE_DB"] = db
-    import django_site.urls
-    import django_site.wsgi  # noqa: F401
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "django_site"))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "djsite.settings"
+    os.environ["DJSITE_DB"] = db
+    import importlib
+
+    # The WSGI module sets Django up first: the URLs (the admin's among them) need it.
+    for module in ("djsite.wsgi", "djsite.urls"):
+        importlib.import_module(module)
 
 
 def main() -> int:
