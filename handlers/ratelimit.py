@@ -30,6 +30,10 @@ class RateLimiter:
         self.path = path
         self.per_minute = per_minute
         self.clock = clock
+        if per_minute > 0:
+            # A local store makes the folder itself; an S3 host's scratch folder may not have it
+            # (there the table is each host's own: see docs/scale-out.md).
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def take(self, client: str) -> int:
         """Spend one token of ``client``: 0 if it had one, else the seconds until it will."""
