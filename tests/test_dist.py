@@ -23,7 +23,8 @@ from tests.support.stack import http_request, make_media_root, multipart, small_
 
 DIST = ROOT / "dist"
 VERSION = "0.1.0"
-SERVER_WHEEL = f"fcgiserver-{VERSION}-py3-none-any.whl"
+# The server's wheel is built for this platform: it carries the compiled protocol accelerator.
+SERVER_WHEEL = f"fcgiserver-{VERSION}-cp{sys.version_info[0]}{sys.version_info[1]}-*.whl"
 UPLOAD_WHEEL = f"fcgiserver_upload-{VERSION}-py3-none-any.whl"
 SERVER_SDIST = f"fcgiserver-{VERSION}.tar.gz"
 UPLOAD_SDIST = f"fcgiserver_upload-{VERSION}.tar.gz"
@@ -38,9 +39,15 @@ def dist() -> Path:
         cmd[1:1] = ["-o", ".venv/.stamp"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in DIST.iterdir()) == sorted(
-        [SERVER_WHEEL, SERVER_SDIST, UPLOAD_WHEEL, UPLOAD_SDIST])
+    names = sorted(p.name for p in DIST.iterdir())
+    assert len(names) == 4 and [p.name for p in DIST.glob(SERVER_WHEEL)], names
+    assert {SERVER_SDIST, UPLOAD_WHEEL, UPLOAD_SDIST} <= set(names), names
     return DIST
+
+
+def server_wheel(dist: Path) -> Path:
+    [wheel] = dist.glob(SERVER_WHEEL)
+    return wheel
 
 
 def wheel_names(path: Path) -> list[str]:
@@ -91,12 +98,13 @@ def importable(python: Path, module: str, cwd: Path) -> str | None:
 
 def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_wheel_with_its_assets(
         dist: Path) -> None:
-    server = wheel_names(dist / SERVER_WHEEL)
+    server = wheel_names(server_wheel(dist))
     upload = wheel_names(dist / UPLOAD_WHEEL)
     print(f"{SERVER_WHEEL}:", *server, f"{UPLOAD_WHEEL}:", *upload, sep="\n  ")
     assert all(n.startswith(("fcgiserver/", f"fcgiserver-{VERSION}.dist-info/")) for n in server), server
     assert {"fcgiserver/cli.py", "fcgiserver/py.typed", "fcgiserver/protocol/records.py"} <= set(server)
-    assert requirements(dist / SERVER_WHEEL) == ["psutil>=5.9"]
+    assert [n for n in server if n.startswith("fcgiserver/protocol/_speedups.") and n.endswith(".so")], server
+    assert requirements(server_wheel(dist)) == ["psutil>=5.9"]
 
     assert all(n.startswith(("handlers/", f"fcgiserver_upload-{VERSION}.dist-info/")) for n in upload), upload
     sources = {f"handlers/{p.relative_to(ROOT / 'handlers')}" for p in (ROOT / "handlers").rglob("*")
@@ -108,6 +116,9 @@ def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_whe
     with tarfile.open(dist / SERVER_SDIST) as t:
         names = t.getnames()
     assert not [n for n in names if "/handlers/" in n or "/tests/" in n], names
+    # An sdist builds the accelerator where it is installed: its source and setup.py go along.
+    top = f"fcgiserver-{VERSION}"
+    assert {f"{top}/setup.py", f"{top}/fcgiserver/protocol/_speedups.c"} <= set(names), names
     with tarfile.open(dist / UPLOAD_SDIST) as t:
         members = {m.name: m for m in t.getmembers()}
     for name in STATIC_FILES:
@@ -119,7 +130,7 @@ def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_whe
 def wheelhouse(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The third-party wheels the two distributions need (from pip's cache when it has them)."""
     where = tmp_path_factory.mktemp("wheelhouse")
-    needed = sorted({r for w in (SERVER_WHEEL, UPLOAD_WHEEL) for r in requirements(dist / w)
+    needed = sorted({r for w in (server_wheel(dist), dist / UPLOAD_WHEEL) for r in requirements(w)
                      if not r.startswith("fcgiserver")})
     done = run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
                 "--dest", str(where), *needed], where)
