@@ -7,6 +7,7 @@ row (a Django project, say) brings its own behaviours into BEHAVIOURS with its a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.client
@@ -49,8 +50,11 @@ def _exchange(target: Target, method: str, path: str, body: object = None,
               headers: dict[str, str] | None = None,
               conn: http.client.HTTPConnection | None = None) -> tuple[http.client.HTTPResponse, bytes]:
     conn = conn or target.connection()
-    conn.request(method, target.path(path), body=body, headers=target.headers(headers),  # type: ignore[arg-type]
-                 encode_chunked=headers is not None and "Transfer-Encoding" in headers)
+    # A front that answers before the body is in (HAProxy's 400 to a chunked body) may close
+    # while the body is still going out: its answer is waiting to be read all the same.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        conn.request(method, target.path(path), body=body, headers=target.headers(headers),  # type: ignore[arg-type]
+                     encode_chunked=headers is not None and "Transfer-Encoding" in headers)
     response = conn.getresponse()
     return response, response.read()
 
