@@ -25,7 +25,8 @@ from handlers.images import (
     write_public_copy,
 )
 from handlers.spool import Abandoned, SpoolFile
-from tests.support import corpus, hostile, planted
+from tests.support import corpus, hostile, isobmff, planted
+from tests.support.planted import PLANTED, XMP
 
 LIMIT = 40_000_000
 
@@ -48,6 +49,18 @@ def public_copy(tmp_path: Path, data: bytes) -> tuple[bytes, ImageInfo]:
 def test_content_decides_the_type(tmp_path: Path, fmt: str, ext: str) -> None:
     info = inspect_image(write(tmp_path, corpus.picture(fmt, (30, 20)), "named.jpg"), LIMIT)
     assert (info.format, info.ext, info.width, info.height) == (fmt, ext, 30, 20)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_are_published_as_upright_jpeg_without_metadata(tmp_path: Path, fmt: str) -> None:
+    data = isobmff.encoded(fmt, (64, 48), exif=corpus.gps_exif(orientation=6).tobytes(), xmp=XMP)
+    assert PLANTED in data
+    public, info = public_copy(tmp_path, data)
+    assert (info.format, info.ext, info.mime, info.width, info.height) == (fmt, "jpg", "image/jpeg", 48, 64)
+    assert PLANTED not in public and b"Exif" not in public
+    check_clean(public, "JPEG")
+    with Image.open(io.BytesIO(public)) as im:
+        assert (im.format, im.size) == ("JPEG", (48, 64))
 
 
 # Empty files and glued-on data are refused by the upload pipeline, not by decoding.
@@ -234,7 +247,7 @@ def test_the_fallback_reencoding_keeps_every_frame_and_no_metadata(tmp_path: Pat
         reencode(s, d, info)
     served = (tmp_path / "public").read_bytes()
     assert planted.PLANTED not in served
-    check_clean(served, info.format)
+    check_clean(served, info.served)
     with Image.open(io.BytesIO(served)) as im:
         assert getattr(im, "n_frames", 1) == frames == info.frames
         assert im.size == (info.width, info.height)
@@ -285,6 +298,10 @@ HOSTILE_VERDICTS = {
     "png_6324_rgba16": "too_many_pixels", "jpeg_6324_progressive_444": "too_many_pixels",
     # Repeated identical scans are a progression libjpeg-turbo warns about.
     "jpeg_50_scans_6324": "corrupt_image",
+    "heic_ispe_60000": "too_many_pixels", "avif_ispe_60000": "too_many_pixels",
+    "heic_60000_items": "too_many_segments", "heic_grid_200_tiles_6000": "too_many_pixels",
+    "avif_sequence_million_frames": "too_many_frames", "avif_sequence_40_frames": "too_many_frames",
+    "heic_truncated": "corrupt_image", "avif_truncated": "corrupt_image",
 }
 
 

@@ -79,8 +79,9 @@ def test_each_hostile_picture_is_answered_within_its_budget(stack: Stack, name: 
     assert within_budget(cost), f"{name}: {cost}"
 
 
-@pytest.mark.parametrize("name", ["jpeg_headers_only_6324", "jpeg_half_with_end_marker"])
-def test_a_jpeg_without_its_scan_data_is_corrupt_even_with_an_end_marker(stack: Stack, name: str) -> None:
+@pytest.mark.parametrize("name", ["jpeg_headers_only_6324", "jpeg_half_with_end_marker", "heic_truncated",
+                                  "avif_truncated"])
+def test_a_picture_without_its_coded_data_is_corrupt_even_with_an_end_marker(stack: Stack, name: str) -> None:
     cost = measured_upload(stack, [hostile.HOSTILE[name]()])
     assert (cost.status, cost.code) == (400, "corrupt_image"), cost
 

@@ -88,3 +88,14 @@ def test_the_orientation_survives_as_the_only_tag(stack: Stack) -> None:
     make, _ = PLANTED_PICTURES["jpeg_stray_byte_before_dqt"]
     _, picture, _ = served(stack, make()[:-2] + b"\xff\xd9", "again.jpg")
     assert exiftool(picture).get("IFD0:Orientation") == "Rotate 90 CW"
+
+
+@pytest.mark.parametrize("name", ["heic_exif_xmp", "avif_exif_xmp"])
+def test_heic_and_avif_are_served_as_upright_jpeg_with_no_exif_at_all(stack: Stack, name: str) -> None:
+    make, _ = PLANTED_PICTURES[name]
+    record, picture, _ = served(stack, make(), f"{name}.bin")
+    assert (record["format"], record["url"][-4:], record["width"], record["height"]) == ("JPEG", ".jpg", 48, 64)
+    found = exiftool(picture)
+    assert not [key for key in found if key.startswith(("IFD0:", "ExifIFD:", "GPS:", "XMP"))], found
+    with Image.open(io.BytesIO(picture)) as im:
+        assert (im.format, im.size) == ("JPEG", (48, 64))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 from PIL import Image
 
-from tests.support import corpus
+from tests.support import corpus, isobmff
 
 
 def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -238,4 +238,14 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "gif_6324_still": lambda: flat("GIF", "P"),
     "jpeg_6324_progressive_444": lambda: flat("JPEG", "RGB", progressive=True, subsampling=0),
     "jpeg_6324_progressive_420": lambda: flat("JPEG", "RGB", progressive=True, subsampling=2),
+    "heic_ispe_60000": lambda: isobmff.declared_size(isobmff.encoded("HEIF"), 60000, 60000),
+    "avif_ispe_60000": lambda: isobmff.declared_size(isobmff.encoded("AVIF"), 60000, 60000),
+    "heic_60000_items": isobmff.many_items,
+    "heic_grid_200_tiles_6000": isobmff.grid_of_many_tiles,
+    "avif_sequence_million_frames": isobmff.sequence,
+    "avif_sequence_40_frames": isobmff.animated_avif,
+    "heic_truncated": lambda: isobmff.truncated("HEIF"),
+    "avif_truncated": lambda: isobmff.truncated("AVIF"),
+    "heic_4032x3024_flat": lambda: isobmff.encoded("HEIF", (4032, 3024)),
+    "avif_4032x3024_flat": lambda: isobmff.encoded("AVIF", (4032, 3024), speed=10),
 }
