@@ -94,7 +94,8 @@ def test_the_orientation_survives_as_the_only_tag(stack: Stack) -> None:
 def test_heic_and_avif_are_served_as_upright_jpeg_with_no_exif_at_all(stack: Stack, name: str) -> None:
     make, _ = PLANTED_PICTURES[name]
     record, picture, _ = served(stack, make(), f"{name}.bin")
-    assert (record["format"], record["url"][-4:], record["width"], record["height"]) == ("JPEG", ".jpg", 48, 64)
+    shown = (record["format"], record["url"][-4:], record["width"], record["height"])
+    assert shown == ("JPEG", ".jpg", 48, 64)
     found = exiftool(picture)
     assert not [key for key in found if key.startswith(("IFD0:", "ExifIFD:", "GPS:", "XMP"))], found
     with Image.open(io.BytesIO(picture)) as im:
