@@ -90,10 +90,13 @@ def _variant(data: bytes, n: int) -> bytes:
     """The same hostile picture with different bytes (so none is a duplicate of another)."""
     if data.startswith(b"GIF"):
         return data[:-1] + b"\x21\xfe\x02" + struct.pack("<H", n) + b"\x00\x3b"
+    if data[4:8] == b"ftyp":  # HEIF, AVIF: a free box at the end
+        return data + struct.pack(">I", 10) + b"free" + struct.pack(">H", n)
     return data[:2] + b"\xff\xfe\x00\x04" + struct.pack(">H", n) + data[2:]
 
 
-@pytest.mark.parametrize("name", ["gif_6000_screen", "jpeg_3000_scans", "gif_2896_screen_11_frames"])
+@pytest.mark.parametrize("name", ["gif_6000_screen", "jpeg_3000_scans", "gif_2896_screen_11_frames",
+                                  "heic_grid_200_tiles_6000", "heic_4032x3024_flat", "avif_4032x3024_flat"])
 def test_twenty_hostile_pictures_in_one_request_stay_within_their_budgets(stack: Stack, name: str) -> None:
     base = hostile.HOSTILE[name]()
     cost = measured_upload(stack, [_variant(base, n) for n in range(20)])
