@@ -127,8 +127,18 @@ def inspect_image(source: Path | BinaryIO, max_pixels: int, thumb_size: int = 0,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_many_pixels(0, 0, budget.max_pixels) from None
     except _DECODE_ERRORS as e:
-        message = f"The picture is damaged or cut short ({type(e).__name__})."
-        raise ImageError(400, "corrupt_image", message) from None
+        raise _corrupt(e) from None
+    except RuntimeError as e:
+        # libheif's and libavif's errors (a damaged stream, their own size limits) reach
+        # Python as RuntimeError; elsewhere it is not a verdict on the picture.
+        if found.format not in CONVERTED:
+            raise
+        raise _corrupt(e) from None
+
+
+def _corrupt(error: Exception) -> ImageError:
+    message = f"The picture is damaged or cut short ({type(error).__name__})."
+    return ImageError(400, "corrupt_image", message)
 
 
 def _read_all(source: Path | BinaryIO) -> bytes:

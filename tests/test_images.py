@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import random
 import threading
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -324,3 +325,23 @@ def test_padding_before_the_end_marker_is_a_harmless_warning_and_a_cut_scan_is_n
     with pytest.raises(ImageError) as err:
         inspect_image(write(tmp_path, data[: len(data) * 3 // 4] + b"\xff\xd9", "cut.jpg"), LIMIT, 200)
     assert err.value.code == "corrupt_image"
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_damaged_heic_and_avif_are_refused_with_a_4xx_never_a_crash(fmt: str) -> None:
+    data = isobmff.encoded(fmt, (64, 48), xmp=XMP)
+    rnd = random.Random(18)
+    codes = set()
+    for cut in range(len(data)):  # cut anywhere: the end of the file is missing
+        with pytest.raises(ImageError) as err:
+            inspect_image(io.BytesIO(data[:cut]), LIMIT, 200)
+        codes.add(err.value.code)
+    assert codes == {"unsupported_type", "corrupt_image"}  # the first 12 bytes are not enough to tell
+    for _ in range(600):  # a few bytes of the boxes or the coded data changed
+        damaged = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            damaged[rnd.randrange(min(len(damaged), 600))] = rnd.randrange(256)
+        try:
+            inspect_image(io.BytesIO(bytes(damaged)), LIMIT, 200)
+        except ImageError as e:
+            assert 400 <= e.status < 500, e.message
