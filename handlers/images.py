@@ -178,7 +178,7 @@ def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_
             return header
         return dataclasses.replace(header, preview=_with_orientation(preview, header.orientation))
     if fmt in CONVERTED:
-        return _convert(im, found, thumb_size)
+        return _convert(im, found, thumb_size, on_header)
     frames = int(getattr(im, "n_frames", 1))
     # The decoder is held to what the container walk counted and the budget allowed.
     if frames > found.frames or width * height > found.width * found.height:
@@ -196,15 +196,19 @@ def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_
     return dataclasses.replace(info, preview=_with_orientation(first, info.orientation))
 
 
-def _convert(im: Image.Image, found: Survey, thumb_size: int) -> ImageInfo:
+def _convert(im: Image.Image, found: Survey, thumb_size: int,
+             on_header: Callable[[ImageInfo], None] | None) -> ImageInfo:
     """The primary picture alone (the container walk refused sequences), decoded once for the
     public JPEG and the preview."""
     width, height = im.size
     if width * height > found.width * found.height:
         raise ImageError(400, "corrupt_image", "The picture is larger than its container says.")
-    im.load()
+    # The orientation was read with the container (the decoders apply or report it).
     orientation = _orientation(im)
     info = _info(found.format, width, height, 1, orientation)
+    if on_header is not None:
+        on_header(info)
+    im.load()
     upright = _flatten(im if im.mode in _THUMB_MODES else im.convert("RGBA"))
     if orientation != 1:
         upright = upright.transpose(_TRANSPOSE[orientation])
