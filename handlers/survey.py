@@ -310,7 +310,9 @@ def _webp(data: bytes, segments: _Counter, budget: Budget) -> Survey:
 
 def _heif(data: bytes, segments: _Counter, budget: Budget) -> Survey:
     found = isobmff.walk(data, segments.step, budget)
-    # libheif and libavif decode into planes of their own, converted to RGB(A) for Pillow, which
-    # copies it; the public JPEG is encoded from an upright copy.
+    # libheif and libavif decode into planes of their own, converted to RGB(A) for Pillow; the
+    # public JPEG is encoded from it. Measured peak RSS growth of a whole upload, per pixel:
+    # HEIC 6.8 at 12 MP, 7.4 at 24 MP; AVIF 9.7 and 9.2. So a 24 MP phone HEIC fits the default.
     extra = found.pixels - found.width * found.height
-    return Survey(found.format, found.width, found.height, 1, 0, 12, extra)
+    per_pixel = 8 if found.format == "HEIF" else 10
+    return Survey(found.format, found.width, found.height, 1, 0, per_pixel, extra)

@@ -248,4 +248,7 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "avif_truncated": lambda: isobmff.truncated("AVIF"),
     "heic_4032x3024_flat": lambda: isobmff.encoded("HEIF", (4032, 3024)),
     "avif_4032x3024_flat": lambda: isobmff.encoded("AVIF", (4032, 3024), speed=10),
+    # A 24 MP phone picture (5712 x 4284, the default of recent iPhones).
+    "heic_5712x4284_flat": lambda: isobmff.encoded("HEIF", (5712, 4284)),
+    "avif_5712x4284_flat": lambda: isobmff.encoded("AVIF", (5712, 4284), speed=10),
 }
