@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from handlers import av1
 from handlers.budget import Budget, BudgetError
 from handlers.errors import ImageError
 
@@ -46,6 +47,9 @@ class _Meta:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # ispe properties, by index - 1
     props: dict[int, list[int]] = field(default_factory=dict)  # item -> property indexes
     tiles: dict[int, list[int]] = field(default_factory=dict)  # derived item -> dimg references
+    # item -> its first extent: (construction method, offset, length)
+    extents: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    idat: int = 0  # where the idat box's data starts (construction method 1)
 
 
 def sniff(head: bytes) -> str | None:
@@ -76,6 +80,8 @@ def walk(data: bytes, step: Step, budget: Budget) -> Found:
     if primary is None:
         raise Corrupt("no primary item")
     fmt = _format(meta, primary, brands)
+    if fmt == "AVIF":
+        _check_av1(data, meta)
     width, height = _size(meta, meta.primary)
     pixels = width * height + sum(_area(meta, t) for t in meta.tiles.get(meta.primary, []))
     return Found(fmt, width, height, pixels)
@@ -92,6 +98,28 @@ def _format(meta: _Meta, kind: bytes, brands: set[bytes]) -> str:
     if fmt == "AVIF" and not brands & AVIF_BRANDS:
         raise Corrupt("AV1 pictures without the AVIF brand")
     return fmt
+
+
+def _check_av1(data: bytes, meta: _Meta) -> None:
+    """libavif allocates an AV1 item's frame at the size its sequence header gives, and only
+    then compares it with the item's ispe: a larger frame than declared is corrupt here."""
+    for item, kind in meta.types.items():
+        if kind != b"av01":
+            continue
+        method, at, length = meta.extents.get(item, (0, 0, 0))
+        start = at + (meta.idat if method == 1 else 0)
+        if method > 1 or not length:
+            raise Corrupt(f"the data of AV1 item {item} is not where it can be checked")
+        try:
+            coded = av1.max_frame_size(data[start : start + length])
+        except (IndexError, ValueError):
+            coded = None
+        if coded is None:
+            raise Corrupt(f"AV1 item {item} has no sequence header")
+        declared = _size(meta, item)
+        if coded[0] * coded[1] > declared[0] * declared[1]:
+            raise Corrupt(f"AV1 item {item} codes {coded[0]} x {coded[1]} pixels but declares "
+                          f"{declared[0]} x {declared[1]}")
 
 
 def _size(meta: _Meta, item: int) -> tuple[int, int]:
@@ -137,7 +165,9 @@ def _meta(data: bytes, pos: int, end: int, step: Step, budget: Budget) -> _Meta:
         elif kind == b"iinf":
             _iinf(data, body, stop, version, step, meta, budget)
         elif kind == b"iloc":
-            _iloc(data, body, version, step, len(data))
+            _iloc(data, body, version, step, meta)
+        elif kind == b"idat":
+            meta.idat = start
         elif kind == b"iprp":
             for sub, s, e in _boxes(data, start, stop, step):
                 if sub == b"ipco":
@@ -171,7 +201,7 @@ def _too_many_items(budget: Budget) -> BudgetError:
     return BudgetError("too_many_segments", f"The picture is made of more than {budget.max_frames:,} items.")
 
 
-def _iloc(data: bytes, pos: int, version: int, step: Step, size: int) -> None:
+def _iloc(data: bytes, pos: int, version: int, step: Step, meta: _Meta) -> None:
     """Every extent of every item lies inside the file: a cut-short file is corrupt here."""
     sizes = struct.unpack_from(">BB", data, pos)
     offset_size, length_size = sizes[0] >> 4, sizes[0] & 15
@@ -181,6 +211,7 @@ def _iloc(data: bytes, pos: int, version: int, step: Step, size: int) -> None:
     pos += 2 if version < 2 else 4
     for _ in range(count):
         step(1)
+        item = struct.unpack_from(">H" if version < 2 else ">I", data, pos)[0]
         pos += 2 if version < 2 else 4
         method = 0
         if version in (1, 2):
@@ -197,8 +228,9 @@ def _iloc(data: bytes, pos: int, version: int, step: Step, size: int) -> None:
             offset = _uint(data, pos, offset_size)
             length = _uint(data, pos + offset_size, length_size)
             pos += offset_size + length_size
-            if method == 0 and base + offset + length > size:
+            if method == 0 and base + offset + length > len(data):
                 raise Corrupt("an item's data runs past the end")
+            meta.extents.setdefault(item, (method, base + offset, length))
 
 
 def _uint(data: bytes, pos: int, size: int) -> int:

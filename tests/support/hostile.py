@@ -240,6 +240,11 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "jpeg_6324_progressive_420": lambda: flat("JPEG", "RGB", progressive=True, subsampling=2),
     "heic_ispe_60000": lambda: isobmff.declared_size(isobmff.encoded("HEIF"), 60000, 60000),
     "avif_ispe_60000": lambda: isobmff.declared_size(isobmff.encoded("AVIF"), 60000, 60000),
+    # The AV1 stream is 8000 x 8000; its item declares 64 x 48.
+    "avif_8000_coded_64_declared": lambda: isobmff.declared_size(
+        isobmff.encoded("AVIF", (8000, 8000), speed=10), 64, 48),
+    "heic_6000_coded_64_declared": lambda: isobmff.declared_size(
+        isobmff.encoded("HEIF", (6000, 6000)), 64, 48),
     "heic_60000_items": isobmff.many_items,
     "heic_grid_200_tiles_6000": isobmff.grid_of_many_tiles,
     "avif_sequence_million_frames": isobmff.sequence,
