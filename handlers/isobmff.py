@@ -25,6 +25,8 @@ HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b
 AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _CODED = {b"hvc1": "HEIF", b"av01": "AVIF"}
 _DERIVED = frozenset({b"grid", b"iden", b"iovl"})
+# auxC types of an alpha plane (HEVC's, and MPEG-B's that AVIF uses)
+_ALPHA = (b"urn:mpeg:hevc:2015:auxid:1", b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha")
 Step = Callable[[int], None]  # counts boxes and entries; raises past the segment limit
 
 
@@ -38,6 +40,7 @@ class Found:
     width: int
     height: int
     pixels: int  # decoded by drawing the primary item: its canvas and every tile it references
+    alpha: bool  # an alpha plane is decoded beside the colour
 
 
 @dataclass
@@ -49,6 +52,8 @@ class _Meta:
     tiles: dict[int, list[int]] = field(default_factory=dict)  # derived item -> dimg references
     # item -> its first extent: (construction method, offset, length)
     extents: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    aux_types: dict[int, bytes] = field(default_factory=dict)  # auxC property index -> its type
+    aux_of: dict[int, list[int]] = field(default_factory=dict)  # auxiliary item -> the items it serves
     idat: int = 0  # where the idat box's data starts (construction method 1)
 
 
@@ -84,7 +89,16 @@ def walk(data: bytes, step: Step, budget: Budget) -> Found:
         _check_av1(data, meta)
     width, height = _size(meta, meta.primary)
     pixels = width * height + sum(_area(meta, t) for t in meta.tiles.get(meta.primary, []))
-    return Found(fmt, width, height, pixels)
+    return Found(fmt, width, height, pixels, _has_alpha(meta))
+
+
+def _has_alpha(meta: _Meta) -> bool:
+    """An alpha item serving the primary: its decoders decode it too (not depth maps or gain maps)."""
+    for item, served in meta.aux_of.items():
+        types = {meta.aux_types.get(index) for index in meta.props.get(item, [])}
+        if meta.primary in served and any(t in types for t in _ALPHA):
+            return True
+    return False
 
 
 def _format(meta: _Meta, kind: bytes, brands: set[bytes]) -> str:
@@ -176,8 +190,8 @@ def _meta(data: bytes, pos: int, end: int, step: Step, budget: Budget) -> _Meta:
                     _ipma(data, s, step, meta)
         elif kind == b"iref":
             for ref, s, e in _boxes(data, body, stop, step):
-                if ref == b"dimg":
-                    _dimg(data, s, e, version, step, meta, budget)
+                if ref in (b"dimg", b"auxl"):
+                    _references(data, s, e, version, step, meta.tiles if ref == b"dimg" else meta.aux_of)
     return meta
 
 
@@ -240,8 +254,10 @@ def _uint(data: bytes, pos: int, size: int) -> int:
 
 
 def _ipco(data: bytes, pos: int, end: int, step: Step, meta: _Meta) -> None:
-    for kind, start, _ in _boxes(data, pos, end, step):
+    for kind, start, stop in _boxes(data, pos, end, step):
         meta.sizes.append(struct.unpack_from(">II", data, start + 4) if kind == b"ispe" else (0, 0))
+        if kind == b"auxC":
+            meta.aux_types[len(meta.sizes)] = data[start + 4 : stop].split(b"\0", 1)[0]
 
 
 def _ipma(data: bytes, pos: int, step: Step, meta: _Meta) -> None:
@@ -266,7 +282,8 @@ def _ipma(data: bytes, pos: int, step: Step, meta: _Meta) -> None:
         meta.props.setdefault(item, []).extend(indexes)
 
 
-def _dimg(data: bytes, pos: int, end: int, version: int, step: Step, meta: _Meta, budget: Budget) -> None:
+def _references(data: bytes, pos: int, end: int, version: int, step: Step,
+                into: dict[int, list[int]]) -> None:
     width = 2 if version == 0 else 4
     fmt = ">H" if version == 0 else ">I"
     source = struct.unpack_from(fmt, data, pos)[0]
@@ -275,5 +292,5 @@ def _dimg(data: bytes, pos: int, end: int, version: int, step: Step, meta: _Meta
     pos += width + 2
     if pos + count * width > end:
         raise Corrupt("a reference list runs past its box")
-    refs = meta.tiles.setdefault(source, [])
+    refs = into.setdefault(source, [])
     refs.extend(struct.unpack_from(fmt, data, pos + i * width)[0] for i in range(count))

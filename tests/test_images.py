@@ -303,7 +303,7 @@ HOSTILE_VERDICTS = {
     "heic_60000_items": "too_many_segments", "heic_grid_200_tiles_6000": "too_many_pixels",
     "avif_sequence_million_frames": "too_many_frames", "avif_sequence_40_frames": "too_many_frames",
     "heic_truncated": "corrupt_image", "avif_truncated": "corrupt_image",
-    "avif_5712x4284_flat": "too_many_pixels",
+    "avif_5712x4284_flat": "too_many_pixels", "avif_4400x4400_alpha": "too_many_pixels",
     "avif_8000_coded_64_declared": "corrupt_image", "heic_6000_coded_64_declared": "corrupt_image",
 }
 

@@ -256,4 +256,8 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     # A 24 MP phone picture (5712 x 4284, the default of recent iPhones).
     "heic_5712x4284_flat": lambda: isobmff.encoded("HEIF", (5712, 4284)),
     "avif_5712x4284_flat": lambda: isobmff.encoded("AVIF", (5712, 4284), speed=10),
+    # Just inside the decode memory of an AVIF, with an alpha item decoded beside the colour.
+    "avif_3340x3340_alpha": lambda: isobmff.encoded("AVIF", (3340, 3340), mode="RGBA", speed=10),
+    "heic_3780x3780_alpha": lambda: isobmff.encoded("HEIF", (3780, 3780), mode="RGBA"),
+    "avif_4400x4400_alpha": lambda: isobmff.encoded("AVIF", (4400, 4400), mode="RGBA", speed=10),
 }

@@ -24,10 +24,10 @@ def full_box(kind: bytes, payload: bytes, version: int = 0) -> bytes:
     return box(kind, bytes((version, 0, 0, 0)) + payload)
 
 
-def encoded(fmt: str, size: tuple[int, int] = (64, 48), **save: object) -> bytes:
-    """A small honest picture: ``fmt`` is "HEIF" or "AVIF"."""
+def encoded(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB", **save: object) -> bytes:
+    """A flat honest picture: ``fmt`` is "HEIF" or "AVIF"."""
     buf = io.BytesIO()
-    Image.new("RGB", size, (40, 120, 200)).save(buf, fmt, quality=60, **save)  # type: ignore[arg-type]
+    Image.new(mode, size, (40, 120, 200, 128)[:len(mode)]).save(buf, fmt, quality=60, **save)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
