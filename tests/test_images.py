@@ -305,6 +305,7 @@ HOSTILE_VERDICTS = {
     "heic_truncated": "corrupt_image", "avif_truncated": "corrupt_image",
     "avif_5712x4284_flat": "too_many_pixels", "avif_4400x4400_alpha": "too_many_pixels",
     "avif_8000_coded_64_declared": "corrupt_image", "heic_6000_coded_64_declared": "corrupt_image",
+    "heic_6000_parameter_sets_in_64_data": "corrupt_image",
 }
 
 

@@ -245,6 +245,7 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
         isobmff.encoded("AVIF", (8000, 8000), speed=10), 64, 48),
     "heic_6000_coded_64_declared": lambda: isobmff.declared_size(
         isobmff.encoded("HEIF", (6000, 6000)), 64, 48),
+    "heic_6000_parameter_sets_in_64_data": isobmff.inband_parameter_sets,
     "heic_60000_items": isobmff.many_items,
     "heic_grid_200_tiles_6000": isobmff.grid_of_many_tiles,
     "avif_sequence_million_frames": isobmff.sequence,

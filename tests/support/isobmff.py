@@ -101,3 +101,39 @@ def truncated(fmt: str) -> bytes:
     """An honest picture cut in the middle of its coded data."""
     data = encoded(fmt, (320, 240))
     return data[: len(data) * 2 // 3]
+
+
+def _top_boxes(data: bytes) -> dict[bytes, tuple[int, int]]:
+    found, pos = {}, 0
+    while pos < len(data):
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        found[kind] = (pos, size)
+        pos += size
+    return found
+
+
+def _hvcc_units(data: bytes) -> list[bytes]:
+    """The parameter sets (VPS, SPS, PPS) in a HEIC's hvcC property."""
+    body = data[data.index(b"hvcC") + 4 :]
+    pos, units = 23, []
+    for _ in range(body[22]):
+        count = struct.unpack_from(">H", body, pos + 1)[0]
+        pos += 3
+        for _ in range(count):
+            length = struct.unpack_from(">H", body, pos)[0]
+            units.append(body[pos + 2 : pos + 2 + length])
+            pos += 2 + length
+    return units
+
+
+def inband_parameter_sets(side: int = 6000) -> bytes:
+    """A 64 x 48 HEIC whose coded data starts with the parameter sets of a ``side`` x ``side``
+    stream, followed by that stream: the hvcC and ispe say small, the data says large."""
+    small, large = encoded("HEIF", (64, 48)), encoded("HEIF", (side, side))
+    at, size = _top_boxes(large)[b"mdat"]
+    coded = b"".join(struct.pack(">I", len(u)) + u for u in _hvcc_units(large)) + large[at + 8 : at + size]
+    at, size = _top_boxes(small)[b"mdat"]
+    out = bytearray(small[:at] + box(b"mdat", coded) + small[at + size :])
+    extent = out.index(struct.pack(">I", at + 8), small.index(b"iloc"))  # the primary's offset, then length
+    struct.pack_into(">I", out, extent + 4, len(coded))
+    return bytes(out)
