@@ -90,7 +90,7 @@ class Check:
         self._set_header(info)  # formats whose orientation shows only after decoding
         medium = None
         if medium_px and info.preview is not None and max(info.width, info.height) > medium_px:
-            medium = medium_from_preview(info.preview, info.format, medium_px)
+            medium = medium_from_preview(info.preview, info.served, medium_px)
         fp.seek(0, io.SEEK_SET)
         thumbnail, width, height = make_thumbnail(fp, self._thumb_size, info.preview)
         return Checked(dataclasses.replace(info, preview=None), thumbnail, (width, height), medium)

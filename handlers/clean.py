@@ -37,7 +37,7 @@ def _orientations(jpeg_header: bool) -> frozenset[bytes]:
 def check_clean(data: bytes, fmt: str) -> None:
     """Raise Unclean unless ``data`` holds only what the format needs to show the picture."""
     try:
-        {"JPEG": _jpeg, "PNG": _png, "GIF": _gif, "WEBP": _webp}[fmt](data)
+        _CHECKS[fmt](data)
     except (IndexError, struct.error):
         raise Unclean(f"the {fmt} structure runs past the end") from None
 
@@ -48,6 +48,10 @@ def is_clean(data: bytes, fmt: str) -> bool:
     except Unclean:
         return False
     return True
+
+
+def _converted(data: bytes) -> None:
+    raise Unclean("HEIF and AVIF pictures are published converted, never as they are")
 
 
 def _jpeg(data: bytes) -> None:
@@ -193,3 +197,6 @@ def _anmf(body: bytes) -> None:
             raise Unclean(f"frame chunk {kind!r}")
         length: int = struct.unpack_from("<I", body, pos + 4)[0]
         pos += 8 + length + (length & 1)
+
+
+_CHECKS = {"JPEG": _jpeg, "PNG": _png, "GIF": _gif, "WEBP": _webp, "HEIF": _converted, "AVIF": _converted}

@@ -18,3 +18,6 @@ class UploadError(Exception):
 
 class ImageError(UploadError):
     """The picture itself is refused."""
+
+
+UNSUPPORTED = "Only JPEG, PNG, GIF, WebP, HEIC and AVIF pictures are accepted."

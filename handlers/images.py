@@ -15,17 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 
 from handlers.budget import Budget
 from handlers.clean import check_clean, is_clean
+from handlers.errors import UNSUPPORTED as _UNSUPPORTED
 from handlers.errors import ImageError as ImageError  # re-exported: callers import it from here
 from handlers.jpegcheck import JpegDecodeError, decode_scaled
 from handlers.metadata import NullSink, StripError, orientation_exif, strip_metadata
 from handlers.survey import Survey, sniff, survey
 
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF")
+# Formats published converted: a HEIC or AVIF picture is served as a JPEG made from the check's
+# own decode (browsers show HEIC rarely, and an AVIF encode of 12 MP costs seconds of CPU).
+CONVERTED = {"HEIF": "JPEG", "AVIF": "JPEG"}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "HEIF": "jpg", "AVIF": "jpg"}
 MIME_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
 # A re-encode decodes at full size (a turned copy beside it) and an animation holds all its
 # frames at once (Pillow's writers need them): beyond this many pixels in all, a picture the
@@ -39,7 +44,7 @@ DECODE_BLOCK = 1 << 20
 _THUMB_MODES = ("RGB", "L", "CMYK", "RGBA")
 _SNIFF_BYTES = 12  # enough for every format's signature
 _ORIENTATION = 0x0112
-_UNSUPPORTED = "Only JPEG, PNG, GIF and WebP pictures are accepted."
+_CONVERT_QUALITY = 92  # as a re-encoded JPEG
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
                   JpegDecodeError)
 
@@ -54,6 +59,13 @@ class ImageInfo:
     # A JPEG's first frame as the checking decode left it (scaled down for the thumbnail),
     # so the thumbnail needs no second decode.
     preview: Image.Image | None = field(default=None, compare=False, repr=False)
+    # A converted format's public copy (a JPEG), made from the check's decode.
+    converted: bytes | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def served(self) -> str:
+        """The format of the public copy."""
+        return CONVERTED.get(self.format, self.format)
 
     @property
     def ext(self) -> str:
@@ -69,6 +81,11 @@ def _open(fp: BinaryIO, formats: tuple[str, ...] = FORMATS) -> Image.Image:
     if isinstance(im, ImageFile.ImageFile):
         im.decodermaxblock = DECODE_BLOCK
     return im
+
+
+# HEIC through pillow-heif (AVIF is Pillow's own): only the primary picture is read, not the
+# thumbnails, depth maps or auxiliary pictures a file may carry beside it.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 def guard_pillow(max_pixels: int) -> None:
@@ -110,8 +127,18 @@ def inspect_image(source: Path | BinaryIO, max_pixels: int, thumb_size: int = 0,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_many_pixels(0, 0, budget.max_pixels) from None
     except _DECODE_ERRORS as e:
-        message = f"The picture is damaged or cut short ({type(e).__name__})."
-        raise ImageError(400, "corrupt_image", message) from None
+        raise _corrupt(e) from None
+    except RuntimeError as e:
+        # libheif's and libavif's errors (a damaged stream, their own size limits) reach
+        # Python as RuntimeError; elsewhere it is not a verdict on the picture.
+        if found.format not in CONVERTED:
+            raise
+        raise _corrupt(e) from None
+
+
+def _corrupt(error: Exception) -> ImageError:
+    message = f"The picture is damaged or cut short ({type(error).__name__})."
+    return ImageError(400, "corrupt_image", message)
 
 
 def _read_all(source: Path | BinaryIO) -> bytes:
@@ -150,6 +177,8 @@ def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_
         if not thumb_size:
             return header
         return dataclasses.replace(header, preview=_with_orientation(preview, header.orientation))
+    if fmt in CONVERTED:
+        return _convert(im, found, thumb_size, on_header)
     frames = int(getattr(im, "n_frames", 1))
     # The decoder is held to what the container walk counted and the budget allowed.
     if frames > found.frames or width * height > found.width * found.height:
@@ -165,6 +194,38 @@ def _inspect(im: Image.Image, data: bytes, found: Survey, budget: Budget, thumb_
     if first is None:
         return info
     return dataclasses.replace(info, preview=_with_orientation(first, info.orientation))
+
+
+def _convert(im: Image.Image, found: Survey, thumb_size: int,
+             on_header: Callable[[ImageInfo], None] | None) -> ImageInfo:
+    """The primary picture alone (the container walk refused sequences), decoded once for the
+    public JPEG and the preview."""
+    width, height = im.size
+    if width * height > found.width * found.height:
+        raise ImageError(400, "corrupt_image", "The picture is larger than its container says.")
+    # The orientation was read with the container (the decoders apply or report it).
+    orientation = _orientation(im)
+    info = _info(found.format, width, height, 1, orientation)
+    if on_header is not None:
+        on_header(info)
+    im.load()
+    upright = _flatten(im if im.mode in _THUMB_MODES else im.convert("RGBA"))
+    if orientation != 1:
+        upright = upright.transpose(_TRANSPOSE[orientation])
+    buf = io.BytesIO()
+    icc = im.info.get("icc_profile")
+    upright.save(buf, "JPEG", quality=_CONVERT_QUALITY, **({"icc_profile": icc} if icc else {}))
+    converted = buf.getvalue()
+    check_clean(converted, info.served)
+    preview = _with_orientation(_small_copy(im, thumb_size), orientation) if thumb_size else None
+    return dataclasses.replace(info, preview=preview, converted=converted)
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def first_frame_preview(im: Image.Image, size: int) -> Image.Image:
@@ -310,7 +371,14 @@ def copy_without_metadata(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> str 
 def reencode(src: BinaryIO, dst: BinaryIO, info: ImageInfo) -> None:
     """Rewrite ``dst`` as a new encoding of ``src``, upright, every frame kept, without
     metadata; what is written passes the cleanliness check or raises Unclean. Decodes the
-    whole picture: only for a file already checked by inspect_image()."""
+    whole picture: only for a file already checked by inspect_image(). A converted format's
+    copy was made by that check already."""
+    if info.converted is not None:
+        dst.seek(0)
+        dst.truncate()
+        dst.write(info.converted)
+        dst.flush()
+        return
     if info.width * info.height * info.frames > REENCODE_MAX_PIXELS:
         raise ImageError(400, "unsupported_structure", "The picture is built in a way it cannot be "
                          "stored in at this size; save it again with another program.")

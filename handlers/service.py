@@ -20,7 +20,14 @@ from typing import BinaryIO
 from handlers.backend import Txn
 from handlers.checks import Check, Checked
 from handlers.forms import SpooledFile
-from handlers.images import ImageError, ImageInfo, copy_without_metadata, has_trailing_data, reencode
+from handlers.images import (
+    CONVERTED,
+    ImageError,
+    ImageInfo,
+    copy_without_metadata,
+    has_trailing_data,
+    reencode,
+)
 from handlers.settings import Settings
 from handlers.storage import (
     Facts,
@@ -72,7 +79,7 @@ def stage_picture(upload: SpooledFile[Check], txn: Txn, settings: Settings,
     public, checked = _prepare(upload, check, header, txn, settings)
     info = checked.info
     facts = Facts(
-        ext=info.ext, format=info.format, width=info.width, height=info.height, size=public.size,
+        ext=info.ext, format=info.served, width=info.width, height=info.height, size=public.size,
         large=public.size > settings.large_threshold, served_sha256=public.sha256,
         thumb_width=checked.thumb_size[0], thumb_height=checked.thumb_size[1],
     )
@@ -112,6 +119,9 @@ def _prepare(upload: SpooledFile[Check], check: Check, header: ImageInfo, txn: T
 
 def _draft(upload: SpooledFile[Check], info: ImageInfo, txn: Txn, keep_metadata: bool) -> _Draft:
     """Runs before the verdict: decodes nothing, writes to .tmp/ only."""
+    # A format served converted is converted with or without the metadata setting: its
+    # original cannot be served under a JPEG's name.
+    keep_metadata = keep_metadata and info.format not in CONVERTED
     with _open(upload.path) as src:
         trailing = (keep_metadata or info.format != "JPEG") and has_trailing_data(src, info)
     if keep_metadata or trailing:

@@ -82,9 +82,9 @@ def upload_page(max_bytes: int, max_files: int) -> str:
     <span class="drop-or">or <span class="pick">choose files</span>
       <span class="paste-hint">&middot; paste with Ctrl+V</span></span>
     <input type="file" name="file" multiple required class="file"
-           accept="image/jpeg,image/png,image/gif,image/webp">
+           accept="image/jpeg,image/png,image/gif,image/webp,image/heic,image/heif,image/avif,.heic,.heif,.avif">
   </label>
-  <p class="hint">JPEG, PNG, GIF or WebP; up to {mb:g} MB each, {max_files} at once.
+  <p class="hint">JPEG, PNG, GIF, WebP, HEIC or AVIF; up to {mb:g} MB each, {max_files} at once.
   Location and camera data are removed.</p>
   <button type="submit">Upload</button>
 </form>

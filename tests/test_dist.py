@@ -111,7 +111,8 @@ def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_whe
                if p.is_file() and "__pycache__" not in p.parts}
     assert sources <= set(upload), sorted(sources - set(upload))
     assert {f"handlers/static/{name}" for name in STATIC_FILES} <= set(upload)
-    assert requirements(dist / UPLOAD_WHEEL) == [f"fcgiserver=={VERSION}", "multipart>=1.3", "pillow>=10.0"]
+    assert requirements(dist / UPLOAD_WHEEL) == [
+        f"fcgiserver=={VERSION}", "multipart>=1.3", "pillow-heif>=1.0", "pillow>=11.3"]
 
     with tarfile.open(dist / SERVER_SDIST) as t:
         names = t.getnames()
@@ -176,9 +177,10 @@ def installed_server(python: Path, cwd: Path, media: Path) -> Iterator[str]:
 def test_the_upload_service_installs_with_its_assets_and_runs_the_whole_stack(
         dist: Path, wheelhouse: Path, tmp_path: Path) -> None:
     python = make_venv(tmp_path / "upload-venv", wheelhouse, "fcgiserver[upload]")
-    assert {"fcgiserver", "fcgiserver-upload", "psutil", "pillow", "multipart"} <= installed(python, tmp_path)
+    assert {"fcgiserver", "fcgiserver-upload", "psutil", "pillow", "pillow-heif", "multipart"} <= installed(
+        python, tmp_path)
     site = str(tmp_path / "upload-venv")
-    for module in ("fcgiserver", "handlers", "handlers.upload", "PIL", "multipart"):
+    for module in ("fcgiserver", "handlers", "handlers.upload", "PIL", "pillow_heif", "multipart"):
         where = importable(python, module, tmp_path)
         assert where is not None and where.startswith(site), (module, where)
 

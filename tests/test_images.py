@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import random
 import threading
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -25,7 +26,8 @@ from handlers.images import (
     write_public_copy,
 )
 from handlers.spool import Abandoned, SpoolFile
-from tests.support import corpus, hostile, planted
+from tests.support import corpus, hostile, isobmff, planted
+from tests.support.planted import PLANTED, XMP
 
 LIMIT = 40_000_000
 
@@ -48,6 +50,18 @@ def public_copy(tmp_path: Path, data: bytes) -> tuple[bytes, ImageInfo]:
 def test_content_decides_the_type(tmp_path: Path, fmt: str, ext: str) -> None:
     info = inspect_image(write(tmp_path, corpus.picture(fmt, (30, 20)), "named.jpg"), LIMIT)
     assert (info.format, info.ext, info.width, info.height) == (fmt, ext, 30, 20)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_are_published_as_upright_jpeg_without_metadata(tmp_path: Path, fmt: str) -> None:
+    data = isobmff.encoded(fmt, (64, 48), exif=corpus.gps_exif(orientation=6).tobytes(), xmp=XMP)
+    assert PLANTED in data
+    public, info = public_copy(tmp_path, data)
+    assert (info.format, info.ext, info.mime, info.width, info.height) == (fmt, "jpg", "image/jpeg", 48, 64)
+    assert PLANTED not in public and b"Exif" not in public
+    check_clean(public, "JPEG")
+    with Image.open(io.BytesIO(public)) as im:
+        assert (im.format, im.size) == ("JPEG", (48, 64))
 
 
 # Empty files and glued-on data are refused by the upload pipeline, not by decoding.
@@ -234,7 +248,7 @@ def test_the_fallback_reencoding_keeps_every_frame_and_no_metadata(tmp_path: Pat
         reencode(s, d, info)
     served = (tmp_path / "public").read_bytes()
     assert planted.PLANTED not in served
-    check_clean(served, info.format)
+    check_clean(served, info.served)
     with Image.open(io.BytesIO(served)) as im:
         assert getattr(im, "n_frames", 1) == frames == info.frames
         assert im.size == (info.width, info.height)
@@ -285,6 +299,13 @@ HOSTILE_VERDICTS = {
     "png_6324_rgba16": "too_many_pixels", "jpeg_6324_progressive_444": "too_many_pixels",
     # Repeated identical scans are a progression libjpeg-turbo warns about.
     "jpeg_50_scans_6324": "corrupt_image",
+    "heic_ispe_60000": "too_many_pixels", "avif_ispe_60000": "too_many_pixels",
+    "heic_60000_items": "too_many_segments", "heic_grid_200_tiles_6000": "too_many_pixels",
+    "avif_sequence_million_frames": "too_many_frames", "avif_sequence_40_frames": "too_many_frames",
+    "heic_truncated": "corrupt_image", "avif_truncated": "corrupt_image",
+    "avif_5712x4284_flat": "too_many_pixels", "avif_4400x4400_alpha": "too_many_pixels",
+    "avif_8000_coded_64_declared": "corrupt_image", "heic_6000_coded_64_declared": "corrupt_image",
+    "heic_6000_parameter_sets_in_64_data": "corrupt_image",
 }
 
 
@@ -307,3 +328,23 @@ def test_padding_before_the_end_marker_is_a_harmless_warning_and_a_cut_scan_is_n
     with pytest.raises(ImageError) as err:
         inspect_image(write(tmp_path, data[: len(data) * 3 // 4] + b"\xff\xd9", "cut.jpg"), LIMIT, 200)
     assert err.value.code == "corrupt_image"
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_damaged_heic_and_avif_are_refused_with_a_4xx_never_a_crash(fmt: str) -> None:
+    data = isobmff.encoded(fmt, (64, 48), xmp=XMP)
+    rnd = random.Random(18)
+    codes = set()
+    for cut in range(len(data)):  # cut anywhere: the end of the file is missing
+        with pytest.raises(ImageError) as err:
+            inspect_image(io.BytesIO(data[:cut]), LIMIT, 200)
+        codes.add(err.value.code)
+    assert codes == {"unsupported_type", "corrupt_image"}  # the first 12 bytes are not enough to tell
+    for _ in range(600):  # a few bytes of the boxes or the coded data changed
+        damaged = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            damaged[rnd.randrange(min(len(damaged), 600))] = rnd.randrange(256)
+        try:
+            inspect_image(io.BytesIO(bytes(damaged)), LIMIT, 200)
+        except ImageError as e:
+            assert 400 <= e.status < 500, e.message

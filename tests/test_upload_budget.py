@@ -79,8 +79,9 @@ def test_each_hostile_picture_is_answered_within_its_budget(stack: Stack, name: 
     assert within_budget(cost), f"{name}: {cost}"
 
 
-@pytest.mark.parametrize("name", ["jpeg_headers_only_6324", "jpeg_half_with_end_marker"])
-def test_a_jpeg_without_its_scan_data_is_corrupt_even_with_an_end_marker(stack: Stack, name: str) -> None:
+@pytest.mark.parametrize("name", ["jpeg_headers_only_6324", "jpeg_half_with_end_marker", "heic_truncated",
+                                  "avif_truncated"])
+def test_a_picture_without_its_coded_data_is_corrupt_even_with_an_end_marker(stack: Stack, name: str) -> None:
     cost = measured_upload(stack, [hostile.HOSTILE[name]()])
     assert (cost.status, cost.code) == (400, "corrupt_image"), cost
 
@@ -89,10 +90,13 @@ def _variant(data: bytes, n: int) -> bytes:
     """The same hostile picture with different bytes (so none is a duplicate of another)."""
     if data.startswith(b"GIF"):
         return data[:-1] + b"\x21\xfe\x02" + struct.pack("<H", n) + b"\x00\x3b"
+    if data[4:8] == b"ftyp":  # HEIF, AVIF: a free box at the end
+        return data + struct.pack(">I", 10) + b"free" + struct.pack(">H", n)
     return data[:2] + b"\xff\xfe\x00\x04" + struct.pack(">H", n) + data[2:]
 
 
-@pytest.mark.parametrize("name", ["gif_6000_screen", "jpeg_3000_scans", "gif_2896_screen_11_frames"])
+@pytest.mark.parametrize("name", ["gif_6000_screen", "jpeg_3000_scans", "gif_2896_screen_11_frames",
+                                  "heic_grid_200_tiles_6000", "heic_4032x3024_flat", "avif_4032x3024_flat"])
 def test_twenty_hostile_pictures_in_one_request_stay_within_their_budgets(stack: Stack, name: str) -> None:
     base = hostile.HOSTILE[name]()
     cost = measured_upload(stack, [_variant(base, n) for n in range(20)])

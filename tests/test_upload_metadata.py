@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.support.planted import PLANTED, PLANTED_PICTURES
+from tests.support import corpus, isobmff
+from tests.support.planted import PLANTED, PLANTED_PICTURES, XMP
 from tests.support.stack import Stack, http_request, multipart, running_stack
 
 # What exiftool may report of a served picture: the file itself, its pixels' layout, colour,
@@ -88,3 +89,26 @@ def test_the_orientation_survives_as_the_only_tag(stack: Stack) -> None:
     make, _ = PLANTED_PICTURES["jpeg_stray_byte_before_dqt"]
     _, picture, _ = served(stack, make()[:-2] + b"\xff\xd9", "again.jpg")
     assert exiftool(picture).get("IFD0:Orientation") == "Rotate 90 CW"
+
+
+@pytest.mark.parametrize("name", ["heic_exif_xmp", "avif_exif_xmp"])
+def test_heic_and_avif_are_served_as_upright_jpeg_with_no_exif_at_all(stack: Stack, name: str) -> None:
+    make, _ = PLANTED_PICTURES[name]
+    record, picture, _ = served(stack, make(), f"{name}.bin")
+    shown = (record["format"], record["url"][-4:], record["width"], record["height"])
+    assert shown == ("JPEG", ".jpg", 48, 64)
+    found = exiftool(picture)
+    assert not [key for key in found if key.startswith(("IFD0:", "ExifIFD:", "GPS:", "XMP"))], found
+    with Image.open(io.BytesIO(picture)) as im:
+        assert (im.format, im.size) == ("JPEG", (48, 64))
+
+
+def test_a_large_heic_gets_a_jpeg_medium_rendition_without_metadata(stack: Stack) -> None:
+    data = isobmff.encoded("HEIF", (1600, 1200), exif=corpus.gps_exif(orientation=6).tobytes(), xmp=XMP)
+    record, _, _ = served(stack, data, "large.heic")
+    assert record["medium_url"].startswith("/medium/") and record["medium_url"].endswith(".jpg")
+    medium = http_request(stack.base_url, "GET", record["medium_url"])
+    assert medium.status == 200 and PLANTED not in medium.body
+    assert metadata_left(medium.body) == []
+    with Image.open(io.BytesIO(medium.body)) as im:
+        assert (im.format, im.size) == ("JPEG", (960, 1280))

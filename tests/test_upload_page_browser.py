@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from handlers.storage import check_consistency
-from tests.support import corpus
+from tests.support import corpus, isobmff
 from tests.support.browser import chromium
 from tests.support.stack import Stack, running_stack
 
@@ -204,6 +204,21 @@ def test_pick_paste_copy_and_delete_through_the_real_page(browser: Any, stack: S
     assert check_consistency(stack.media_root, deep=True) == []
     for name in ("upload-desktop-light", "picture-desktop-light", "picture-phone-light"):
         assert (shots / f"{name}.png").stat().st_size > 2000
+
+
+def test_heic_and_avif_pass_the_browser_check_and_are_stored_as_jpeg(browser: Any, stack: Stack,
+                                                                     tmp_path: Path) -> None:
+    # Picked from disk, the browser names the type from the extension (or not at all).
+    paths = []
+    for fmt, name in (("HEIF", "phone.heic"), ("AVIF", "modern.avif")):
+        path = tmp_path / name
+        path.write_bytes(isobmff.encoded(fmt, (120, 90)))
+        paths.append(str(path))
+    browser.get(stack.url("/"))
+    css(browser, 'input[type="file"]')[0].send_keys("\n".join(paths))
+    wait_for(browser, lambda d: len(css(d, "#results li input[id$='-key'], #results .error")) == 2)
+    assert css(browser, "#results .error") == [], [r.text for r in css(browser, "#results li")]
+    assert sorted(p.suffix for p in (stack.media_root / "pictures").iterdir()) == [".jpg", ".jpg"]
 
 
 def test_the_page_works_without_javascript_and_shows_every_key(browser: Any, stack: Stack,

@@ -5,7 +5,9 @@
 
 (function () {
   document.documentElement.classList.add("js");
-  const TYPES = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+  const TYPES = ["image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif", "image/avif"];
+  // A browser that does not know a type (HEIC, on many systems) gives none: the name decides then.
+  const NAMES = /\.(jpe?g|png|gif|webp|heic|heif|avif)$/i;
 
   function el(tag, attrs, text) {
     const node = document.createElement(tag);
@@ -67,7 +69,8 @@
   }
 
   function refuse(file) {
-    if (!TYPES.includes(file.type)) return "not a picture (JPEG, PNG, GIF or WebP only)";
+    const known = TYPES.includes(file.type) || (file.type === "" && NAMES.test(file.name));
+    if (!known) return "not a picture (JPEG, PNG, GIF, WebP, HEIC or AVIF only)";
     if (file.size > maxBytes) return "over " + Math.round(maxBytes / 1048576) + " MB";
     if (file.size === 0) return "empty file";
     return "";

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 from PIL import Image
 
-from tests.support import corpus
+from tests.support import corpus, isobmff
 
 
 def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -238,4 +238,27 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "gif_6324_still": lambda: flat("GIF", "P"),
     "jpeg_6324_progressive_444": lambda: flat("JPEG", "RGB", progressive=True, subsampling=0),
     "jpeg_6324_progressive_420": lambda: flat("JPEG", "RGB", progressive=True, subsampling=2),
+    "heic_ispe_60000": lambda: isobmff.declared_size(isobmff.encoded("HEIF"), 60000, 60000),
+    "avif_ispe_60000": lambda: isobmff.declared_size(isobmff.encoded("AVIF"), 60000, 60000),
+    # The AV1 stream is 8000 x 8000; its item declares 64 x 48.
+    "avif_8000_coded_64_declared": lambda: isobmff.declared_size(
+        isobmff.encoded("AVIF", (8000, 8000), speed=10), 64, 48),
+    "heic_6000_coded_64_declared": lambda: isobmff.declared_size(
+        isobmff.encoded("HEIF", (6000, 6000)), 64, 48),
+    "heic_6000_parameter_sets_in_64_data": isobmff.inband_parameter_sets,
+    "heic_60000_items": isobmff.many_items,
+    "heic_grid_200_tiles_6000": isobmff.grid_of_many_tiles,
+    "avif_sequence_million_frames": isobmff.sequence,
+    "avif_sequence_40_frames": isobmff.animated_avif,
+    "heic_truncated": lambda: isobmff.truncated("HEIF"),
+    "avif_truncated": lambda: isobmff.truncated("AVIF"),
+    "heic_4032x3024_flat": lambda: isobmff.encoded("HEIF", (4032, 3024)),
+    "avif_4032x3024_flat": lambda: isobmff.encoded("AVIF", (4032, 3024), speed=10),
+    # A 24 MP phone picture (5712 x 4284, the default of recent iPhones).
+    "heic_5712x4284_flat": lambda: isobmff.encoded("HEIF", (5712, 4284)),
+    "avif_5712x4284_flat": lambda: isobmff.encoded("AVIF", (5712, 4284), speed=10),
+    # Just inside the decode memory of an AVIF, with an alpha item decoded beside the colour.
+    "avif_3340x3340_alpha": lambda: isobmff.encoded("AVIF", (3340, 3340), mode="RGBA", speed=10),
+    "heic_3780x3780_alpha": lambda: isobmff.encoded("HEIF", (3780, 3780), mode="RGBA"),
+    "avif_4400x4400_alpha": lambda: isobmff.encoded("AVIF", (4400, 4400), mode="RGBA", speed=10),
 }

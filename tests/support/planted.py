@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from PIL import Image, PngImagePlugin
 
-from tests.support import corpus
+from tests.support import corpus, isobmff
 from tests.support.hostile import jpeg_segments
 
 PLANTED = b"SECRET-"
@@ -112,6 +112,16 @@ def animated_webp_exif() -> bytes:
     return buf.getvalue()
 
 
+def heic_exif_xmp() -> bytes:
+    """GPS and XMP in a HEIC's Exif and mime items, as pillow-heif writes them."""
+    return isobmff.encoded("HEIF", (64, 48), exif=corpus.gps_exif(orientation=6).tobytes(), xmp=XMP)
+
+
+def avif_exif_xmp() -> bytes:
+    """GPS and XMP in an AVIF's Exif and mime items, as Pillow writes them."""
+    return isobmff.encoded("AVIF", (64, 48), exif=corpus.gps_exif(orientation=6).tobytes(), xmp=XMP)
+
+
 # name -> (builder, frames the served picture must keep)
 PLANTED_PICTURES: dict[str, tuple[Callable[[], bytes], int]] = {
     "jpeg_stray_byte_before_dqt": (jpeg_stray_byte_before_dqt, 1),
@@ -121,4 +131,6 @@ PLANTED_PICTURES: dict[str, tuple[Callable[[], bytes], int]] = {
     "png_text_and_exif": (png_text_and_exif, 1),
     "webp_exif_xmp": (webp_exif_xmp, 1),
     "webp_animated_exif_xmp": (animated_webp_exif, 3),
+    "heic_exif_xmp": (heic_exif_xmp, 1),
+    "avif_exif_xmp": (avif_exif_xmp, 1),
 }
