@@ -8,6 +8,7 @@ import contextlib
 import email
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -87,7 +88,8 @@ def make_venv(where: Path, wheelhouse: Path, *requirements: str) -> Path:
 def installed(python: Path, cwd: Path) -> set[str]:
     done = run([sys.executable, "-m", "pip", "--python", str(python), "list", "--format", "json"], cwd)
     assert done.returncode == 0, done.stderr
-    return {row["name"].lower() for row in json.loads(done.stdout)}
+    # Normalised as PEP 503 does (pip lists pillow-heif as "pillow_heif").
+    return {re.sub(r"[-_.]+", "-", row["name"]).lower() for row in json.loads(done.stdout)}
 
 
 def importable(python: Path, module: str, cwd: Path) -> str | None:
