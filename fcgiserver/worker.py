@@ -73,6 +73,9 @@ _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, er
 TAKEOVER_GRACE_MS = 20
 # _wait_and_recv(): a parked connection has bytes while the kept one waited idle.
 _YIELD = -2
+# How long a connection that sent nothing yet is waited for before it is parked: a front's head
+# follows its connect within microseconds, and a parked connection dies with its worker.
+PARK_GRACE_MS = 20
 # Reading and dropping the rest of a refused body before the close (see _linger).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 << 20
@@ -124,6 +127,13 @@ def send_all(sock: _socket.socket, data: bytes, timeout_ms: int | None) -> None:
         except BlockingIOError:
             continue
         view = view[sent:]
+
+
+def _readable_soon(sock: _socket.socket) -> bool:
+    """Whether bytes arrive within PARK_GRACE_MS (only asked of a connection found silent)."""
+    poller = select.poll()
+    poller.register(sock, _POLLIN)
+    return bool(poller.poll(PARK_GRACE_MS))
 
 
 class _Channel:
@@ -565,7 +575,7 @@ class Worker:
                     n = sock.recv_into(buf, RECV_SIZE, _RECV_FLAGS)
                 except BlockingIOError:
                     if (self.served == served_before and conn.state is _IDLE and not conn.pending_input
-                            and self._park(sock, head_deadline)):
+                            and not _readable_soon(sock) and self._park(sock, head_deadline)):
                         parked = True
                         return
                     n = self._wait_and_recv(sock, conn.state is _IDLE and self.served > served_before,
