@@ -223,11 +223,8 @@ def build_environ(
                 env[key] = default
         if "SERVER_PORT" not in env:
             env["SERVER_PORT"] = "80" if scheme == "http" else "443"
-    if script_name is None and env.get("PATH_INFO"):
-        # The front's split stands, unless it rewrote the URL (see fix_script_name).
-        script = env.setdefault("SCRIPT_NAME", "")
-        if script and not env.get("REQUEST_URI", script).startswith(script):
-            mount_from_uri(env, script)
+    if script_name is None and env.get("PATH_INFO") and not env.get("SCRIPT_NAME"):
+        env["SCRIPT_NAME"] = ""  # the usual request: the front's split stands
     else:
         fix_script_name(env, script_name)
     # PEP 3333: the body's length and type are CONTENT_*, never HTTP_CONTENT_* (lighttpd,
