@@ -67,22 +67,34 @@ def _racer(endpoint_bucket: tuple[str, str], key_prefix: str, rounds: int, barri
 
     from tests.support.seaweed import ACCESS_KEY, SECRET_KEY
 
-    client = boto3.client("s3", endpoint_url=endpoint_bucket[0], aws_access_key_id=ACCESS_KEY,
-                          aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-                          config=Config(s3={"addressing_style": "path"}))
-    wins = []
-    for n in range(rounds):
-        barrier.wait(30)
-        try:
-            client.put_object(Bucket=endpoint_bucket[1], Key=f"{key_prefix}{n}",
-                              Body=str(os.getpid()).encode(), IfNoneMatch="*")
-            wins.append(n)
-        except client.exceptions.ClientError as e:
-            assert e.response["Error"]["Code"] == "PreconditionFailed", e.response
+    wins: list[int] = []
+    try:
+        # No retries: a retried create after a lost answer would see its own object and lose.
+        client = boto3.client("s3", endpoint_url=endpoint_bucket[0], aws_access_key_id=ACCESS_KEY,
+                              aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+                              config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        for n in range(rounds):
+            barrier.wait(RACE_WAIT)
+            try:
+                client.put_object(Bucket=endpoint_bucket[1], Key=f"{key_prefix}{n}",
+                                  Body=str(os.getpid()).encode(), IfNoneMatch="*")
+                wins.append(n)
+            except client.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "PreconditionFailed", e.response
+    except BaseException as e:  # the test reports it, instead of waiting for a result that never comes
+        barrier.abort()
+        out.put(f"racer {os.getpid()} after {len(wins)} wins: {e!r}")
+        raise
     out.put(wins)
 
 
-def race(buckets: list[tuple[str, str]], key_prefix: str, rounds: int = 200) -> list[int]:
+# SeaweedFS makes a contended conditional write wait on its lock (losers often wait 1-2 s), so a
+# round costs about a second: 60 rounds of 8 writers, as many as were run across two RGW gateways.
+RACE_ROUNDS = 60
+RACE_WAIT = 120.0
+
+
+def race(buckets: list[tuple[str, str]], key_prefix: str, rounds: int = RACE_ROUNDS) -> list[int]:
     """Each of 8 processes (its bucket from ``buckets``, in turn) creates the same key every round
     at once; returns how many won each round."""
     ctx = multiprocessing.get_context("fork")
@@ -93,7 +105,9 @@ def race(buckets: list[tuple[str, str]], key_prefix: str, rounds: int = 200) -> 
         p.start()
     wins = [0] * rounds
     for _ in procs:
-        for n in out.get(timeout=300):
+        result = out.get(timeout=rounds * RACE_WAIT)
+        assert isinstance(result, list), result
+        for n in result:
             wins[n] += 1
     for p in procs:
         p.join(30)
@@ -103,14 +117,14 @@ def race(buckets: list[tuple[str, str]], key_prefix: str, rounds: int = 200) -> 
 
 def test_create_only_put_has_exactly_one_winner_per_round(store: Seaweed) -> None:
     wins = race([(store.endpoint, store.bucket)], "race/one/")
-    assert wins == [1] * 200
+    assert wins == [1] * RACE_ROUNDS
 
 
 def test_the_race_check_fails_when_the_writers_use_two_separate_stores(store: Seaweed) -> None:
     # Negative control: the same check, with half of the writers on another bucket, sees two winners.
     store.make_bucket("other")
     wins = race([(store.endpoint, store.bucket), (store.endpoint, "other")], "race/two/")
-    assert wins == [2] * 200
+    assert wins == [2] * RACE_ROUNDS
 
 
 # ---- three hosts behind lighttpd ----------------------------------------------------------------
