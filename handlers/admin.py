@@ -22,7 +22,6 @@ from pathlib import Path
 
 from handlers.blocklist import Blocklist
 from handlers.journal import Transaction
-from handlers.renditions import MEDIUM_DIR
 from handlers.settings import load_settings
 from handlers.storage import Record, Storage, sha256_file
 
@@ -67,7 +66,7 @@ def _totals(store: Storage) -> None:
     published = list(records(store))
     day_ago = time.time() - 86400
     blobs = {r.sha256: r.size for r in published}
-    medium = store.root / MEDIUM_DIR
+    medium = store.medium
     print(f"pictures:        {len(published)}")
     print(f"last 24 hours:   {sum(r.created >= day_ago for r in published)}")
     print(f"stored bytes:    {sum(blobs.values()):,} in {len(blobs)} distinct files")

@@ -34,7 +34,7 @@ def has_medium(record: Record, medium_px: int) -> bool:
 
 
 def medium_path(storage: Storage, record: Record) -> Path:
-    return storage.root / MEDIUM_DIR / record.filename
+    return storage.medium / record.filename
 
 
 def medium_url(record: Record, medium_px: int) -> str:

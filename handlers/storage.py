@@ -197,6 +197,7 @@ class Storage:
         self.id_tries = id_tries
         self.pictures = root / "pictures"
         self.large = root / "large"
+        self.medium = root / "medium"  # the medium renditions (handlers.renditions)
         self.thumbs = root / "thumbs"
         self.claims = root / ".claims"
         self.meta = root / ".meta"
@@ -277,6 +278,7 @@ class Storage:
         for ext in EXTENSIONS:
             yield self.pictures / f"{pid}.{ext}"
             yield self.large / f"{pid}.{ext}"
+            yield self.medium / f"{pid}.{ext}"
         yield self.thumb_path(pid)
         yield self.record_path(pid)
 
@@ -369,7 +371,7 @@ class Storage:
         unlink_quietly(self.picture_path(record))
         unlink_quietly(self.thumb_path(record.id))
         # The medium rendition (handlers.renditions), derived after the commit, not a blob's.
-        unlink_quietly(self.root / "medium" / record.filename)
+        unlink_quietly(self.medium / record.filename)
         self.detach(record.sha256)
         unlink_quietly(self.record_path(record.id))
         for d in (self.picture_path(record).parent, self.thumbs, self.blobs, self.meta):

@@ -91,12 +91,16 @@ def test_no_free_id_after_bounded_tries_is_503_and_leaves_nothing(tmp_path: Path
     assert check_consistency(tmp_path) == []
 
 
-def test_file_of_unclaimed_id_is_never_overwritten(tmp_path: Path) -> None:
-    """A picture copied in without a claim still owns its id."""
+@pytest.mark.parametrize("folder", ["pictures", "large", "medium", "thumbs"])
+def test_file_of_unclaimed_id_is_never_overwritten(tmp_path: Path, folder: str) -> None:
+    """A picture copied in without a claim still owns its id, in every public folder (the
+    seed's name check forgot large/, and a large upload took a small one's name)."""
     store = make_storage(tmp_path, ids("Imported", "FreshOne"))
-    (tmp_path / "large/Imported.png").write_bytes(b"old")
+    planted = tmp_path / folder / ("Imported.jpg" if folder == "thumbs" else "Imported.png")
+    planted.parent.mkdir(exist_ok=True)
+    planted.write_bytes(b"old")
     assert publish(store, b"new").record.id == "FreshOne"
-    assert (tmp_path / "large/Imported.png").read_bytes() == b"old"
+    assert planted.read_bytes() == b"old"
 
 
 def test_an_id_with_a_planted_record_is_never_claimed(tmp_path: Path) -> None:
