@@ -11,7 +11,6 @@ import argparse
 import io
 import os
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,13 +34,12 @@ from fcgiserver.protocol import (
     encode_record,
     encode_stream,
 )
+from fcgiserver.protocol.records import BEGIN_BODY, END_BODY
 from fcgiserver.spec import EXIT_CLIENT_CONNECTION, EXIT_CLIENT_REFUSED, EXIT_OK, EXIT_USAGE
 from fcgiserver.usage import Parser
 
 __all__ = ["ClientError", "FastCGIClient", "Response", "main"]
 
-_BEGIN_BODY = struct.Struct("!HB5x")
-_END_BODY = struct.Struct("!IB3x")
 _RECV_SIZE = 256 * 1024
 # Stays below the 16-bit request id limit; 0 is reserved for management records.
 _MAX_REQUEST_ID = 0xFFFF
@@ -222,7 +220,7 @@ class FastCGIClient:
         pairs = encode_params((name.encode("latin-1"), _as_bytes(value)) for name, value in cgi.items())
         head = b"".join(
             (
-                encode_record(RecordType.BEGIN_REQUEST, request_id, _BEGIN_BODY.pack(role, flags)),
+                encode_record(RecordType.BEGIN_REQUEST, request_id, BEGIN_BODY.pack(role, flags)),
                 encode_stream(RecordType.PARAMS, request_id, pairs),
                 encode_record(RecordType.PARAMS, request_id),
             )
@@ -254,9 +252,9 @@ class FastCGIClient:
             elif rtype == RecordType.STDERR:
                 stderr.append(record.content)
             elif rtype == RecordType.END_REQUEST:
-                if len(record.content) != _END_BODY.size:
+                if len(record.content) != END_BODY.size:
                     raise ClientError(f"END_REQUEST body of {len(record.content)} bytes, expected 8")
-                app_status, protocol_status = _END_BODY.unpack(record.content)
+                app_status, protocol_status = END_BODY.unpack(record.content)
                 self._trace(
                     f"< END_REQUEST app_status={app_status} protocol_status={_status_name(protocol_status)}"
                 )

@@ -7,7 +7,6 @@ in _TRANSITIONS below; only a protocol error (state ERROR) bypasses it.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Callable
 from enum import IntEnum, auto
@@ -38,11 +37,17 @@ from .events import (
     StdinEnd,
 )
 from .params import decode_params, decode_params_latin1, encode_params
-from .records import PADDING, RecordReader, encode_record, encode_stream, pack_header, unpack_header
-
-_BEGIN_BODY = struct.Struct("!HB5x")
-_END_BODY = struct.Struct("!IB3x")
-_UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
+from .records import (
+    BEGIN_BODY,
+    END_BODY,
+    PADDING,
+    UNKNOWN_TYPE_BODY,
+    RecordReader,
+    encode_record,
+    encode_stream,
+    pack_header,
+    unpack_header,
+)
 
 
 class ConnState(IntEnum):
@@ -319,7 +324,7 @@ class ServerConnection:
             if tail is None:
                 tail = _complete_tail(request_id)
             return tail
-        end = encode_record(RecordType.END_REQUEST, request_id, _END_BODY.pack(app_status, protocol_status))
+        end = encode_record(RecordType.END_REQUEST, request_id, END_BODY.pack(app_status, protocol_status))
         if stderr_used:
             return (
                 encode_record(RecordType.STDOUT, request_id)
@@ -370,9 +375,9 @@ class ServerConnection:
         if inp is not None:
             return inp
         if rtype == RecordType.BEGIN_REQUEST:
-            if len(content) != _BEGIN_BODY.size:
+            if len(content) != BEGIN_BODY.size:
                 raise RemoteProtocolError(f"BEGIN_REQUEST body of {len(content)} bytes, expected 8")
-            role, flags = _BEGIN_BODY.unpack(content)
+            role, flags = BEGIN_BODY.unpack(content)
             if role in _KNOWN_ROLES:
                 return _In.BEGIN
             return _In.BEGIN_BAD_ROLE_KEEP if flags & FCGI_KEEP_CONN else _In.BEGIN_BAD_ROLE_CLOSE
@@ -423,7 +428,7 @@ class ServerConnection:
         self._events.append(StdinEnd(request_id))
 
     def _do_begin(self, rtype: int, request_id: int, content: bytes) -> None:
-        role, flags = _BEGIN_BODY.unpack(content)
+        role, flags = BEGIN_BODY.unpack(content)
         self.request_id = request_id
         self._role = _ROLES[role]
         self.keep_conn = bool(flags & FCGI_KEEP_CONN)
@@ -460,7 +465,7 @@ class ServerConnection:
 
     def _do_unknown_type(self, rtype: int, request_id: int, content: bytes) -> None:
         self._outbox.append(
-            encode_record(RecordType.UNKNOWN_TYPE, NULL_REQUEST_ID, _UNKNOWN_TYPE_BODY.pack(rtype))
+            encode_record(RecordType.UNKNOWN_TYPE, NULL_REQUEST_ID, UNKNOWN_TYPE_BODY.pack(rtype))
         )
 
     def _do_eof_busy(self, rtype: int, request_id: int, content: bytes) -> None:
@@ -472,7 +477,7 @@ class ServerConnection:
         self._events.append(ConnectionClosed())
 
     def _reply_end(self, request_id: int, status: ProtocolStatus) -> None:
-        self._outbox.append(encode_record(RecordType.END_REQUEST, request_id, _END_BODY.pack(0, status)))
+        self._outbox.append(encode_record(RecordType.END_REQUEST, request_id, END_BODY.pack(0, status)))
 
 
 # (offset past the request, request id, role, flags, params block, STDIN ended)
@@ -493,7 +498,7 @@ def scan_whole_request_pure(buf: bytes, pos: int, max_params_size: int) -> _Whol
     version, rtype, request_id, length, padding = _unpack_header(buf, pos)
     if version != 1 or rtype != _BEGIN_TYPE or length != 8 or not request_id:
         return None
-    role, flags = _BEGIN_BODY.unpack_from(buf, pos + 8)
+    role, flags = BEGIN_BODY.unpack_from(buf, pos + 8)
     if role not in _KNOWN_ROLES:
         return None
     pos += 16 + padding
@@ -607,7 +612,7 @@ def _complete_tail(request_id: int) -> bytes:
     bounded anyway.
     """
     tail = encode_record(RecordType.STDOUT, request_id) + encode_record(
-        RecordType.END_REQUEST, request_id, _END_BODY.pack(0, ProtocolStatus.REQUEST_COMPLETE))
+        RecordType.END_REQUEST, request_id, END_BODY.pack(0, ProtocolStatus.REQUEST_COMPLETE))
     if len(_complete_tails) < 64:
         _complete_tails[request_id] = tail
     return tail

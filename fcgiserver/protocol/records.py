@@ -16,6 +16,12 @@ _unpack_header = _HEADER.unpack_from
 unpack_header = _unpack_header
 pack_header = _pack_header
 
+# The fixed bodies of the records that have one (spec sections 5.1, 5.5, 4.2): role and flags
+# of a BEGIN_REQUEST, app and protocol status of an END_REQUEST, the type an UNKNOWN_TYPE names.
+BEGIN_BODY = struct.Struct("!HB5x")
+END_BODY = struct.Struct("!IB3x")
+UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
+
 # Padding for each remainder mod 8, so a record is always a multiple of 8 bytes long
 # (the spec recommends it; it keeps the peer's reads aligned).
 _PADDING = tuple(b"\x00" * ((8 - n % 8) % 8) for n in range(8))
