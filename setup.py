@@ -13,7 +13,9 @@ setup(
             "fcgiserver.protocol._speedups",
             ["fcgiserver/protocol/_speedups.c"],
             optional=True,
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+            extra_compile_args=[
+                "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers",
+            ],
         ),
     ],
 )
