@@ -31,7 +31,7 @@ from fcgiserver.accesslog import AccessLogSink
 # Imported in the parent, once: the worker stack then sits in pages every worker shares,
 # instead of being imported (and written) anew in each child.
 from fcgiserver.child import run_child
-from fcgiserver.children import ChildHandle, send_signal
+from fcgiserver.children import ChildHandle, send_signal, snapshot
 from fcgiserver.config import Config
 from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
@@ -42,7 +42,7 @@ from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.phases import Phase, check
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
-from fcgiserver.scoreboard import Scoreboard, Slot, SlotState
+from fcgiserver.scoreboard import Scoreboard, Slot, SlotInfo, SlotState
 from fcgiserver.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
 from fcgiserver.signals import HANDLED, SignalQueue
 from fcgiserver.sockets import describe
@@ -247,15 +247,18 @@ class Supervisor:
             self._reap()
             if not self.phase.serving and not self._children:
                 return
-            self._check_ready()
-            self._check_fingerprints()
+            # The monitors below all work from this one reading of the scoreboard.
+            seen = snapshot(self._children.values(), self.scoreboard)
+            self._check_ready(seen)
+            self._check_fingerprints(seen)
             self._check_shared_connections()
             if self.phase.serving:
                 if self.dynamic:
-                    self._check_pool()
+                    self._check_pool(seen)
                 self._manage()
                 self._check_rss()
-            self._check_timeouts()
+            # Workers started by _manage() just now are not in `seen`: booting, never busy yet.
+            self._check_timeouts(seen)
             self._check_kill_deadlines()
             self._watchdog()
             self._relay(self.signals.wait(self._sleep_time(), self._output_fds()))
@@ -493,13 +496,13 @@ class Supervisor:
         if len(current) >= self.num_workers and all(c.ready for c in current):
             self._generation_ready()
 
-    def _check_pool(self) -> None:
+    def _check_pool(self, seen: dict[int, SlotInfo]) -> None:
         """A dynamic pool: more workers when idle ones run short, fewer when too many idle."""
         current = self._current()
         # Workers not started yet (e.g. the first generation) count as booting.
         idle, busy, booting = 0, 0, max(0, self.num_workers - len(current))
         for child in current:
-            info = child.observe(self.scoreboard)
+            info = seen.get(child.pid)
             if info is None or not child.ready:
                 booting += 1
             elif info.state == SlotState.IDLE:
@@ -521,9 +524,8 @@ class Supervisor:
             log.info("%d idle of %d workers: starting %d more", idle, view.total, decision.start)
         elif decision.retire:
             # The longest-idle one: its process has been least useful lately.
-            seen = [(c, c.observe(self.scoreboard)) for c in self._current() if c.ready]
-            idle_children = [(c, info) for c, info in seen
-                             if info is not None and info.state == SlotState.IDLE]
+            idle_children = [(c, info) for c in self._current() if c.ready
+                             and (info := seen.get(c.pid)) is not None and info.state == SlotState.IDLE]
             if idle_children:
                 victim = min(idle_children, key=lambda pair: pair[1].last_change)[0]
                 self.num_workers = view.total - 1
@@ -644,20 +646,20 @@ class Supervisor:
                       "it; open it in a post_fork hook, or start with --inherited-connections close",
                       dup.first, dup.second, what)
 
-    def _check_ready(self) -> None:
+    def _check_ready(self, seen: dict[int, SlotInfo]) -> None:
         for child in self._children.values():
             if not child.ready:
-                info = child.observe(self.scoreboard)
+                info = seen.get(child.pid)
                 if info is not None and info.state in READY_STATES:
                     child.ready = True
                     log.debug("worker %d ready", child.info.pid)
 
-    def _check_fingerprints(self) -> None:
+    def _check_fingerprints(self, seen: dict[int, SlotInfo]) -> None:
         """Two workers with one RNG fingerprint would hand out the same random streams."""
         for child in self._children.values():
             if child.stopping:
                 continue
-            info = child.observe(self.scoreboard)
+            info = seen.get(child.pid)
             if info is None or not info.fingerprint:
                 continue
             dup = self._fingerprints.check(child.info.pid, info.fingerprint)
@@ -670,7 +672,7 @@ class Supervisor:
             self.scoreboard.count_restart("rng_duplicate")
             child.stop(signal.SIGTERM, self.config.graceful_timeout)
 
-    def _check_timeouts(self) -> None:
+    def _check_timeouts(self, seen: dict[int, SlotInfo]) -> None:
         timeout, slow = self.config.timeout, self.config.slow_log_timeout
         if timeout <= 0 and slow <= 0:
             return
@@ -678,7 +680,7 @@ class Supervisor:
         for child in self._children.values():
             if child.timed_out:
                 continue
-            info = child.observe(self.scoreboard)
+            info = seen.get(child.pid)
             if info is None or info.state != SlotState.BUSY or info.busy_since <= 0:
                 continue
             running = now - info.busy_since
