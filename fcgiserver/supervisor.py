@@ -5,7 +5,10 @@ scoreboard, which tells it when a worker is ready and how long it has been busy.
 
 Signals: TERM/INT = graceful stop, QUIT = immediate stop, HUP (or USR2) = reload: a new
 generation of workers with freshly loaded code, then the old one drains (see reexec.py),
-USR1 = reopen the log files, TTIN/TTOU = one worker more/less (static pool).
+USR1 = reopen the log files, TTIN/TTOU = one worker more/less (static pool). Each signal is
+queued by its handler and run by the main loop as a handle_<name> method. Where the server
+stands (starting, running, checking new code, reloading, stopping) is one Phase (phases.py),
+changed only by _enter(), which also sends the systemd notification for the change.
 
 Besides keeping the pool full it enforces the limits that need an outside view of a worker:
 --timeout (SIGABRT, then SIGKILL), --slow-log-timeout (SIGUSR2: the worker writes its stack
