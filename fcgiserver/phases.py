@@ -39,9 +39,10 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     # A HUP before the first generation is ready starts a new one, as it always did.
     Phase.STARTING: frozenset({Phase.RUNNING, Phase.CHECKING, Phase.RELOADING}) | _STOPS,
     Phase.RUNNING: frozenset({Phase.CHECKING, Phase.RELOADING}) | _STOPS,
-    # Back to RUNNING when the new code does not load or the re-exec fails; when it succeeds
-    # this process becomes the new image, which starts in RELOADING.
-    Phase.CHECKING: frozenset({Phase.RUNNING}) | _STOPS,
+    # Back to the phase the check began in when the new code does not load or the re-exec
+    # fails (a generation that was booting then still completes as a start or a reload);
+    # when it succeeds this process becomes the new image, which starts in RELOADING.
+    Phase.CHECKING: frozenset({Phase.STARTING, Phase.RUNNING, Phase.RELOADING}) | _STOPS,
     # RELOADING -> RELOADING: a HUP during a reload starts yet another generation, and the one
     # that was booting is retired with the old ones once the newest is complete. CHECKING: a
     # HUP to a re-exec'd image whose own generation is still booting.

@@ -135,6 +135,8 @@ class Supervisor:
         self._next_share_check = 0.0
         self._reseed_replacements = 0
         self._check_pid: int | None = None  # the import check before a re-exec
+        # The phase a reload's check began in: where a failed check or re-exec returns to.
+        self._before_check = Phase.RUNNING
         self._next_retire = 0.0
         self._at_max = False
         self._next_rss_check = 0.0
@@ -350,7 +352,9 @@ class Supervisor:
         old = self.phase
         check(old, phase)
         self.phase = phase
-        if phase is Phase.RUNNING:
+        if old is Phase.CHECKING and phase in (Phase.STARTING, Phase.RELOADING):
+            pass  # a failed check resumes a start or reload systemd already heard of
+        elif phase is Phase.RUNNING:
             # MAINPID in the same datagram: systemd reads them together.
             self.notifier.notify(f"READY=1\nMAINPID={self.pid}")
         elif phase in (Phase.CHECKING, Phase.RELOADING):
@@ -358,7 +362,7 @@ class Supervisor:
             usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
             self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
             status = status or "reloading"
-        elif old.serving:  # the first step of a stop
+        elif old.serving and not phase.serving:  # the first step of a stop
             self.notifier.notify("STOPPING=1")
             status = status or "stopping"
         if status is not None:
@@ -398,6 +402,8 @@ class Supervisor:
             return
         # A reload by re-exec needs the app's import string, to check the new code first.
         app = self.config.app if self.reexec_plan is not None else None
+        if app is not None:
+            self._before_check = self.phase
         self._enter(Phase.CHECKING if app is not None else Phase.RELOADING)
         try:
             self.hooks.run("on_reload", self)
@@ -423,7 +429,7 @@ class Supervisor:
             self.poolstats.add("reload_failures")
             log.error("reload abandoned: the new code does not load (see above); generation %d keeps "
                       "serving", self.generation)
-            self._enter(Phase.RUNNING, f"reload failed; running generation {self.generation}")
+            self._enter(self._before_check, f"reload failed; running generation {self.generation}")
             return
         if self.reexec_plan is not None:
             self._reexec(self.reexec_plan)
@@ -455,7 +461,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.poolstats.add("reload_failures")
         log.error("reload abandoned: generation %d keeps serving", self.generation)
-        self._enter(Phase.RUNNING)
+        self._enter(self._before_check)
 
     def resize(self, count: int) -> None:
         if self.dynamic:
@@ -516,7 +522,9 @@ class Supervisor:
         now = time.monotonic()
         view = PoolView(idle=idle, busy=busy, booting=booting, min_spare=config.min_spare,
                         max_spare=config.max_spare, max_workers=config.max_workers)
-        decision = decide(view, may_retire=now >= self._next_retire and self.phase is not Phase.RELOADING)
+        reloading = self.phase is Phase.RELOADING or (
+            self.phase is Phase.CHECKING and self._before_check is Phase.RELOADING)
+        decision = decide(view, may_retire=now >= self._next_retire and not reloading)
         if decision.at_max and not self._at_max:
             stats = self.poolstats.max_reached()
             log.warning("max-workers (%d) reached: all workers are busy and requests wait in the "

@@ -77,7 +77,7 @@ def test_every_phase_has_a_row_and_every_serving_phase_can_stop() -> None:
     (Phase.RUNNING, Phase.STARTING),
     (Phase.RUNNING, Phase.RUNNING),
     (Phase.CHECKING, Phase.CHECKING),
-    (Phase.CHECKING, Phase.RELOADING),
+    (Phase.STARTING, Phase.STARTING),
 ])
 def test_an_illegal_transition_is_refused(old: Phase, new: Phase) -> None:
     with pytest.raises(IllegalTransition):
@@ -173,3 +173,35 @@ def test_a_reload_asked_for_once_a_stop_began_is_refused(supervisor: tuple[Super
         sup.reload()
     assert (sup.phase, sup.generation) == (Phase.STOPPING, 1)
     assert notified.lines() == []
+
+
+def test_a_failed_check_during_a_reload_resumes_it(supervisor: tuple[Supervisor, _Notified]) -> None:
+    """A HUP while a generation is still booting, then new code that does not load: the
+    booting generation still completes as a reload, announced once, and counted."""
+    sup, notified = supervisor
+    sup._generation_ready()
+    sup.handle_hup()  # no re-exec plan here: a reload by a new generation
+    assert sup.phase is Phase.RELOADING
+    sup._before_check = sup.phase
+    sup._enter(Phase.CHECKING)
+    notified.lines()
+    sup._check_done(1)
+    assert sup.phase is Phase.RELOADING
+    assert [line for line in notified.lines() if line.endswith("=1")] == []  # systemd still waits
+    sup._generation_ready()
+    assert sup.phase is Phase.RUNNING
+    assert sup.poolstats.info.reloads == 1
+    assert "READY=1" in notified.lines()
+
+
+def test_a_failed_check_before_the_first_generation_is_ready_resumes_the_start(
+        supervisor: tuple[Supervisor, _Notified]) -> None:
+    sup, notified = supervisor
+    sup._before_check = sup.phase
+    sup._enter(Phase.CHECKING)
+    sup._check_done(1)
+    assert sup.phase is Phase.STARTING
+    sup._generation_ready()
+    assert sup.phase is Phase.RUNNING
+    assert sup.poolstats.info.reloads == 0
+    assert [line for line in notified.lines() if line.endswith("=1")] == ["RELOADING=1", "READY=1"]
