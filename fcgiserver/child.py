@@ -28,16 +28,14 @@ log = logging.getLogger("fcgiserver.worker")
 STACK_SIGNAL = signal.SIGUSR2
 
 
-class _Worker(Worker):
-    def _setup(self) -> None:
-        super()._setup()
-        # After the worker's own signal set-up, which ignores USR2. faulthandler writes from
-        # its C-level handler, so the stack shows where the request is now, and the request
-        # goes on undisturbed.
-        faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
-        # The supervisor forked with its signals blocked; now the worker's handlers are in
-        # place, what came meanwhile (a TERM during start-up) is delivered to them.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+def _signals_ready() -> None:
+    """Run by the Worker once its own signal handlers are in place (Worker.on_setup)."""
+    # The one place the stack signal is set up. faulthandler writes from its C-level handler,
+    # so the stack shows where the request is now, and the request goes on undisturbed.
+    faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+    # The supervisor forked with its signals blocked; now the worker's handlers are in place,
+    # what came meanwhile (a TERM, or a USR2, during start-up) is delivered to them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
 
 def run_child(spec: WorkerSpec) -> NoReturn:
@@ -78,6 +76,8 @@ def _child_main(spec: WorkerSpec) -> int:
     info, slot, config, hooks = spec.info, spec.slot, spec.config, spec.hooks
     info.pid = os.getpid()
     inherited.close_after_fork()  # --inherited-connections close, before any other code runs here
+    # The one write of the booting state: from here on the supervisor and the status page
+    # see this worker, during its app load too (Worker then finds the slot its own).
     slot.booting(info.pid, info.generation)
     if spec.identity is not None:
         # Before any hook or application code runs here.
@@ -103,7 +103,7 @@ def _child_main(spec: WorkerSpec) -> int:
         app = AccessLogMiddleware(app, AccessLogWriter(spec.access_fd, config.log_format))
     hooks.run("post_worker_init", info)
     try:
-        return _Worker(app, list(spec.listeners), config, slot, info.generation,
-                       parent=spec.parent_watch, allow=spec.allow).run()
+        return Worker(app, list(spec.listeners), config, slot, info.generation,
+                      parent=spec.parent_watch, allow=spec.allow, on_setup=_signals_ready).run()
     finally:
         hooks.run("worker_exit", spec.server, info)

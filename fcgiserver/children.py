@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psutil
@@ -18,7 +19,7 @@ import psutil
 from fcgiserver.scoreboard import Scoreboard, SlotInfo
 from fcgiserver.spec import WorkerInfo
 
-__all__ = ["ChildHandle", "send_signal"]
+__all__ = ["ChildHandle", "send_signal", "snapshot"]
 
 
 def send_signal(pid: int, sig: int) -> None:
@@ -75,3 +76,17 @@ class ChildHandle:
             return None
         info = board.slot(self.info.index).read()
         return info if info.pid == self.pid else None
+
+
+def snapshot(children: Iterable[ChildHandle], board: Scoreboard) -> dict[int, SlotInfo]:
+    """Each child's slot read once, by pid; a child whose slot is not its own is left out.
+
+    The supervisor takes one per main-loop tick and every monitor works from it, so a tick
+    reads each slot once (a seqlocked copy) and checks its pid once.
+    """
+    seen: dict[int, SlotInfo] = {}
+    for child in children:
+        info = child.observe(board)
+        if info is not None:
+            seen[child.pid] = info
+    return seen

@@ -124,6 +124,11 @@ class Slot:
         """The scoreboard this slot belongs to (None for a slot made by hand)."""
         return self._board
 
+    @property
+    def pid(self) -> int:
+        """The pid this writer last claimed the slot for with booting() (0 = none yet)."""
+        return self._pid
+
     # -- writer side (the worker) ------------------------------------------------------
 
     def booting(self, pid: int, generation: int) -> None:

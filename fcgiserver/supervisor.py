@@ -5,7 +5,10 @@ scoreboard, which tells it when a worker is ready and how long it has been busy.
 
 Signals: TERM/INT = graceful stop, QUIT = immediate stop, HUP (or USR2) = reload: a new
 generation of workers with freshly loaded code, then the old one drains (see reexec.py),
-USR1 = reopen the log files, TTIN/TTOU = one worker more/less (static pool).
+USR1 = reopen the log files, TTIN/TTOU = one worker more/less (static pool). Each signal is
+queued by its handler and run by the main loop as a handle_<name> method. Where the server
+stands (starting, running, checking new code, reloading, stopping) is one Phase (phases.py),
+changed only by _enter(), which also sends the systemd notification for the change.
 
 Besides keeping the pool full it enforces the limits that need an outside view of a worker:
 --timeout (SIGABRT, then SIGKILL), --slow-log-timeout (SIGUSR2: the worker writes its stack
@@ -22,7 +25,6 @@ import signal
 import socket
 import time
 from dataclasses import asdict, fields
-from enum import Enum
 
 import psutil
 
@@ -32,7 +34,7 @@ from fcgiserver.accesslog import AccessLogSink
 # Imported in the parent, once: the worker stack then sits in pages every worker shares,
 # instead of being imported (and written) anew in each child.
 from fcgiserver.child import run_child
-from fcgiserver.children import ChildHandle, send_signal
+from fcgiserver.children import ChildHandle, send_signal, snapshot
 from fcgiserver.config import Config
 from fcgiserver.fingerprints import FingerprintRegistry
 from fcgiserver.hooks import HookError, HookSet
@@ -40,9 +42,10 @@ from fcgiserver.inherited import InheritanceGuard, Refused, shareable_inodes
 from fcgiserver.loader import AppLoadError
 from fcgiserver.logs import LogRelay, flush_logs, output_pipe, reopen_error_log
 from fcgiserver.parentwatch import ParentWatch
+from fcgiserver.phases import Phase, check
 from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.poolstats import PoolInfo, PoolStats
-from fcgiserver.scoreboard import Scoreboard, Slot, SlotState
+from fcgiserver.scoreboard import Scoreboard, Slot, SlotInfo, SlotState
 from fcgiserver.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
 from fcgiserver.signals import HANDLED, SignalQueue
 from fcgiserver.sockets import describe
@@ -87,10 +90,8 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-class State(Enum):
-    RUNNING = "running"
-    STOPPING = "stopping"  # graceful: in-flight requests may finish
-    QUITTING = "quitting"  # immediate
+# The handle_<name> method each signal is dispatched to (gunicorn's arbiter has the same shape).
+SIGNAL_NAMES = {sig: sig.name[3:].lower() for sig in HANDLED}
 
 
 class Supervisor:
@@ -107,7 +108,8 @@ class Supervisor:
         self.num_workers = (max(1, config.min_spare, min(config.workers, config.max_workers))
                             if self.dynamic else config.workers)
         self.generation = 1
-        self.state = State.RUNNING
+        # Changed only by _enter(), which checks phases.TRANSITIONS and notifies systemd.
+        self.phase = Phase.STARTING
         self.exit_code = 0
         most = max(config.workers, config.max_workers) if self.dynamic else config.workers
         self.scoreboard = Scoreboard(max(64, 4 * most))
@@ -122,8 +124,6 @@ class Supervisor:
             os.environ.pop(name, None)
         self._children: dict[int, ChildHandle] = {}
         self._last_generation = 1
-        self._announced_ready = False
-        self._reloading = False
         self._failures = 0
         self._next_spawn_at = 0.0
         self._next_watchdog = 0.0
@@ -135,6 +135,8 @@ class Supervisor:
         self._next_share_check = 0.0
         self._reseed_replacements = 0
         self._check_pid: int | None = None  # the import check before a re-exec
+        # The phase a reload's check began in: where a failed check or re-exec returns to.
+        self._before_check = Phase.RUNNING
         self._next_retire = 0.0
         self._at_max = False
         self._next_rss_check = 0.0
@@ -187,8 +189,7 @@ class Supervisor:
         self._last_generation = self.generation = state.generation + 1
         self.poolstats.update(generation=self.generation)
         # Readiness was announced by the first image; this one announces the reload's end.
-        self._announced_ready = True
-        self._reloading = True
+        self.phase = Phase.RELOADING
         log.info("reloading: new program image (pid %d) starts generation %d; %d workers of the "
                  "previous generation serve until it is ready", self.pid, self.generation,
                  len(state.workers))
@@ -218,7 +219,7 @@ class Supervisor:
                              "load; stopping")
                 self.exit_code = EXIT_APP_LOAD_ERROR
                 self.stop(graceful=True)
-            self.notifier.notify(f"STATUS=starting {self.num_workers} workers")
+            self._status(f"starting {self.num_workers} workers")
             self._loop()
         finally:
             self.signals.uninstall()
@@ -247,19 +248,22 @@ class Supervisor:
     def _loop(self) -> None:
         while True:
             for sig in self.signals.pop_all():
-                self._on_signal(sig)
+                self._dispatch(sig)
             self._reap()
-            if self.state is not State.RUNNING and not self._children:
+            if not self.phase.serving and not self._children:
                 return
-            self._check_ready()
-            self._check_fingerprints()
+            # The monitors below all work from this one reading of the scoreboard.
+            seen = snapshot(self._children.values(), self.scoreboard)
+            self._check_ready(seen)
+            self._check_fingerprints(seen)
             self._check_shared_connections()
-            if self.state is State.RUNNING:
+            if self.phase.serving:
                 if self.dynamic:
-                    self._check_pool()
+                    self._check_pool(seen)
                 self._manage()
                 self._check_rss()
-            self._check_timeouts()
+            # Workers started by _manage() just now are not in `seen`: booting, never busy yet.
+            self._check_timeouts(seen)
             self._check_kill_deadlines()
             self._watchdog()
             self._relay(self.signals.wait(self._sleep_time(), self._output_fds()))
@@ -283,11 +287,11 @@ class Supervisor:
         if any(not c.ready and not c.stopping for c in self._children.values()):
             wait = POLL_BOOTING
         deadlines = [c.kill_at for c in self._children.values() if c.kill_at is not None]
-        if self.state is State.RUNNING and self._missing() > 0:
+        if self.phase.serving and self._missing() > 0:
             deadlines.append(self._next_spawn_at)
         if self._watchdog_interval:
             deadlines.append(self._next_watchdog)
-        if self.dynamic and self.state is State.RUNNING:
+        if self.dynamic and self.phase.serving:
             wait = min(wait, POLL_DYNAMIC)
         for limit in (self.config.timeout, self.config.slow_log_timeout):
             if limit > 0:
@@ -300,27 +304,73 @@ class Supervisor:
 
     # ---- signals -----------------------------------------------------------------------------
 
-    def _on_signal(self, sig: int) -> None:
-        if sig == signal.SIGCHLD:
-            return  # the reap that follows every wake-up handles it
-        log.info("received %s", signal.Signals(sig).name)
-        if sig == signal.SIGTERM:
-            self.stop(graceful=True)
-        elif sig == signal.SIGINT:
-            # A second Ctrl-C means "now".
-            self.stop(graceful=self.state is State.RUNNING)
-        elif sig == signal.SIGQUIT:
-            self.stop(graceful=False)
-        elif sig == signal.SIGUSR1:
-            self.reopen_logs()
-        elif self.state is not State.RUNNING:
-            return
-        elif sig in (signal.SIGHUP, signal.SIGUSR2):
+    def _dispatch(self, sig: int) -> None:
+        """Run the handle_<name> method of a signal the handler queued (signals.py)."""
+        name = SIGNAL_NAMES[signal.Signals(sig)]
+        if sig != signal.SIGCHLD:
+            log.info("received SIG%s", name.upper())
+        getattr(self, "handle_" + name)()
+
+    def handle_chld(self) -> None:
+        """Nothing: the reap that follows every wake-up handles it."""
+
+    def handle_term(self) -> None:
+        self.stop(graceful=True)
+
+    def handle_int(self) -> None:
+        # A second Ctrl-C means "now".
+        self.stop(graceful=self.phase.serving)
+
+    def handle_quit(self) -> None:
+        self.stop(graceful=False)
+
+    def handle_usr1(self) -> None:
+        self.reopen_logs()
+
+    def handle_hup(self) -> None:
+        # Once a stop has begun there is nothing to reload.
+        if self.phase.serving:
             self.reload()
-        elif sig == signal.SIGTTIN:
+
+    handle_usr2 = handle_hup
+
+    def handle_ttin(self) -> None:
+        if self.phase.serving:
             self.resize(self.num_workers + 1)
-        elif sig == signal.SIGTTOU:
+
+    def handle_ttou(self) -> None:
+        if self.phase.serving:
             self.resize(self.num_workers - 1)
+
+    # ---- phases ------------------------------------------------------------------------------
+
+    def _enter(self, phase: Phase, status: str | None = None) -> None:
+        """The one place the phase changes (phases.TRANSITIONS says which moves exist) and
+        where systemd hears of it: READY=1 on reaching RUNNING, RELOADING=1 on starting a
+        reload, STOPPING=1 on the first step of a stop. `status` is the STATUS line sent with
+        it (a stop's default is "stopping")."""
+        old = self.phase
+        check(old, phase)
+        self.phase = phase
+        if old is Phase.CHECKING and phase in (Phase.STARTING, Phase.RELOADING):
+            pass  # a failed check resumes a start or reload systemd already heard of
+        elif phase is Phase.RUNNING:
+            # MAINPID in the same datagram: systemd reads them together.
+            self.notifier.notify(f"READY=1\nMAINPID={self.pid}")
+        elif phase in (Phase.CHECKING, Phase.RELOADING):
+            # MONOTONIC_USEC lets a Type=notify-reload unit match this reload to its own request.
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+            status = status or "reloading"
+        elif old.serving and not phase.serving:  # the first step of a stop
+            self.notifier.notify("STOPPING=1")
+            status = status or "stopping"
+        if status is not None:
+            self._status(status)
+
+    def _status(self, text: str) -> None:
+        """The free-form STATUS line systemctl status shows."""
+        self.notifier.notify(f"STATUS={text}")
 
     def reopen_logs(self) -> None:
         """USR1 (logrotate): the supervisor is the only writer of both files (see logs.py)."""
@@ -334,13 +384,10 @@ class Supervisor:
             return
         log.info("log files reopened")
 
-    def stop(self, *, graceful: bool) -> None:
-        if self.state is State.RUNNING:
-            self.notifier.notify("STOPPING=1")
-            self.notifier.notify("STATUS=stopping")
-        if self.state is State.QUITTING or (self.state is State.STOPPING and graceful):
+    def stop(self, *, graceful: bool, status: str | None = None) -> None:
+        if self.phase is Phase.QUITTING or (self.phase is Phase.STOPPING and graceful):
             return
-        self.state = State.STOPPING if graceful else State.QUITTING
+        self._enter(Phase.STOPPING if graceful else Phase.QUITTING, status)
         if self._check_pid is not None:
             send_signal(self._check_pid, signal.SIGKILL)  # no reload to check for any more
         sig, grace = ((signal.SIGTERM, self.config.graceful_timeout) if graceful
@@ -350,20 +397,21 @@ class Supervisor:
             child.stop(sig, grace)
 
     def reload(self) -> None:
-        if self._check_pid is not None:
+        if self.phase is Phase.CHECKING:
             log.warning("the new code is still being checked; reload signal ignored")
             return
-        # MONOTONIC_USEC lets a Type=notify-reload unit match this reload to its own request.
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
-        self.notifier.notify("STATUS=reloading")
+        # A reload by re-exec needs the app's import string, to check the new code first.
+        app = self.config.app if self.reexec_plan is not None else None
+        if app is not None:
+            self._before_check = self.phase
+        self._enter(Phase.CHECKING if app is not None else Phase.RELOADING)
         try:
             self.hooks.run("on_reload", self)
         except HookError:
             log.exception("on_reload hook failed; reloading anyway")
-        if self.reexec_plan is not None and self.config.app is not None:
+        if app is not None:
             log.info("reloading: checking that the new code loads")
-            self._check_pid = reexec.spawn_check(self.config.app, self.config.hooks, self.config.log_format,
+            self._check_pid = reexec.spawn_check(app, self.config.hooks, self.config.log_format,
                                                  self.config.log_level, HANDLED)
             return
         # The API's server with an application object: new workers from this process (fresh
@@ -372,18 +420,16 @@ class Supervisor:
         self._last_generation += 1
         self.generation = self._last_generation
         self.poolstats.update(generation=self.generation)
-        self._reloading = True
 
     def _check_done(self, code: int) -> None:
         self._check_pid = None
-        if self.state is not State.RUNNING:
-            return
+        if self.phase is not Phase.CHECKING:
+            return  # a stop killed it
         if code != 0:
             self.poolstats.add("reload_failures")
             log.error("reload abandoned: the new code does not load (see above); generation %d keeps "
                       "serving", self.generation)
-            self.notifier.notify("READY=1")
-            self.notifier.notify(f"STATUS=reload failed; running generation {self.generation}")
+            self._enter(self._before_check, f"reload failed; running generation {self.generation}")
             return
         if self.reexec_plan is not None:
             self._reexec(self.reexec_plan)
@@ -415,7 +461,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.poolstats.add("reload_failures")
         log.error("reload abandoned: generation %d keeps serving", self.generation)
-        self.notifier.notify("READY=1")
+        self._enter(self._before_check)
 
     def resize(self, count: int) -> None:
         if self.dynamic:
@@ -428,7 +474,7 @@ class Supervisor:
         log.info("worker count %d -> %d", self.num_workers, count)
         self.num_workers = count
         self.poolstats.update(workers=count, max_workers=count)
-        self.notifier.notify(f"STATUS=running {count} workers")
+        self._status(f"running {count} workers")
 
     # ---- workers -----------------------------------------------------------------------------
 
@@ -447,7 +493,7 @@ class Supervisor:
         if missing > 0 and time.monotonic() >= self._next_spawn_at:
             # While crashing, one at a time, each after the back-off delay.
             for _ in range(missing if self._failures == 0 else 1):
-                if not self._spawn() or self.state is not State.RUNNING:
+                if not self._spawn() or not self.phase.serving:
                     return
             if self._failures:
                 self._next_spawn_at = time.monotonic() + self._backoff()
@@ -459,13 +505,13 @@ class Supervisor:
         if len(current) >= self.num_workers and all(c.ready for c in current):
             self._generation_ready()
 
-    def _check_pool(self) -> None:
+    def _check_pool(self, seen: dict[int, SlotInfo]) -> None:
         """A dynamic pool: more workers when idle ones run short, fewer when too many idle."""
         current = self._current()
         # Workers not started yet (e.g. the first generation) count as booting.
         idle, busy, booting = 0, 0, max(0, self.num_workers - len(current))
         for child in current:
-            info = child.observe(self.scoreboard)
+            info = seen.get(child.pid)
             if info is None or not child.ready:
                 booting += 1
             elif info.state == SlotState.IDLE:
@@ -476,7 +522,9 @@ class Supervisor:
         now = time.monotonic()
         view = PoolView(idle=idle, busy=busy, booting=booting, min_spare=config.min_spare,
                         max_spare=config.max_spare, max_workers=config.max_workers)
-        decision = decide(view, may_retire=now >= self._next_retire and not self._reloading)
+        reloading = self.phase is Phase.RELOADING or (
+            self.phase is Phase.CHECKING and self._before_check is Phase.RELOADING)
+        decision = decide(view, may_retire=now >= self._next_retire and not reloading)
         if decision.at_max and not self._at_max:
             stats = self.poolstats.max_reached()
             log.warning("max-workers (%d) reached: all workers are busy and requests wait in the "
@@ -487,9 +535,8 @@ class Supervisor:
             log.info("%d idle of %d workers: starting %d more", idle, view.total, decision.start)
         elif decision.retire:
             # The longest-idle one: its process has been least useful lately.
-            seen = [(c, c.observe(self.scoreboard)) for c in self._current() if c.ready]
-            idle_children = [(c, info) for c, info in seen
-                             if info is not None and info.state == SlotState.IDLE]
+            idle_children = [(c, info) for c in self._current() if c.ready
+                             and (info := seen.get(c.pid)) is not None and info.state == SlotState.IDLE]
             if idle_children:
                 victim = min(idle_children, key=lambda pair: pair[1].last_change)[0]
                 self.num_workers = view.total - 1
@@ -505,18 +552,14 @@ class Supervisor:
         for child in self._children.values():
             if child.info.generation != self.generation and not child.stopping:
                 child.stop(signal.SIGTERM, self.config.graceful_timeout)
-        status = f"STATUS=running {self.num_workers} workers (generation {self.generation})"
-        if not self._announced_ready:
-            self._announced_ready = True
+        status = f"running {self.num_workers} workers (generation {self.generation})"
+        if self.phase is Phase.STARTING:
             log.info("ready: %d workers (generation %d)", self.num_workers, self.generation)
-            self.notifier.notify(f"READY=1\nMAINPID={self.pid}")
-            self.notifier.notify(status)
-        elif self._reloading:
+            self._enter(Phase.RUNNING, status)
+        elif self.phase is Phase.RELOADING:
             log.info("reload complete: %d workers (generation %d)", self.num_workers, self.generation)
             self.poolstats.update(reloads=self.poolstats.info.reloads + 1, generation=self.generation)
-            self.notifier.notify(f"READY=1\nMAINPID={self.pid}")
-            self.notifier.notify(status)
-        self._reloading = False
+            self._enter(Phase.RUNNING, status)
 
     def _free_index(self) -> int | None:
         used = {c.info.index for c in self._children.values()}
@@ -614,20 +657,20 @@ class Supervisor:
                       "it; open it in a post_fork hook, or start with --inherited-connections close",
                       dup.first, dup.second, what)
 
-    def _check_ready(self) -> None:
+    def _check_ready(self, seen: dict[int, SlotInfo]) -> None:
         for child in self._children.values():
             if not child.ready:
-                info = child.observe(self.scoreboard)
+                info = seen.get(child.pid)
                 if info is not None and info.state in READY_STATES:
                     child.ready = True
                     log.debug("worker %d ready", child.info.pid)
 
-    def _check_fingerprints(self) -> None:
+    def _check_fingerprints(self, seen: dict[int, SlotInfo]) -> None:
         """Two workers with one RNG fingerprint would hand out the same random streams."""
         for child in self._children.values():
             if child.stopping:
                 continue
-            info = child.observe(self.scoreboard)
+            info = seen.get(child.pid)
             if info is None or not info.fingerprint:
                 continue
             dup = self._fingerprints.check(child.info.pid, info.fingerprint)
@@ -640,7 +683,7 @@ class Supervisor:
             self.scoreboard.count_restart("rng_duplicate")
             child.stop(signal.SIGTERM, self.config.graceful_timeout)
 
-    def _check_timeouts(self) -> None:
+    def _check_timeouts(self, seen: dict[int, SlotInfo]) -> None:
         timeout, slow = self.config.timeout, self.config.slow_log_timeout
         if timeout <= 0 and slow <= 0:
             return
@@ -648,7 +691,7 @@ class Supervisor:
         for child in self._children.values():
             if child.timed_out:
                 continue
-            info = child.observe(self.scoreboard)
+            info = seen.get(child.pid)
             if info is None or info.state != SlotState.BUSY or info.busy_since <= 0:
                 continue
             running = now - info.busy_since
@@ -731,7 +774,7 @@ class Supervisor:
             self.hooks.run("child_exit", self, child.info)
         except HookError:
             log.exception("child_exit hook failed")
-        if child.stopping or self.state is not State.RUNNING:
+        if child.stopping or not self.phase.serving:
             log.info("worker %d %s", child.info.pid, how)
             return
         if child.timed_out:
@@ -773,9 +816,12 @@ class Supervisor:
                 if other.info.generation == self.generation:
                     other.stop(signal.SIGTERM, self.config.graceful_timeout)
             self.generation = old
-            self._reloading = False
-            self.notifier.notify("READY=1")
-            self.notifier.notify(f"STATUS=reload failed; running generation {old}")
+            status = f"reload failed; running generation {old}"
+            if self.phase in (Phase.STARTING, Phase.RELOADING):
+                self._enter(Phase.RUNNING, status)
+            else:
+                # CHECKING: the check's own end announces readiness (CHECKING -> RUNNING).
+                self._status(status)
             return
         if child.info.generation != self.generation:
             return
@@ -784,8 +830,7 @@ class Supervisor:
 
     def _halt(self, code: int) -> None:
         self.exit_code = code
-        self.notifier.notify(f"STATUS=boot failure (exit code {code})")
-        self.stop(graceful=False)
+        self.stop(graceful=False, status=f"boot failure (exit code {code})")
 
     def _kill_all_now(self) -> None:
         """Last resort on the way out (e.g. an exception in the loop): leave no worker behind."""

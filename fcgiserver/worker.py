@@ -81,7 +81,8 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 << 20
 # Connections that sent nothing yet, held by one worker while it serves others (see _park).
 MAX_PARKED = 128
-_IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
+# SIGUSR2 is not here: under the supervisor it is the stack-dump signal (child.py sets it up).
+_IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
 # A listener with its family, type and protocol looked up once (each lookup builds an enum).
@@ -299,7 +300,7 @@ class Worker:
 
     def __init__(self, app: WSGIApplication, listeners: list[socket.socket], config: Config, slot: Slot,
                  generation: int, *, parent: ParentWatch | None = None,
-                 allow: AllowList | None = None) -> None:
+                 allow: AllowList | None = None, on_setup: Callable[[], None] | None = None) -> None:
         self.app = app
         self.listeners = listeners
         self.config = config
@@ -337,6 +338,8 @@ class Worker:
         self.orphaned = False
         # TCP peers allowed (--allow-from, FCGI_WEB_SERVER_ADDRS); None = any.
         self.allow = allow
+        # Called at the end of set-up, once the worker's own signal handlers are in place.
+        self.on_setup = on_setup
         self.served = 0
         self.limit = 0
         self._wake_r = -1
@@ -375,7 +378,9 @@ class Worker:
         return EXIT_OK
 
     def _setup(self) -> None:
-        self.slot.booting(os.getpid(), self.generation)
+        # A supervised worker's slot was claimed right after the fork (child.py).
+        if self.slot.pid != os.getpid():
+            self.slot.booting(os.getpid(), self.generation)
         config = self.config
         if config.max_requests > 0:
             self.limit = config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -392,6 +397,8 @@ class Worker:
             listener.setblocking(False)
         if self.parent_fd >= 0:
             self._releasable = [s for s in self.listeners if releasable(s, config, self._spawner)]
+        if self.on_setup is not None:
+            self.on_setup()
 
     def _teardown(self) -> None:
         self._close_parked()

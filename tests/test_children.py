@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fcgiserver.children import ChildHandle
+from fcgiserver.children import ChildHandle, snapshot
 from fcgiserver.scoreboard import Scoreboard, SlotState
 from fcgiserver.spec import WorkerInfo
 
@@ -83,5 +83,22 @@ def test_observe_sees_the_slot_only_while_it_is_the_childs() -> None:
         assert child.observe(board) is not None
         child.inherited = True  # an earlier image's worker has no slot on this board
         assert child.observe(board) is None
+    finally:
+        board.close()
+
+
+def test_a_snapshot_holds_each_child_whose_slot_is_its_own() -> None:
+    board = Scoreboard(3)
+    try:
+        mine, stale, unborn = _handle(100, index=0), _handle(200, index=1), _handle(300, index=2)
+        slot = board.slot(0)
+        slot.booting(100, 1)
+        slot.ready()
+        board.slot(1).booting(999, 1)  # a slot another process wrote: not this child's
+        seen = snapshot([mine, stale, unborn], board)
+        assert list(seen) == [100]
+        assert seen[100].state == SlotState.IDLE
+        slot.clear()  # the snapshot is a copy: a later write does not change it
+        assert seen[100].state == SlotState.IDLE
     finally:
         board.close()
