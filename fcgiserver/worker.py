@@ -48,8 +48,10 @@ from fcgiserver.status import request_path, status_routes
 from fcgiserver.wsgi import ErrorStream, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import (
     EMPTY_INPUT,
+    NO_BODY,
     BadContentLength,
     BodyTooLarge,
+    EmptyBody,
     RequestBody,
     WSGIInput,
     parse_content_length,
@@ -89,11 +91,6 @@ _Listener = tuple[socket.socket, int, int, int]
 # accept() without the Python wrapper around the new socket (see _accept_and_serve);
 # typeshed does not list the C method.
 _raw_accept: Callable[[socket.socket], tuple[int, object]] = socket.socket._accept  # type: ignore[attr-defined]
-
-
-# Most requests declare an empty body. This one keeps nothing (it drops any bytes past its
-# declared length of 0), so every such request can share it.
-_NO_BODY = RequestBody(0, 0)
 
 
 class PeerAborted(Exception):
@@ -349,7 +346,7 @@ class Worker:
         self._parked: dict[int, tuple[_socket.socket, float]] = {}
         self._waiter: _ListenWaiter | None = None
         # The request in progress on the current connection.
-        self._body: RequestBody | None = None
+        self._body: RequestBody | EmptyBody | None = None
         self._started: RequestStarted | None = None
         # Set when the body could not be spooled (a full disk): answered at StdinEnd.
         self._spool_error: OSError | None = None
@@ -806,7 +803,7 @@ class Worker:
             return
         length = params.get("CONTENT_LENGTH")
         if length == "0":
-            self._body = _NO_BODY  # what most requests declare: nothing to parse
+            self._body = NO_BODY  # what most requests declare: nothing to parse
             return
         try:
             declared = parse_content_length(length)
@@ -816,7 +813,7 @@ class Worker:
             return
         if declared is not None and declared > self.max_body_size:
             self._too_large(conn, channel)
-        self._body = (_NO_BODY if declared == 0
+        self._body = (NO_BODY if declared == 0
                       else RequestBody(declared, self.spool_threshold, limit=self.max_body_size))
 
     def _too_large(self, conn: ServerConnection, channel: _Channel) -> NoReturn:
@@ -860,7 +857,7 @@ class Worker:
         # instead of a connection closed under its feet.
         if self._body is not None:
             self._body.discard()
-        self._body = _NO_BODY
+        self._body = NO_BODY
         self._spool_error = exc
 
     def _stdin_end(self, conn: ServerConnection, channel: _Channel) -> None:
@@ -868,7 +865,7 @@ class Worker:
         if body is None:
             return
         self._body = None
-        if body is _NO_BODY and self._spool_error is None:
+        if body is NO_BODY and self._spool_error is None:
             self._respond(conn, channel, EMPTY_INPUT)  # nothing to check or hand over
             return
         complete = body.is_complete()
