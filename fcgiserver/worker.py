@@ -44,7 +44,7 @@ from fcgiserver.protocol import (
 from fcgiserver.scoreboard import Slot
 from fcgiserver.sockets import releasable
 from fcgiserver.spec import EXIT_BOOT_ERROR, EXIT_OK, WSGIApplication
-from fcgiserver.status import request_path, status_routes
+from fcgiserver.status import with_status_pages
 from fcgiserver.wsgi import ErrorStream, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import (
     EMPTY_INPUT,
@@ -286,7 +286,6 @@ _STDIN = ConnState.STDIN
 _ABORTED = ConnState.ABORTED
 _CLOSED = ConnState.CLOSED  # and every state after it (see ServerConnection.should_close)
 _AUTHORIZER = Role.AUTHORIZER
-_RESPONDER = Role.RESPONDER
 _COMPLETE = ProtocolStatus.REQUEST_COMPLETE
 _EXCLUSIVE_IN = getattr(select, "EPOLLIN", 0) | _EPOLLEXCLUSIVE
 
@@ -297,7 +296,9 @@ class Worker:
     def __init__(self, app: WSGIApplication, listeners: list[socket.socket], config: Config, slot: Slot,
                  generation: int, *, parent: ParentWatch | None = None,
                  allow: AllowList | None = None) -> None:
-        self.app = app
+        # --status-path / --ping-path: a layer in front of the app (status.py), as the
+        # access log is one behind them.
+        self.app = with_status_pages(app, config, slot, listeners)
         self.listeners = listeners
         self.config = config
         self.slot = slot
@@ -317,8 +318,6 @@ class Worker:
         self._by_fd: dict[int, _Listener] = {}
         # A connection taken while idle on a kept one (see _take_waiting), served next.
         self._taken: _socket.socket | None = None
-        # --status-path / --ping-path: answered here, before the app (empty when unset).
-        self.routes = status_routes(config, slot, listeners)
         # Untouched pages of an anonymous map cost nothing: a bytearray would be zeroed, and
         # all of it private to each worker at once (about 200 KiB of idle USS).
         self.buf = mmap.mmap(-1, RECV_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -907,10 +906,7 @@ class Worker:
                                 self.script_name, self.extra_environ)
         channel.streaming = False
         try:
-            app = self.app
-            if self.routes and started.role is _RESPONDER:
-                app = self.routes.get(request_path(environ), app)
-            completed = run_app(app, environ, channel)
+            completed = run_app(self.app, environ, channel)
         except PeerAborted:
             completed = True
             send_all(channel.sock, conn.end_request(0, _COMPLETE), self.timeout_ms)
