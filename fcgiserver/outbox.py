@@ -24,7 +24,7 @@ _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
 class Outbox:
-    """Writes to `sock`, the connection being served (None between connections).
+    """Writes to `sock`, the connection being served (None before the first).
     `timeout_ms` (None: no limit) bounds each wait for the peer to take more: a peer that
     stops reading cannot hold the worker forever."""
 

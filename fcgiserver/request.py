@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 from fcgiserver.outbox import Outbox
 from fcgiserver.protocol import ConnState, RequestStarted, Role, ServerConnection
-from fcgiserver.wsgi_input import EMPTY_INPUT, NO_BODY, EmptyBody, RequestBody, WSGIInput
+from fcgiserver.wsgi_input import EMPTY_INPUT, EmptyBody, RequestBody, WSGIInput
 
 # CLOSED and every state after it: the connection may not send (see ServerConnection).
 _CLOSED = ConnState.CLOSED
 _EMPTY = b""
+_new = object.__new__
 
 
 class PeerAborted(Exception):
@@ -30,31 +31,27 @@ class PeerAborted(Exception):
 
 
 class Request:
-    """One request on the worker's current connection."""
+    """One request on the worker's current connection (made by start_request())."""
 
     __slots__ = ("body", "check_peer", "conn", "ended", "outbox", "params",
-                 "peer_poll", "role", "spool_error", "streaming", "wsgi_input")
+                 "peer_poll", "role", "streaming", "wsgi_input")
 
-    def __init__(self, started: RequestStarted, conn: ServerConnection, outbox: Outbox,
-                 check_peer: Callable[[Request], None]) -> None:
-        self.params = started.params
-        self.role: Role = started.role
-        self.conn = conn
-        self.outbox = outbox
-        # The worker's look at what the peer sent, before each piece of a streamed response
-        # (Worker._check_peer): it raises PeerAborted when the front aborted the request.
-        self.check_peer = check_peer
-        self.body: RequestBody | EmptyBody | None = None
-        # Set when the body could not be stored (a full disk): answered at StdinEnd.
-        self.spool_error: OSError | None = None
-        self.wsgi_input: WSGIInput = EMPTY_INPUT
-        # True once the response goes out in pieces (the app is running then): each piece
-        # looks for an abort first (see Worker._handle_events).
-        self.streaming = False
-        # True once the final records were made (or the request was given up without them).
-        self.ended = False
-        # Made by the first check of a streamed response (most responses never stream).
-        self.peer_poll: select.poll | None = None
+    params: dict[str, str]
+    role: Role
+    conn: ServerConnection
+    outbox: Outbox
+    # The worker's look at what the peer sent, before each piece of a streamed response
+    # (Worker._check_peer): it raises PeerAborted when the front aborted the request.
+    check_peer: Callable[[Request], None]
+    body: RequestBody | EmptyBody | UnstoredBody | None
+    wsgi_input: WSGIInput
+    # True once the response goes out in pieces (the app is running then): each piece
+    # looks for an abort first (see Worker._handle_events).
+    streaming: bool
+    # True once the final records were made (or the request was given up without them).
+    ended: bool
+    # Made by the first check of a streamed response (most responses never stream).
+    peer_poll: select.poll | None
 
     # -- the bridge's Channel ------------------------------------------------------------
 
@@ -70,10 +67,11 @@ class Request:
         conn = self.conn
         out = conn.send_stdout(data) if data else _EMPTY
         if last:
-            # end(), inlined (the request is not over, see above): this runs per request.
+            # end(), inlined (this runs per request): the request is not over (see above),
+            # and the connection can send, or the peer's hang-up would have raised _Close
+            # in the check above.
             self.ended = True
-            if conn.state < _CLOSED:
-                out += conn.end_request()
+            out = out + conn.end_request() if out else conn.end_request()
         if out:
             self.outbox.write(out)
 
@@ -96,9 +94,42 @@ class Request:
         return conn.end_request() if conn.state < _CLOSED else _EMPTY
 
     def drop_body(self, error: OSError) -> None:
-        """The body cannot be stored: the rest of STDIN is read and dropped, so the front
-        gets a clear answer at its end instead of a connection closed under its feet."""
+        """The body cannot be stored (a full disk): answered at StdinEnd (see UnstoredBody)."""
         if self.body is not None:
             self.body.discard()
-        self.body = NO_BODY
-        self.spool_error = error
+        self.body = UnstoredBody(error)
+
+
+def start_request(started: RequestStarted, conn: ServerConnection, outbox: Outbox,
+                  check_peer: Callable[[Request], None]) -> Request:
+    """A new Request for `started`. A function rather than Request(...): calling a class
+    with an __init__ enters the interpreter loop again, a cost paid per request."""
+    request = _new(Request)
+    request.params = started.params
+    request.role = started.role
+    request.conn = conn
+    request.outbox = outbox
+    request.check_peer = check_peer
+    request.body = None
+    request.wsgi_input = EMPTY_INPUT
+    request.streaming = False
+    request.ended = False
+    request.peer_poll = None
+    return request
+
+
+class UnstoredBody:
+    """The body of a request that could not be stored: the rest of STDIN is read and
+    dropped, so the front gets a clear answer (507) at its end instead of a connection
+    closed under its feet."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    def append(self, data: bytes) -> None:
+        """Drops `data`."""
+
+    def discard(self) -> None:
+        """Nothing was kept."""

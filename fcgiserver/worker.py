@@ -41,7 +41,7 @@ from fcgiserver.protocol import (
     StdinData,
     StdinEnd,
 )
-from fcgiserver.request import PeerAborted, Request
+from fcgiserver.request import PeerAborted, Request, UnstoredBody, start_request
 from fcgiserver.scoreboard import Slot
 from fcgiserver.sockets import releasable
 from fcgiserver.spec import EXIT_BOOT_ERROR, EXIT_OK, WSGIApplication
@@ -524,7 +524,6 @@ class Worker:
             if request is not None:  # a request cut off by whatever ended the connection
                 with contextlib.suppress(_Close):
                     self._end_request(request, complete=False)
-            outbox.sock = None
             if not parked:
                 sock.close()
 
@@ -680,9 +679,7 @@ class Worker:
             if type(event) is RequestStarted:
                 self._start_request(event, conn, outbox)
             elif type(event) is StdinEnd:
-                request = self._request
-                if request is not None:
-                    self._stdin_end(request)
+                self._stdin_end()
                 if conn.state >= _CLOSED:
                     return  # the request was answered and the connection is done: ask no more
             elif type(event) is StdinData:
@@ -739,7 +736,7 @@ class Worker:
         params = event.params
         self.slot.busy(params.get("REQUEST_METHOD", ""), params.get("REQUEST_URI", "")
                        or params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", ""))
-        self._request = request = Request(event, conn, outbox, self._peer_check)
+        self._request = request = start_request(event, conn, outbox, self._peer_check)
         if event.role is _AUTHORIZER:
             # An authorizer gets no body to wait for: answer at once.
             self._respond(request, EMPTY_INPUT)
@@ -797,32 +794,33 @@ class Worker:
                 return
             drained += n
 
-    def _stdin_end(self, request: Request) -> None:
+    def _stdin_end(self) -> None:
+        request = self._request
+        if request is None:
+            return
         body = request.body
         if body is None:
             return
         request.body = None
-        error = request.spool_error
-        if body is NO_BODY and error is None:
+        if body is NO_BODY:
             self._respond(request, EMPTY_INPUT)  # nothing to check or hand over
             return
-        complete = body.is_complete()
-        wsgi_input = EMPTY_INPUT
-        if complete and error is None:
-            try:
-                wsgi_input = body.finish()  # flushes the spool file: the disk may be full now
-            except OSError as exc:
-                error = exc
-        if error is not None:
-            body.discard()
-            log.error("cannot store the request body (%s): answering 507", error)
-            self._send_simple(request, "507 Insufficient Storage", b"Insufficient Storage\n")
+        if type(body) is UnstoredBody:
+            self._unstored(request, body.error)
             return
+        assert type(body) is RequestBody
+        complete = body.is_complete()
         if not complete:
             body.discard()
             log.warning("request body cut short (%d of %s bytes): closing the connection",
                         body.size, request.params.get("CONTENT_LENGTH"))
             self._end_request(request, complete=False)
+            return
+        try:
+            wsgi_input = body.finish()  # flushes the spool file: the disk may be full now
+        except OSError as exc:
+            body.discard()
+            self._unstored(request, exc)
             return
         if body.declared is None:
             # No length the front knew (see parse_content_length): the body is all here now,
@@ -830,6 +828,10 @@ class Worker:
             request.params["CONTENT_LENGTH"] = str(body.size)
         request.wsgi_input = wsgi_input  # closed with the request, whatever the app does
         self._respond(request, wsgi_input)
+
+    def _unstored(self, request: Request, error: OSError) -> None:
+        log.error("cannot store the request body (%s): answering 507", error)
+        self._send_simple(request, "507 Insufficient Storage", b"Insufficient Storage\n")
 
     def _send_simple(self, request: Request, status: str, body: bytes) -> None:
         """An answer the server gives without calling the app; it ends the request."""
@@ -873,16 +875,21 @@ class Worker:
             # request: a cycle that would otherwise wait for the garbage collector, with
             # everything the environ holds.
             del request.params
-            if request.body is not None:
-                request.body.discard()
-                request.body = None
-            wsgi_input = request.wsgi_input
-            if wsgi_input is not EMPTY_INPUT:
-                request.wsgi_input = EMPTY_INPUT
-                wsgi_input.close()
+            if request.body is not None or request.wsgi_input is not EMPTY_INPUT:
+                self._free_body(request)
             self.slot.done()
             self.served += 1
             if self.limit and self.served >= self.limit:
                 self.stopping = True
         if not complete:
             raise _Close()
+
+    @staticmethod
+    def _free_body(request: Request) -> None:
+        if request.body is not None:
+            request.body.discard()
+            request.body = None
+        wsgi_input = request.wsgi_input
+        if wsgi_input is not EMPTY_INPUT:
+            request.wsgi_input = EMPTY_INPUT
+            wsgi_input.close()
