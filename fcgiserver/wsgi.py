@@ -1,9 +1,9 @@
 """The PEP 3333 bridge: FastCGI params in, a WSGI call, a CGI response out.
 
 The bridge knows nothing of records or sockets. It writes the response to a Channel:
-``send(data, last)`` carries STDOUT bytes (the worker wraps them in records; ``last``
-also ends the request, so a small response goes out in a single write) and
-``send_stderr`` carries ``wsgi.errors`` text.
+``send(data, last)`` carries STDOUT bytes (the worker's Request, request.py, wraps them in
+records; ``last`` also ends the request, so a small response goes out in a single write)
+and ``send_stderr`` carries ``wsgi.errors`` text.
 
 Whatever the Channel raises (the peer aborted, the peer went away) stops the response:
 the app's iterable is closed and the exception goes on to the worker, which decides what
