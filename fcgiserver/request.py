@@ -72,8 +72,7 @@ class Request:
             # in the check above.
             self.ended = True
             out = out + conn.end_request() if out else conn.end_request()
-        if out:
-            self.outbox.write(out)
+        self.outbox.write(out)
 
     def send_stderr(self, data: bytes) -> None:
         # An ended request's connection may serve another request now, which an old
