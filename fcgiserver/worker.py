@@ -490,7 +490,12 @@ class Worker:
                 # which the whole-request path takes without copying.
                 conn.receive_data(view[:n] if state is _STDIN else view[:n].tobytes())
                 self._handle_events(conn, outbox)
+                out = conn.data_to_send()
+                if out:
+                    outbox.write(out)
                 state = conn.state
+                if state >= _CLOSED:
+                    return
                 if state is _PARAMS or (state is _IDLE and conn.pending_input):
                     if head_deadline is None and self.head_timeout is not None:
                         head_deadline = time.monotonic() + self.head_timeout
@@ -500,10 +505,7 @@ class Worker:
                         raise TimeoutError("the request's parameters did not arrive in time")
                 else:
                     head_deadline = None
-                out = conn.data_to_send()
-                if out:
-                    outbox.write(out)
-                if state >= _CLOSED or (self.stopping and state is _IDLE):
+                if self.stopping and state is _IDLE:
                     return
         except _Close:
             pass
