@@ -6,9 +6,9 @@ peer goes to the worker's Outbox, which points at the connection being served, a
 is the one place where bytes leave, with the write timeout. An ordinary response is one
 write, its STDOUT and END_REQUEST records together.
 
-One Outbox serves all of a worker's connections in turn (making one per connection cost
-more than the rest of this module per request). A request that is over never writes again
-(see Request), so nothing meant for an old connection reaches the next.
+One Outbox serves all of a worker's connections in turn: nothing of it is made per
+connection. A request that is over never writes again (see Request), so nothing meant for
+an old connection reaches the next.
 """
 
 from __future__ import annotations
@@ -24,22 +24,22 @@ _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
 class Outbox:
-    """Writes to `sock`, the connection being served (None before the first).
+    """Writes to `sock`, the connection being served (a closed socket before the first).
     `timeout_ms` (None: no limit) bounds each wait for the peer to take more: a peer that
     stops reading cannot hold the worker forever."""
 
     __slots__ = ("sock", "timeout_ms")
 
     def __init__(self, timeout_ms: int | None) -> None:
-        self.sock: _socket.socket | None = None
+        # Closed: a write before the first connection fails as one to a gone peer does.
+        self.sock = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.close()
         self.timeout_ms = timeout_ms
 
     def write(self, data: bytes | memoryview) -> None:
         """Sends all of `data` (whole records); raises TimeoutError when the peer stops
         reading, or the socket's OSError."""
         sock = self.sock
-        if sock is None:
-            raise ConnectionError("no connection is being served")
         while True:
             try:
                 sent = sock.send(data, _SEND_FLAGS)

@@ -716,7 +716,6 @@ class Worker:
         # would raise (an exception object and its strerror text, per streamed piece).
         outbox = request.outbox
         sock = outbox.sock
-        assert sock is not None  # the request's connection, being served
         peer_poll = request.peer_poll
         if peer_poll is None:
             peer_poll = request.peer_poll = select.poll()
@@ -764,9 +763,7 @@ class Worker:
         log.warning("request body over --max-body-size (%d bytes): answering 413 and closing the "
                     "connection", self.max_body_size)
         self._send_simple(request, "413 Content Too Large", b"Content Too Large\n")
-        sock = request.outbox.sock
-        assert sock is not None  # the request's connection, being served
-        self._linger(sock)
+        self._linger(request.outbox.sock)
         raise _Close()
 
     def _linger(self, sock: _socket.socket) -> None:
