@@ -7,8 +7,8 @@ stored), the app's wsgi.input, and whether the response goes out in pieces.
 
 It is also the WSGI bridge's Channel (wsgi.py): STDOUT and STDERR records for this request
 leave through the worker's Outbox (outbox.py), and never once the request is over. The
-request's final records are made here alone (end()); the last piece of a response carries
-them, so an ordinary response leaves in one write.
+request's final records are made here alone: by end(), or by send() for the last piece of
+a response, which carries them, so an ordinary response leaves in one write.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class Request:
         out = conn.send_stdout(data) if data else _EMPTY
         if last:
             # end(), inlined (this runs per request): the request is not over (see above),
-            # and the connection can send, or the peer's hang-up would have raised _Close
-            # in the check above.
+            # and the connection can send (a hang-up the worker saw raised _Close before
+            # the app got here).
             self.ended = True
             out = out + conn.end_request() if out else conn.end_request()
         self.outbox.write(out)
