@@ -1,9 +1,10 @@
 """The status and ping pages: the scoreboard and pool counters as JSON or Prometheus text.
 
-A worker answers them itself, before the application (``--status-path``, ``--ping-path``),
-so they work while the app is broken or slow, and they cost a normal request only one
-dictionary lookup. The report is read from shared memory (scoreboard.py, poolstats.py):
-nothing is asked of the supervisor or of the other workers. RSS comes from psutil and the
+They are a WSGI layer around the application (``StatusPages``, ``--status-path``,
+``--ping-path``), outside the access log's, so they work while the app is broken or slow,
+are not logged, and cost a normal request one call and one dictionary lookup. The report
+is read from shared memory (scoreboard.py, poolstats.py): nothing is asked of the
+supervisor or of the other workers. RSS comes from psutil and the
 listen queue from the kernel (listenqueue.py), both at the moment the page is asked for.
 
 ``GET <status-path>`` gives JSON; ``?format=prometheus`` the text exposition format;
@@ -357,7 +358,7 @@ def ping_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable
 
 def status_routes(config: Config, slot: Slot,
                   listeners: Sequence[socket.socket]) -> dict[str, WSGIApplication]:
-    """Path -> app for the pages a worker answers before the application (empty when none)."""
+    """Path -> app for the pages answered before the application (empty when none)."""
     routes: dict[str, WSGIApplication] = {}
     board = slot.board
     if config.status_path is not None and board is not None:
@@ -365,3 +366,33 @@ def status_routes(config: Config, slot: Slot,
     if config.ping_path is not None:
         routes[config.ping_path] = ping_app
     return routes
+
+
+class StatusPages:
+    """The application behind the status and ping pages: a request for one of `routes`
+    is answered by its page and never reaches `app`.
+
+    Only a RESPONDER's request is routed: an authorizer's question is the app's to answer,
+    whatever its path.
+    """
+
+    __slots__ = ("app", "routes")
+
+    def __init__(self, app: WSGIApplication, routes: dict[str, WSGIApplication]) -> None:
+        self.app = app
+        self.routes = routes
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("FCGI_ROLE", "RESPONDER") == "RESPONDER":
+            page = self.routes.get(request_path(environ))
+            if page is not None:
+                return page(environ, start_response)
+        return self.app(environ, start_response)
+
+
+def with_status_pages(app: WSGIApplication, config: Config, slot: Slot,
+                      listeners: Sequence[socket.socket]) -> WSGIApplication:
+    """`app` behind the configured pages; `app` itself when none is configured, so a
+    server without them pays nothing per request."""
+    routes = status_routes(config, slot, listeners)
+    return StatusPages(app, routes) if routes else app

@@ -27,12 +27,12 @@ from typing import NoReturn
 from fcgiserver import parentwatch
 from fcgiserver.allowlist import AllowList
 from fcgiserver.config import Config
+from fcgiserver.outbox import Outbox
 from fcgiserver.parentwatch import ParentWatch
 from fcgiserver.protocol import (
     NEED_DATA,
     ConnectionClosed,
     ConnState,
-    ProtocolStatus,
     RemoteProtocolError,
     RequestAborted,
     RequestStarted,
@@ -41,13 +41,15 @@ from fcgiserver.protocol import (
     StdinData,
     StdinEnd,
 )
+from fcgiserver.request import PeerAborted, Request, UnstoredBody, start_request
 from fcgiserver.scoreboard import Slot
 from fcgiserver.sockets import releasable
 from fcgiserver.spec import EXIT_BOOT_ERROR, EXIT_OK, WSGIApplication
-from fcgiserver.status import request_path, status_routes
+from fcgiserver.status import with_status_pages
 from fcgiserver.wsgi import ErrorStream, build_environ, run_app, simple_response
 from fcgiserver.wsgi_input import (
     EMPTY_INPUT,
+    NO_BODY,
     BadContentLength,
     BodyTooLarge,
     RequestBody,
@@ -59,11 +61,7 @@ log = logging.getLogger("fcgiserver.worker")
 
 RECV_SIZE = 256 * 1024
 _POLLIN = select.POLLIN
-_POLLOUT = select.POLLOUT
 _RECV_FLAGS = socket.MSG_DONTWAIT
-# MSG_NOSIGNAL: a gone peer must be an EPIPE error, never a SIGPIPE, whatever the app did
-# to the signal's disposition.
-_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 # accept() errors that concern only the connection being accepted.
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
                                errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
@@ -92,15 +90,6 @@ _Listener = tuple[socket.socket, int, int, int]
 _raw_accept: Callable[[socket.socket], tuple[int, object]] = socket.socket._accept  # type: ignore[attr-defined]
 
 
-# Most requests declare an empty body. This one keeps nothing (it drops any bytes past its
-# declared length of 0), so every such request can share it.
-_NO_BODY = RequestBody(0, 0)
-
-
-class PeerAborted(Exception):
-    """The front sent FCGI_ABORT_REQUEST for the request being answered."""
-
-
 class _Quit(BaseException):
     """SIGQUIT: leave at once, from wherever the worker is."""
 
@@ -109,100 +98,11 @@ class _Close(Exception):
     """Stop serving this connection (the reason has been dealt with)."""
 
 
-def send_all(sock: _socket.socket, data: bytes, timeout_ms: int | None) -> None:
-    """sendall() with a timeout: a peer that stops reading cannot hold the worker forever."""
-    try:
-        sent = sock.send(data, _SEND_FLAGS)
-    except BlockingIOError:
-        sent = 0
-    if sent == len(data):
-        return
-    view = memoryview(data)[sent:]
-    poller = select.poll()
-    poller.register(sock.fileno(), _POLLOUT)
-    while view:
-        if not poller.poll(timeout_ms):
-            raise TimeoutError("the peer stopped reading")
-        try:
-            sent = sock.send(view, _SEND_FLAGS)
-        except BlockingIOError:
-            continue
-        view = view[sent:]
-
-
 def _readable_soon(sock: _socket.socket) -> bool:
     """Whether bytes arrive within PARK_GRACE_MS (only asked of a connection found silent)."""
     poller = select.poll()
     poller.register(sock, _POLLIN)
     return bool(poller.poll(PARK_GRACE_MS))
-
-
-class _Channel:
-    """The bridge's way out: STDOUT/STDERR records for the connection's active request."""
-
-    __slots__ = ("conn", "peer_poll", "sock", "streaming", "timeout_ms", "worker")
-
-    def __init__(self, worker: Worker, sock: _socket.socket, conn: ServerConnection) -> None:
-        self.worker = worker
-        self.sock = sock
-        self.conn = conn
-        self.timeout_ms = worker.timeout_ms
-        self.streaming = False
-        # Made by the first check_peer() of a streamed response (most responses never stream).
-        self.peer_poll: select.poll | None = None
-
-    def send(self, data: bytes, last: bool) -> None:
-        conn = self.conn
-        # A response that goes out whole in this one write has nothing left to abort;
-        # otherwise look for an ABORT_REQUEST (or a hang-up) before every piece.
-        if self.streaming or not last:
-            self.check_peer()
-        self.streaming = True
-        out = conn.send_stdout(data) if data else b""
-        if last:
-            out = out + conn.end_request() if out else conn.end_request()
-        send_all(self.sock, out, self.timeout_ms)
-
-    def send_stderr(self, data: bytes) -> None:
-        # A closed socket means a past connection: the (shared) protocol object then
-        # belongs to another request, which an old wsgi.errors must not touch.
-        if data and self.sock.fileno() >= 0 and self.conn.request_id is not None:
-            send_all(self.sock, self.conn.send_stderr(data), self.timeout_ms)
-
-    def check_peer(self) -> None:
-        """Takes what the peer sent so far, without waiting; raises if it gave up."""
-        # The usual answer is "nothing": a poll says so without the BlockingIOError a recv
-        # would raise (an exception object and its strerror text, per streamed piece).
-        peer_poll = self.peer_poll
-        if peer_poll is None:
-            peer_poll = self.peer_poll = select.poll()
-            peer_poll.register(self.sock, _POLLIN)
-        if not peer_poll.poll(0):
-            return
-        worker = self.worker
-        try:
-            n = self.sock.recv_into(worker.buf, RECV_SIZE, _RECV_FLAGS)
-        except BlockingIOError:
-            return
-        conn = self.conn
-        conn.receive_data(worker.view[:n].tobytes())
-        aborted = closed = False
-        while True:
-            event = conn.next_event()
-            if event is NEED_DATA:
-                break
-            if isinstance(event, RequestAborted):
-                aborted = True
-            elif isinstance(event, ConnectionClosed):
-                closed = True
-                break
-        out = conn.data_to_send()
-        if out:
-            send_all(self.sock, out, self.timeout_ms)
-        if closed:
-            raise ConnectionResetError(errno.ECONNRESET, "the peer closed the connection")
-        if aborted:
-            raise PeerAborted()
 
 
 class _ListenWaiter:
@@ -287,11 +187,8 @@ _EPOLLEXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)
 _IDLE = ConnState.IDLE
 _PARAMS = ConnState.PARAMS
 _STDIN = ConnState.STDIN
-_ABORTED = ConnState.ABORTED
 _CLOSED = ConnState.CLOSED  # and every state after it (see ServerConnection.should_close)
 _AUTHORIZER = Role.AUTHORIZER
-_RESPONDER = Role.RESPONDER
-_COMPLETE = ProtocolStatus.REQUEST_COMPLETE
 _EXCLUSIVE_IN = getattr(select, "EPOLLIN", 0) | _EPOLLEXCLUSIVE
 
 
@@ -301,7 +198,9 @@ class Worker:
     def __init__(self, app: WSGIApplication, listeners: list[socket.socket], config: Config, slot: Slot,
                  generation: int, *, parent: ParentWatch | None = None,
                  allow: AllowList | None = None, on_setup: Callable[[], None] | None = None) -> None:
-        self.app = app
+        # --status-path / --ping-path: a layer in front of the app (status.py), as the
+        # access log is one behind them.
+        self.app = with_status_pages(app, config, slot, listeners)
         self.listeners = listeners
         self.config = config
         self.slot = slot
@@ -321,8 +220,6 @@ class Worker:
         self._by_fd: dict[int, _Listener] = {}
         # A connection taken while idle on a kept one (see _take_waiting), served next.
         self._taken: _socket.socket | None = None
-        # --status-path / --ping-path: answered here, before the app (empty when unset).
-        self.routes = status_routes(config, slot, listeners)
         # Untouched pages of an anonymous map cost nothing: a bytearray would be zeroed, and
         # all of it private to each worker at once (about 200 KiB of idle USS).
         self.buf = mmap.mmap(-1, RECV_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -351,11 +248,12 @@ class Worker:
         # in the accept loop's wait set instead of holding the worker (see _park).
         self._parked: dict[int, tuple[_socket.socket, float]] = {}
         self._waiter: _ListenWaiter | None = None
-        # The request in progress on the current connection.
-        self._body: RequestBody | None = None
-        self._started: RequestStarted | None = None
-        # Set when the body could not be spooled (a full disk): answered at StdinEnd.
-        self._spool_error: OSError | None = None
+        # The one way out for every connection's bytes (outbox.py).
+        self._outbox = Outbox(self.timeout_ms)
+        # The request in progress on the current connection (request.py).
+        self._request: Request | None = None
+        # Handed to each request, made once: a bound method per request would cost.
+        self._peer_check = self._check_peer
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -557,12 +455,13 @@ class Worker:
     # -- one connection ----------------------------------------------------------------
 
     def _serve(self, sock: _socket.socket, head_deadline: float | None = None) -> None:
-        # One connection at a time: the same protocol object serves them all. The channel
-        # stays per connection, so an app that kept an old wsgi.errors cannot write into
-        # the request being served now (see _Channel.send_stderr).
+        # One connection at a time: the same protocol object serves them all. Each request
+        # is its own object, so an app that kept an old wsgi.errors cannot write into the
+        # request being served now (see Request.send_stderr).
         conn = self._conn
         conn.reset()
-        channel = _Channel(self, sock, conn)
+        outbox = self._outbox
+        outbox.sock = sock
         # A stop may close a connection only between requests: one accepted but not yet
         # sent its first request is a request the front already handed over.
         served_before = self.served
@@ -597,8 +496,13 @@ class Worker:
                 # over the view spares a copy of every body byte. A request's head goes as bytes,
                 # which the whole-request path takes without copying.
                 conn.receive_data(view[:n] if state is _STDIN else view[:n].tobytes())
-                self._handle_events(conn, channel)
+                self._handle_events(conn, outbox)
+                out = conn.data_to_send()
+                if out:
+                    outbox.write(out)
                 state = conn.state
+                if state >= _CLOSED:
+                    return
                 if state is _PARAMS or (state is _IDLE and conn.pending_input):
                     if head_deadline is None and self.head_timeout is not None:
                         head_deadline = time.monotonic() + self.head_timeout
@@ -608,10 +512,7 @@ class Worker:
                         raise TimeoutError("the request's parameters did not arrive in time")
                 else:
                     head_deadline = None
-                out = conn.data_to_send()
-                if out:
-                    send_all(sock, out, self.timeout_ms)
-                if state >= _CLOSED or (self.stopping and state is _IDLE):
+                if self.stopping and state is _IDLE:
                     return
         except _Close:
             pass
@@ -628,8 +529,10 @@ class Worker:
             # but keep the worker (and the requests that come after) going.
             log.exception("unexpected error while serving a connection; closing it")
         finally:
-            if self._started is not None:  # a request cut off by whatever ended the connection
-                self._end_request()
+            request = self._request
+            if request is not None:  # a request cut off by whatever ended the connection
+                with contextlib.suppress(_Close):
+                    self._end_request(request, complete=False)
             if not parked:
                 sock.close()
 
@@ -771,8 +674,10 @@ class Worker:
         log.debug("closing an idle kept connection for a new one no free worker took")
         self._taken = _socket.socket(listener[1], listener[2], listener[3], fd)
         return True
-
-    def _handle_events(self, conn: ServerConnection, channel: _Channel) -> None:
+    def _handle_events(self, conn: ServerConnection, outbox: Outbox) -> None:
+        """What the peer's bytes mean, event by event: the one place they are acted on, both
+        between requests (from _serve) and between the pieces of a response (from
+        _check_peer)."""
         next_event = conn.next_event
         while True:
             event = next_event()
@@ -781,58 +686,91 @@ class Worker:
             # Exact type tests, in the order of how often they come: the event classes are
             # final, and this runs per event.
             if type(event) is RequestStarted:
-                self._start_request(event, conn, channel)
+                self._start_request(event, conn, outbox)
             elif type(event) is StdinEnd:
-                self._stdin_end(conn, channel)
+                self._stdin_end()
                 if conn.state >= _CLOSED:
                     return  # the request was answered and the connection is done: ask no more
             elif type(event) is StdinData:
-                if self._body is not None:
+                request = self._request
+                if request is not None and request.body is not None:
                     try:
-                        self._body.append(event.data)
+                        request.body.append(event.data)
                     except OSError as exc:
-                        self._spool_failed(exc)
+                        request.drop_body(exc)
                     except BodyTooLarge:
-                        self._too_large(conn, channel)
+                        self._too_large(request)
             elif type(event) is RequestAborted:
-                # Aborted before the app was called: nothing to stop, only to answer.
-                self._end_request()
-                if conn.state is _ABORTED:
-                    send_all(channel.sock, conn.end_request(), self.timeout_ms)
+                request = self._request
+                if request is not None:
+                    if request.streaming:
+                        # Between two pieces of the response (from _check_peer): out
+                        # through that piece's send, which stops the app's iteration; the
+                        # request ends in _respond. Events after this one wait for the
+                        # loop that called the app.
+                        raise PeerAborted()
+                    else:
+                        # Before the app was called: nothing to stop, only to answer.
+                        self._end_request(request)
             elif type(event) is ConnectionClosed:
                 raise _Close()
 
-    def _start_request(self, event: RequestStarted, conn: ServerConnection, channel: _Channel) -> None:
+    def _check_peer(self, request: Request) -> None:
+        """Before a piece of a streamed response: takes what the peer sent so far, without
+        waiting, through _handle_events, which raises PeerAborted if the front aborted the
+        request."""
+        # The usual answer is "nothing": a poll says so without the BlockingIOError a recv
+        # would raise (an exception object and its strerror text, per streamed piece).
+        outbox = request.outbox
+        sock = outbox.sock
+        peer_poll = request.peer_poll
+        if peer_poll is None:
+            peer_poll = request.peer_poll = select.poll()
+            peer_poll.register(sock, _POLLIN)
+        if not peer_poll.poll(0):
+            return
+        try:
+            n = sock.recv_into(self.buf, RECV_SIZE, _RECV_FLAGS)
+        except BlockingIOError:
+            return
+        conn = request.conn
+        conn.receive_data(self.view[:n].tobytes())
+        self._handle_events(conn, outbox)
+        out = conn.data_to_send()
+        if out:
+            outbox.write(out)
+
+    def _start_request(self, event: RequestStarted, conn: ServerConnection, outbox: Outbox) -> None:
         params = event.params
         self.slot.busy(params.get("REQUEST_METHOD", ""), params.get("REQUEST_URI", "")
                        or params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", ""))
-        self._started = event
+        self._request = request = start_request(event, conn, outbox, self._peer_check)
         if event.role is _AUTHORIZER:
             # An authorizer gets no body to wait for: answer at once.
-            self._respond(conn, channel, EMPTY_INPUT)
+            self._respond(request, EMPTY_INPUT)
             return
         length = params.get("CONTENT_LENGTH")
         if length == "0":
-            self._body = _NO_BODY  # what most requests declare: nothing to parse
+            request.body = NO_BODY  # what most requests declare: nothing to parse
             return
         try:
             declared = parse_content_length(length)
         except BadContentLength:
             log.warning("bad CONTENT_LENGTH %r: answering 400", params.get("CONTENT_LENGTH"))
-            self._send_simple(conn, channel, "400 Bad Request", b"Bad Request\n")
+            self._send_simple(request, "400 Bad Request", b"Bad Request\n")
             return
         if declared is not None and declared > self.max_body_size:
-            self._too_large(conn, channel)
-        self._body = (_NO_BODY if declared == 0
-                      else RequestBody(declared, self.spool_threshold, limit=self.max_body_size))
+            self._too_large(request)
+        request.body = (NO_BODY if declared == 0
+                        else RequestBody(declared, self.spool_threshold, limit=self.max_body_size))
 
-    def _too_large(self, conn: ServerConnection, channel: _Channel) -> NoReturn:
+    def _too_large(self, request: Request) -> NoReturn:
         """--max-body-size: 413 and the connection closed, the rest of the body never read,
         what came of it dropped (the spool file closes with the request)."""
         log.warning("request body over --max-body-size (%d bytes): answering 413 and closing the "
                     "connection", self.max_body_size)
-        self._send_simple(conn, channel, "413 Content Too Large", b"Content Too Large\n")
-        self._linger(channel.sock)
+        self._send_simple(request, "413 Content Too Large", b"Content Too Large\n")
+        self._linger(request.outbox.sock)
         raise _Close()
 
     def _linger(self, sock: _socket.socket) -> None:
@@ -862,87 +800,102 @@ class Worker:
                 return
             drained += n
 
-    def _spool_failed(self, exc: OSError) -> None:
-        # The rest of STDIN is read and dropped, so the front gets a clear answer at its end
-        # instead of a connection closed under its feet.
-        if self._body is not None:
-            self._body.discard()
-        self._body = _NO_BODY
-        self._spool_error = exc
-
-    def _stdin_end(self, conn: ServerConnection, channel: _Channel) -> None:
-        body = self._body
+    def _stdin_end(self) -> None:
+        request = self._request
+        if request is None:
+            return
+        body = request.body
         if body is None:
             return
-        self._body = None
-        if body is _NO_BODY and self._spool_error is None:
-            self._respond(conn, channel, EMPTY_INPUT)  # nothing to check or hand over
+        request.body = None
+        if body is NO_BODY:
+            self._respond(request, EMPTY_INPUT)  # nothing to check or hand over
             return
+        if type(body) is UnstoredBody:
+            self._unstored(request, body.error)
+            return
+        assert type(body) is RequestBody
         complete = body.is_complete()
-        wsgi_input = EMPTY_INPUT
-        if complete and self._spool_error is None:
-            try:
-                wsgi_input = body.finish()  # flushes the spool file: the disk may be full now
-            except OSError as exc:
-                self._spool_error = exc
-        if self._spool_error is not None:
-            body.discard()
-            log.error("cannot store the request body (%s): answering 507", self._spool_error)
-            self._send_simple(conn, channel, "507 Insufficient Storage", b"Insufficient Storage\n")
-            return
-        started = self._started
-        assert started is not None
         if not complete:
             body.discard()
             log.warning("request body cut short (%d of %s bytes): closing the connection",
-                        body.size, started.params.get("CONTENT_LENGTH"))
-            raise _Close()
+                        body.size, request.params.get("CONTENT_LENGTH"))
+            self._end_request(request, complete=False)
+            return
+        try:
+            wsgi_input = body.finish()  # flushes the spool file: the disk may be full now
+        except OSError as exc:
+            body.discard()
+            self._unstored(request, exc)
+            return
         if body.declared is None:
             # No length the front knew (see parse_content_length): the body is all here now,
             # so the app gets its real length.
-            started.params["CONTENT_LENGTH"] = str(body.size)
-        self._respond(conn, channel, wsgi_input)
+            request.params["CONTENT_LENGTH"] = str(body.size)
+        request.wsgi_input = wsgi_input  # closed with the request, whatever the app does
+        self._respond(request, wsgi_input)
 
-    def _send_simple(self, conn: ServerConnection, channel: _Channel, status: str, body: bytes) -> None:
-        started = self._started
-        head = started is not None and started.params.get("REQUEST_METHOD") == "HEAD"
-        send_all(channel.sock, conn.send_stdout(simple_response(status, body, head)) + conn.end_request(),
-                 self.timeout_ms)
-        self._end_request()
+    def _unstored(self, request: Request, error: OSError) -> None:
+        log.error("cannot store the request body (%s): answering 507", error)
+        self._send_simple(request, "507 Insufficient Storage", b"Insufficient Storage\n")
 
-    def _respond(self, conn: ServerConnection, channel: _Channel, wsgi_input: WSGIInput) -> None:
-        started = self._started
-        assert started is not None
-        environ = build_environ(started.params, started.role, wsgi_input, ErrorStream(channel),
+    def _send_simple(self, request: Request, status: str, body: bytes) -> None:
+        """An answer the server gives without calling the app; it ends the request."""
+        request.send(simple_response(status, body, request.params.get("REQUEST_METHOD") == "HEAD"), True)
+        self._end_request(request)
+
+    def _respond(self, request: Request, wsgi_input: WSGIInput) -> None:
+        environ = build_environ(request.params, request.role, wsgi_input, ErrorStream(request),
                                 self.script_name, self.extra_environ)
-        channel.streaming = False
         try:
-            app = self.app
-            if self.routes and started.role is _RESPONDER:
-                app = self.routes.get(request_path(environ), app)
-            completed = run_app(app, environ, channel)
+            completed = run_app(self.app, environ, request)
         except PeerAborted:
-            completed = True
-            send_all(channel.sock, conn.end_request(0, _COMPLETE), self.timeout_ms)
+            completed = True  # the front asked for the end: END_REQUEST, as for any request
+        # Anything else (the peer gone, a write timeout) ends the connection, and the request
+        # with it (see _serve).
+        self._end_request(request, completed)
+
+    def _end_request(self, request: Request, complete: bool = True) -> None:
+        """Ends `request`, however it went: the one place a request ends.
+
+        Complete, it gets its final records (unless the response's last piece carried them)
+        and they go out now. Incomplete (the head is out and the body is broken, or the
+        body was cut short), it gets none, and the connection is closed: only that tells
+        the front the response is incomplete. Either way what the request held is freed
+        and the slot counts it.
+        """
+        if self._request is not request:
+            return
+        self._request = None
+        try:
+            if not request.ended:
+                if complete:
+                    out = request.end()
+                    if out:
+                        request.outbox.write(out)
+                else:
+                    request.ended = True
         finally:
-            if wsgi_input is not EMPTY_INPUT:
-                wsgi_input.close()
-            self._end_request()
-        if not completed:
-            # The head is out and the body is broken: only a closed connection tells the
-            # front that this response is incomplete.
+            # What the request held: its params, the body collected, the app's wsgi.input.
+            # The params became the environ, which holds wsgi.errors, which holds the
+            # request: a cycle that would otherwise wait for the garbage collector, with
+            # everything the environ holds.
+            del request.params
+            if request.body is not None or request.wsgi_input is not EMPTY_INPUT:
+                self._free_body(request)
+            self.slot.done()
+            self.served += 1
+            if self.limit and self.served >= self.limit:
+                self.stopping = True
+        if not complete:
             raise _Close()
 
-    def _end_request(self) -> None:
-        """Bookkeeping once a request is over, however it ended."""
-        if self._started is None:
-            return
-        self._started = None
-        self._spool_error = None
-        if self._body is not None:
-            self._body.discard()
-            self._body = None
-        self.slot.done()
-        self.served += 1
-        if self.limit and self.served >= self.limit:
-            self.stopping = True
+    @staticmethod
+    def _free_body(request: Request) -> None:
+        if request.body is not None:
+            request.body.discard()
+            request.body = None
+        wsgi_input = request.wsgi_input
+        if wsgi_input is not EMPTY_INPUT:
+            request.wsgi_input = EMPTY_INPUT
+            wsgi_input.close()

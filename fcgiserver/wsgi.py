@@ -1,9 +1,9 @@
 """The PEP 3333 bridge: FastCGI params in, a WSGI call, a CGI response out.
 
 The bridge knows nothing of records or sockets. It writes the response to a Channel:
-``send(data, last)`` carries STDOUT bytes (the worker wraps them in records; ``last``
-also ends the request, so a small response goes out in a single write) and
-``send_stderr`` carries ``wsgi.errors`` text.
+``send(data, last)`` carries STDOUT bytes (the worker's Request, request.py, wraps them in
+records; ``last`` also ends the request, so a small response goes out in a single write)
+and ``send_stderr`` carries ``wsgi.errors`` text.
 
 Whatever the Channel raises (the peer aborted, the peer went away) stops the response:
 the app's iterable is closed and the exception goes on to the worker, which decides what
@@ -264,25 +264,19 @@ class _Stop(Exception):
 
 
 class _Call(ResponseHead):
-    """One app call: start_response, write() and the body loop share this state."""
+    """One app call: start_response, write() and the body loop share this state (made by
+    _new_call())."""
 
     __slots__ = ("channel", "errors", "failure", "head", "remaining")
 
-    def __init__(self, channel: Channel, errors: object, head: bool) -> None:
-        # ResponseHead.__init__, inlined: one call less per request.
-        self.started = False
-        self.sent = False
-        self.status = ""
-        self.block = b""
-        self.content_length = None
-        self.channel = channel
-        # Text the app left without a newline still goes out before the request ends.
-        self.errors = errors if type(errors) is ErrorStream else None
-        self.failure: BaseException | None = None
-        self.remaining: int | None = None
-        # HEAD: the head as the app made it (Content-Length included), never a body byte
-        # (HAProxy answers 502 to a HEAD response with a body).
-        self.head = head
+    channel: Channel
+    # Text the app left without a newline still goes out before the request ends.
+    errors: ErrorStream | None
+    failure: BaseException | None
+    remaining: int | None
+    # HEAD: the head as the app made it (Content-Length included), never a body byte
+    # (HAProxy answers 502 to a HEAD response with a body).
+    head: bool
 
     def emit(self, data: bytes, last: bool) -> None:
         """Sends body bytes, with the header block in front of the first ones."""
@@ -332,6 +326,27 @@ class _Call(ResponseHead):
             self.emit(data, False)
 
 
+_new = object.__new__
+
+
+def _new_call(channel: Channel, errors: object, head: bool) -> _Call:
+    """A _Call. A function rather than _Call(...): calling a class with an __init__ enters
+    the interpreter loop again, a cost paid per request (ResponseHead.__init__ is inlined
+    here for the same reason)."""
+    call = _new(_Call)
+    call.started = False
+    call.sent = False
+    call.status = ""
+    call.block = b""
+    call.content_length = None
+    call.channel = channel
+    call.errors = errors if type(errors) is ErrorStream else None
+    call.failure = None
+    call.remaining = None
+    call.head = head
+    return call
+
+
 def run_app(app: WSGIApplication, environ: dict[str, Any], channel: Channel) -> bool:
     """Calls the app and streams its response to `channel`.
 
@@ -339,7 +354,7 @@ def run_app(app: WSGIApplication, environ: dict[str, Any], channel: Channel) -> 
     failed after the headers went out (the request cannot be completed: the caller closes
     the connection). Channel failures propagate after the app's iterable is closed.
     """
-    call = _Call(channel, environ.get("wsgi.errors"), environ.get("REQUEST_METHOD") == "HEAD")
+    call = _new_call(channel, environ.get("wsgi.errors"), environ.get("REQUEST_METHOD") == "HEAD")
     result: Iterable[bytes] | None = None
     try:
         result = app(environ, call.start_response)

@@ -124,6 +124,33 @@ class RequestBody:
             self._file = None
 
 
+class EmptyBody:
+    """The body of a request that declares none (CONTENT_LENGTH 0), the usual case.
+
+    It keeps nothing (bytes past a declared length of 0 are dropped) and has no state to
+    change, so one instance serves every such request, and a discard() on it cannot reach
+    another request.
+    """
+
+    __slots__ = ()
+
+    declared = 0
+    size = 0
+    spooled = False
+
+    def append(self, data: bytes) -> None:
+        """Drops `data`: all of it is past the declared length."""
+
+    def is_complete(self) -> bool:
+        return True
+
+    def finish(self) -> WSGIInput:
+        return EMPTY_INPUT
+
+    def discard(self) -> None:
+        """Nothing was kept."""
+
+
 class WSGIInput:
     """PEP 3333 ``wsgi.input``: read, readline, readlines, iteration; never past the body."""
 
@@ -178,3 +205,5 @@ class WSGIInput:
 
 # Most requests have no body; they share one input that has nothing to give.
 EMPTY_INPUT = WSGIInput(io.BytesIO(), 0)
+# ... and one body that keeps nothing.
+NO_BODY = EmptyBody()

@@ -27,8 +27,9 @@ from fcgiserver.config import ConfigError, build_config
 from fcgiserver.listenqueue import listen_queue
 from fcgiserver.poolstats import PoolStats
 from fcgiserver.scoreboard import RESTART_CAUSES, Scoreboard
-from fcgiserver.status import collect, render_json, render_prometheus
+from fcgiserver.status import StatusPages, collect, render_json, render_prometheus
 from fcgiserver.statuscli import render_table
+from fcgiserver.worker import Worker
 from tests.support.frontends import running_lighttpd
 from tests.support.server import (
     RawResponse,
@@ -108,6 +109,36 @@ def test_status_and_ping_paths_must_start_with_a_slash_and_differ() -> None:
             build_config({"status_path": bad})
     with pytest.raises(ConfigError, match="must differ"):
         build_config({"status_path": "/x", "ping_path": "/x"})
+
+
+# ---- the pages as a WSGI layer ----------------------------------------------------------------
+
+def test_the_pages_are_a_layer_in_front_of_the_app_the_worker_was_given() -> None:
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"app"]
+
+    def call(wsgi: Any, path: str, role: str = "RESPONDER") -> tuple[str, bytes]:
+        answer: list[str] = []
+        environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "FCGI_ROLE": role}
+        body = b"".join(wsgi(environ, lambda status, headers, exc_info=None: answer.append(status)))
+        return answer[0], body
+
+    board = Scoreboard(1)
+    plain = Worker(app, [], build_config({}), board.slot(0), 1)
+    assert plain.app is app  # no pages configured: nothing in front of the app
+    pages = Worker(app, [], build_config({"status_path": STATUS, "ping_path": PING}), board.slot(0), 1)
+    assert isinstance(pages.app, StatusPages) and pages.app.app is app
+    assert call(pages.app, PING) == ("200 OK", b"pong")
+    assert call(pages.app, STATUS)[0] == "200 OK"
+    assert seen == []
+    # Other paths, and an authorizer's question about a page's path, are the app's.
+    assert call(pages.app, "/other") == ("200 OK", b"app")
+    assert call(pages.app, PING, role="AUTHORIZER") == ("200 OK", b"app")
+    assert seen == ["/other", PING]
 
 
 # ---- the scoreboard header ---------------------------------------------------------------------

@@ -369,6 +369,24 @@ def test_abort_while_streaming_stops_the_app_and_closes_its_iterable(worker: Run
         assert peer.request("/hello", keep=True).body == wsgi_apps.HELLO
 
 
+def test_a_request_sent_right_after_aborting_a_streamed_one_is_served(worker: RunningWorker) -> None:
+    # The abort reaches the worker between two pieces of the response, in the same read as
+    # the next request: the worker's own event loop takes the abort, the aborted request
+    # ends, and the next request is served on the kept connection.
+    mark = os.path.join(os.path.dirname(worker.path), "mark")
+    with Peer(worker.path) as peer:
+        peer.send(Peer.request_bytes(cgi_params("/slow", f"chunks=200&delay=0.02&mark={mark}"), keep=True))
+        first = peer.record()
+        assert first is not None and first.type == RecordType.STDOUT
+        peer.send(encode_record(RecordType.ABORT_REQUEST, 1)
+                  + Peer.request_bytes(cgi_params("/hello"), rid=2, keep=True))
+        assert peer.reply(1).protocol_status == ProtocolStatus.REQUEST_COMPLETE
+        reply = peer.reply(2)
+        assert (reply.status, reply.body) == (200, wsgi_apps.HELLO)
+        assert reply.protocol_status == ProtocolStatus.REQUEST_COMPLETE
+        assert int(Path(mark).read_text().split()[-1]) < 200
+
+
 def test_disconnect_mid_response_frees_the_worker_for_the_next_request(worker: RunningWorker) -> None:
     mark = os.path.join(os.path.dirname(worker.path), "mark")
     peer = Peer(worker.path)

@@ -23,6 +23,7 @@ from fcgiserver.wsgi import (
 )
 from fcgiserver.wsgi_input import (
     EMPTY_INPUT,
+    NO_BODY,
     BadContentLength,
     RequestBody,
     WSGIInput,
@@ -268,6 +269,15 @@ def test_short_body_is_reported_incomplete() -> None:
     body.append(b"x")
     assert body.is_complete()
     assert RequestBody(None, 10).is_complete()
+
+
+def test_the_shared_empty_body_has_no_state_a_request_could_change() -> None:
+    NO_BODY.append(b"past the declared length of 0")
+    NO_BODY.discard()
+    assert (NO_BODY.size, NO_BODY.declared, NO_BODY.is_complete()) == (0, 0, True)
+    assert NO_BODY.finish() is EMPTY_INPUT
+    with pytest.raises(AttributeError):
+        NO_BODY._chunks = [b"x"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("value", ["-", "--1", "-1x", "1e3", "+5", " 5", "5_000", "abc", "\u0661", "-\u0661"])
