@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fcgiserver.inherited import InheritanceGuard
-from fcgiserver.sharedconns import SharedConnectionCheck
+from fcgiserver.safety.inherited import InheritanceGuard
+from fcgiserver.safety.sharedconns import SharedConnectionCheck
 
 REPEATS = 21
 # The connection to name, held where an application keeps one: a module global.

@@ -41,10 +41,10 @@ from fcgiserver.config import build_config
 from fcgiserver.protocol import NEED_DATA, RequestStarted, ServerConnection
 from fcgiserver.protocol.params import decode_params_latin1, encode_params
 from fcgiserver.protocol.records import RecordReader, encode_record
-from fcgiserver.scoreboard import Scoreboard
+from fcgiserver.shm.scoreboard import Scoreboard
 from fcgiserver.worker import Worker
-from fcgiserver.wsgi import ErrorStream, build_environ, run_app
-from fcgiserver.wsgi_input import EMPTY_INPUT
+from fcgiserver.wsgi.bridge import ErrorStream, build_environ, run_app
+from fcgiserver.wsgi.input_stream import EMPTY_INPUT
 
 _HEADER = struct.Struct("!BBHHBx")
 _BEGIN, _PARAMS, _STDIN, _STDOUT, _END = 1, 4, 5, 6, 3

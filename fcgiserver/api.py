@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fcgiserver.config import VALIDATORS, Config, build_config
-from fcgiserver.launch import launch
-from fcgiserver.loader import loader_for, loader_for_object
+from fcgiserver.process.launch import launch
 from fcgiserver.spec import AppLoader, WSGIApplication
+from fcgiserver.wsgi.loader import loader_for, loader_for_object
 
 log = logging.getLogger("fcgiserver")
 

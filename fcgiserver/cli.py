@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 from fcgiserver import __version__
 from fcgiserver.config import GROUPS, OPTIONS, ConfigError, config_from_file_and_cli
-from fcgiserver.launch import launch
-from fcgiserver.loader import loader_for
-from fcgiserver.reexec import ReexecPlan
-from fcgiserver.usage import Parser, usage_error
+from fcgiserver.ops.usage import Parser, usage_error
+from fcgiserver.process.launch import launch
+from fcgiserver.process.reexec import ReexecPlan
+from fcgiserver.wsgi.loader import loader_for
 
 USAGE = """%(prog)s [options] MODULE:CALLABLE
        %(prog)s status (--pidfile FILE | --socket ADDRESS) [options]
@@ -72,7 +72,7 @@ class _Formatter(argparse.HelpFormatter):
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["status"]:
-        from fcgiserver.statuscli import main as status_main
+        from fcgiserver.ops.statuscli import main as status_main
 
         return status_main(words[1:])
     if words[:1] == ["client"]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from fcgiserver.addresses import parse_address
+from fcgiserver.net.addresses import parse_address
+from fcgiserver.ops.usage import Parser
 from fcgiserver.protocol import (
     FCGI_KEEP_CONN,
     MAX_CONTENT_LEN,
@@ -36,7 +37,6 @@ from fcgiserver.protocol import (
 )
 from fcgiserver.protocol.records import BEGIN_BODY, END_BODY
 from fcgiserver.spec import EXIT_CLIENT_CONNECTION, EXIT_CLIENT_REFUSED, EXIT_OK, EXIT_USAGE
-from fcgiserver.usage import Parser
 
 __all__ = ["ClientError", "FastCGIClient", "Response", "main"]
 

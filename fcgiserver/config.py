@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, Literal
 
-from fcgiserver.addresses import parse_address
-from fcgiserver.inherited import POLICIES
+from fcgiserver.net.addresses import parse_address
+from fcgiserver.safety.inherited import POLICIES
 from fcgiserver.spec import POOL_MODES
 
 MIB = 1 << 20
@@ -375,7 +375,7 @@ class Config:
     config_file: str | None = option(
         None, v_path, "read options from a TOML file", group=None, flags=("-c", "--config"),
         metavar="FILE.toml")
-    # Normalised bind addresses (see fcgiserver.addresses); empty = fd 0 or systemd sockets.
+    # Normalised bind addresses (see fcgiserver.net.addresses); empty = fd 0 or systemd sockets.
     bind: tuple[str, ...] = option(
         (), v_bind, "unix:/path.sock, HOST:PORT, [IPV6]:PORT or fd://N; repeatable. Without it: the "
                     "listening socket on stdin, else systemd's LISTEN_FDS",

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 # The connection side of fork safety lives in inherited.py; its one public call is here too.
-from fcgiserver.heap import subclasses_of, whole_heap
-from fcgiserver.inherited import shareable
+from fcgiserver.safety.heap import subclasses_of, whole_heap
+from fcgiserver.safety.inherited import shareable
 from fcgiserver.spec import FINGERPRINT_SIZE
 
 __all__ = [

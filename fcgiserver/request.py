@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from fcgiserver.outbox import Outbox
 from fcgiserver.protocol import ConnState, RequestStarted, Role, ServerConnection
-from fcgiserver.wsgi_input import EMPTY_INPUT, EmptyBody, RequestBody, WSGIInput
+from fcgiserver.wsgi.input_stream import EMPTY_INPUT, EmptyBody, RequestBody, WSGIInput
 
 # CLOSED and every state after it: the connection may not send (see ServerConnection).
 _CLOSED = ConnState.CLOSED

@@ -24,11 +24,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
 
-from fcgiserver import parentwatch
-from fcgiserver.allowlist import AllowList
 from fcgiserver.config import Config
+from fcgiserver.net.allowlist import AllowList
+from fcgiserver.net.sockets import releasable
+from fcgiserver.ops.status import with_status_pages
 from fcgiserver.outbox import Outbox
-from fcgiserver.parentwatch import ParentWatch
+from fcgiserver.process import parentwatch
+from fcgiserver.process.parentwatch import ParentWatch
 from fcgiserver.protocol import (
     NEED_DATA,
     ConnectionClosed,
@@ -42,12 +44,10 @@ from fcgiserver.protocol import (
     StdinEnd,
 )
 from fcgiserver.request import PeerAborted, Request, UnstoredBody, start_request
-from fcgiserver.scoreboard import Slot
-from fcgiserver.sockets import releasable
+from fcgiserver.shm.scoreboard import Slot
 from fcgiserver.spec import EXIT_BOOT_ERROR, EXIT_OK, WSGIApplication
-from fcgiserver.status import with_status_pages
-from fcgiserver.wsgi import ErrorStream, build_environ, run_app, simple_response
-from fcgiserver.wsgi_input import (
+from fcgiserver.wsgi.bridge import ErrorStream, build_environ, run_app, simple_response
+from fcgiserver.wsgi.input_stream import (
     EMPTY_INPUT,
     NO_BODY,
     BadContentLength,

@@ -190,7 +190,7 @@ def test_serve_rejects_unknown_options_before_starting() -> None:
 
 
 def test_package_exposes_version_serve_wsgiserver_and_hooks_lazily() -> None:
-    code = ("import sys, fcgiserver; assert 'fcgiserver.supervisor' not in sys.modules; "
+    code = ("import sys, fcgiserver; assert 'fcgiserver.process.supervisor' not in sys.modules; "
             "assert callable(fcgiserver.serve) and fcgiserver.WSGIServer.__name__ == 'WSGIServer'; "
             "assert fcgiserver.hooks.post_fork; print(fcgiserver.__version__)")
     out = subprocess.run([sys.executable, "-bb", "-c", code], capture_output=True, text=True, timeout=30)

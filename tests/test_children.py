@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fcgiserver.children import ChildHandle, snapshot
-from fcgiserver.scoreboard import Scoreboard, SlotState
+from fcgiserver.process.children import ChildHandle, snapshot
+from fcgiserver.shm.scoreboard import Scoreboard, SlotState
 from fcgiserver.spec import WorkerInfo
 
 

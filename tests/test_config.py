@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fcgiserver.addresses import parse_address
 from fcgiserver.config import (
     DEFAULTS,
     Config,
@@ -16,6 +15,7 @@ from fcgiserver.config import (
     config_from_file_and_cli,
     load_toml,
 )
+from fcgiserver.net.addresses import parse_address
 
 
 def test_defaults_match_the_documented_values() -> None:

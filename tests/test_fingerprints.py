@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fcgiserver.fingerprints import FingerprintRegistry, is_blank
+from fcgiserver.safety.fingerprints import FingerprintRegistry, is_blank
 
 A = bytes.fromhex("11" * 16)
 B = bytes.fromhex("22" * 16)

@@ -97,8 +97,8 @@ def test_spec_is_a_leaf() -> None:
 
 
 def test_the_worker_side_does_not_import_the_supervisor() -> None:
-    for name in ("fcgiserver.child", "fcgiserver.worker"):
-        assert "fcgiserver.supervisor" not in _imports(name, MODULES[name], type_checking=True)
+    for name in ("fcgiserver.process.child", "fcgiserver.worker"):
+        assert "fcgiserver.process.supervisor" not in _imports(name, MODULES[name], type_checking=True)
 
 
 @pytest.mark.parametrize("module", sorted(set(MODULES) - {"fcgiserver.__main__"}))

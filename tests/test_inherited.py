@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fcgiserver import forksafety, inherited
-from fcgiserver.inherited import InheritanceGuard, Refused, close_after_fork, survey
-from fcgiserver.sharedconns import SharedConnectionCheck, ShareInfo, ShareTable, socket_inodes
+from fcgiserver import forksafety
+from fcgiserver.safety import inherited
+from fcgiserver.safety.inherited import InheritanceGuard, Refused, close_after_fork, survey
+from fcgiserver.safety.sharedconns import SharedConnectionCheck, ShareInfo, ShareTable, socket_inodes
 
 # Module globals, so the holder search has something to name.
 HELD: list[socket.socket] = []

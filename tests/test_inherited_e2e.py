@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fcgiserver.client import FastCGIClient
-from fcgiserver.statuscli import render_table
+from fcgiserver.ops.statuscli import render_table
 from tests.support.server import ServerProcess, running_server, server_command, wait_until
 
 START_TIMEOUT = 60.0

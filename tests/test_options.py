@@ -10,7 +10,7 @@ import pytest
 
 from fcgiserver.cli import build_parser
 from fcgiserver.config import OPTIONS, Config, config_from_file_and_cli
-from fcgiserver.optiondocs import replace_table
+from fcgiserver.ops.optiondocs import replace_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -120,7 +120,7 @@ def test_every_option_and_its_default_appear_in_help() -> None:
 
 def test_the_committed_option_table_is_the_one_config_makes() -> None:
     text = DOCS.read_text()
-    assert replace_table(text) == text, "run: python -m fcgiserver.optiondocs docs/configuration.md"
+    assert replace_table(text) == text, "run: python -m fcgiserver.ops.optiondocs docs/configuration.md"
 
 
 @pytest.mark.parametrize("opt", OPTIONS, ids=lambda opt: opt.name)

@@ -16,10 +16,10 @@ import pytest
 
 from fcgiserver.config import Config
 from fcgiserver.hooks import HookSet
-from fcgiserver.phases import TRANSITIONS, IllegalTransition, Phase, check
-from fcgiserver.sdnotify import Notifier
+from fcgiserver.process.phases import TRANSITIONS, IllegalTransition, Phase, check
+from fcgiserver.process.sdnotify import Notifier
+from fcgiserver.process.supervisor import Supervisor
 from fcgiserver.spec import WSGIApplication
-from fcgiserver.supervisor import Supervisor
 from tests.support.server import short_tempdir
 
 
@@ -156,8 +156,8 @@ def test_a_second_interrupt_turns_a_graceful_stop_into_an_immediate_one(
 
 
 def test_every_handled_signal_has_a_handler(supervisor: tuple[Supervisor, _Notified]) -> None:
-    from fcgiserver.signals import HANDLED
-    from fcgiserver.supervisor import SIGNAL_NAMES
+    from fcgiserver.process.signals import HANDLED
+    from fcgiserver.process.supervisor import SIGNAL_NAMES
 
     sup, _notified = supervisor
     for sig in HANDLED:

@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from fcgiserver.pool import PoolDecision, PoolView, decide
-from fcgiserver.poolstats import PoolInfo, PoolStats
+from fcgiserver.process.pool import PoolDecision, PoolView, decide
+from fcgiserver.shm.poolstats import PoolInfo, PoolStats
 from tests.support.server import fcgi_request, running_server, wait_until
 
 APP = "ops_apps:application"

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from fcgiserver.config import build_config
-from fcgiserver.privileges import worker_identity
+from fcgiserver.process.privileges import worker_identity
 from tests.support.server import fcgi_request, running_server, server_command, short_tempdir
 
 APP = "ops_apps:application"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fcgiserver.scoreboard import SLOT_SIZE, URI_LEN, Scoreboard, SlotState
+from fcgiserver.shm.scoreboard import SLOT_SIZE, URI_LEN, Scoreboard, SlotState
 
 
 def _first_free(board: Scoreboard) -> int | None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fcgiserver.sdnotify import Notifier, notify, watchdog_interval
+from fcgiserver.process.sdnotify import Notifier, notify, watchdog_interval
 from tests.support.server import running_server, short_tempdir, wait_until
 
 APP = "supervisor_apps:application"

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import mmap
 
-from fcgiserver.poolstats import PoolInfo, PoolStats
-from fcgiserver.scoreboard import Scoreboard
-from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, stable_copy, store_seq
-from fcgiserver.sharedconns import ENTRY_SIZE, ShareInfo, ShareTable
+from fcgiserver.safety.sharedconns import ENTRY_SIZE, ShareInfo, ShareTable
+from fcgiserver.shm.poolstats import PoolInfo, PoolStats
+from fcgiserver.shm.scoreboard import Scoreboard
+from fcgiserver.shm.seqlock import SEQ_SIZE, SeqWriter, stable_copy, store_seq
 
 
 def _die_mid_write(buf: mmap.mmap, at: int, end: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fcgiserver.config import ConfigError, build_config
-from fcgiserver.sockets import BindError, close_listeners, open_listeners
+from fcgiserver.net.sockets import BindError, close_listeners, open_listeners
 from tests.support.server import (
     fcgi_request,
     free_port,

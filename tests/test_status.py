@@ -24,11 +24,11 @@ import psutil
 import pytest
 
 from fcgiserver.config import ConfigError, build_config
-from fcgiserver.listenqueue import listen_queue
-from fcgiserver.poolstats import PoolStats
-from fcgiserver.scoreboard import RESTART_CAUSES, Scoreboard
-from fcgiserver.status import StatusPages, collect, render_json, render_prometheus
-from fcgiserver.statuscli import render_table
+from fcgiserver.net.listenqueue import listen_queue
+from fcgiserver.ops.status import StatusPages, collect, render_json, render_prometheus
+from fcgiserver.ops.statuscli import render_table
+from fcgiserver.shm.poolstats import PoolStats
+from fcgiserver.shm.scoreboard import RESTART_CAUSES, Scoreboard
 from fcgiserver.worker import Worker
 from tests.support.frontends import running_lighttpd
 from tests.support.server import (

@@ -37,7 +37,7 @@ from fcgiserver.protocol import (
     encode_record,
     encode_stream,
 )
-from fcgiserver.scoreboard import Scoreboard, SlotState
+from fcgiserver.shm.scoreboard import Scoreboard, SlotState
 from fcgiserver.worker import EXIT_OK, Worker
 from tests.apps import wsgi_apps
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from fcgiserver.protocol import Role
-from fcgiserver.response import InvalidResponse, header_block
-from fcgiserver.wsgi import (
+from fcgiserver.wsgi.bridge import (
     ERROR_BODY,
     ErrorStream,
     FileWrapper,
@@ -21,7 +20,7 @@ from fcgiserver.wsgi import (
     fix_script_name,
     run_app,
 )
-from fcgiserver.wsgi_input import (
+from fcgiserver.wsgi.input_stream import (
     EMPTY_INPUT,
     NO_BODY,
     BadContentLength,
@@ -29,6 +28,7 @@ from fcgiserver.wsgi_input import (
     WSGIInput,
     parse_content_length,
 )
+from fcgiserver.wsgi.response import InvalidResponse, header_block
 from tests.apps import wsgi_apps
 
 Environ = dict[str, Any]

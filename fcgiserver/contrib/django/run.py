@@ -14,7 +14,7 @@ from typing import NoReturn
 from fcgiserver.api import make_config
 from fcgiserver.contrib.django.options import Plan
 from fcgiserver.hooks import default_hooks
-from fcgiserver.launch import launch
+from fcgiserver.process.launch import launch
 from fcgiserver.spec import WSGIApplication
 
 DAEMON_UMASK = 0o022

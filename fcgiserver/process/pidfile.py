@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 
-from fcgiserver.usage import os_reason
+from fcgiserver.ops.usage import os_reason
 
 
 class PidfileError(RuntimeError):

@@ -28,27 +28,29 @@ from dataclasses import asdict, fields
 
 import psutil
 
-from fcgiserver import allowlist, forksafety, privileges, reexec, sdnotify
-from fcgiserver.accesslog import AccessLogSink
+from fcgiserver import forksafety
+from fcgiserver.config import Config
+from fcgiserver.hooks import HookError, HookSet
+from fcgiserver.net import allowlist
+from fcgiserver.net.sockets import describe
+from fcgiserver.ops.accesslog import AccessLogSink
+from fcgiserver.ops.logs import LogRelay, flush_logs, output_pipe, reopen_error_log
+from fcgiserver.process import privileges, reexec, sdnotify
 
 # Imported in the parent, once: the worker stack then sits in pages every worker shares,
 # instead of being imported (and written) anew in each child.
-from fcgiserver.child import run_child
-from fcgiserver.children import ChildHandle, send_signal, snapshot
-from fcgiserver.config import Config
-from fcgiserver.fingerprints import FingerprintRegistry
-from fcgiserver.hooks import HookError, HookSet
-from fcgiserver.inherited import InheritanceGuard, Refused, shareable_inodes
-from fcgiserver.loader import AppLoadError
-from fcgiserver.logs import LogRelay, flush_logs, output_pipe, reopen_error_log
-from fcgiserver.parentwatch import ParentWatch
-from fcgiserver.phases import Phase, check
-from fcgiserver.pool import RETIRE_INTERVAL, PoolView, decide
-from fcgiserver.poolstats import PoolInfo, PoolStats
-from fcgiserver.scoreboard import Scoreboard, Slot, SlotInfo, SlotState
-from fcgiserver.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
-from fcgiserver.signals import HANDLED, SignalQueue
-from fcgiserver.sockets import describe
+from fcgiserver.process.child import run_child
+from fcgiserver.process.children import ChildHandle, send_signal, snapshot
+from fcgiserver.process.parentwatch import ParentWatch
+from fcgiserver.process.phases import Phase, check
+from fcgiserver.process.pool import RETIRE_INTERVAL, PoolView, decide
+from fcgiserver.process.signals import HANDLED, SignalQueue
+from fcgiserver.process.workerspec import WorkerSpec
+from fcgiserver.safety.fingerprints import FingerprintRegistry
+from fcgiserver.safety.inherited import InheritanceGuard, Refused, shareable_inodes
+from fcgiserver.safety.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
+from fcgiserver.shm.poolstats import PoolInfo, PoolStats
+from fcgiserver.shm.scoreboard import Scoreboard, Slot, SlotInfo, SlotState
 from fcgiserver.spec import (
     EXIT_APP_LOAD_ERROR,
     EXIT_BOOT_ERROR,
@@ -57,7 +59,7 @@ from fcgiserver.spec import (
     WorkerInfo,
     WSGIApplication,
 )
-from fcgiserver.workerspec import WorkerSpec
+from fcgiserver.wsgi.loader import AppLoadError
 
 log = logging.getLogger("fcgiserver.supervisor")
 

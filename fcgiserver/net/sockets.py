@@ -12,12 +12,12 @@ import os
 import socket
 import stat
 
-from fcgiserver.addresses import Address, parse_address
 from fcgiserver.config import Config, ConfigError
+from fcgiserver.net.addresses import Address, parse_address
+from fcgiserver.ops.usage import os_reason
 from fcgiserver.protocol import RecordType
 from fcgiserver.protocol.params import encode_params
 from fcgiserver.protocol.records import encode_record
-from fcgiserver.usage import os_reason
 
 log = logging.getLogger("fcgiserver.sockets")
 

@@ -21,8 +21,8 @@ import psutil
 
 from fcgiserver.client import ClientError, FastCGIClient
 from fcgiserver.config import ConfigError, load_toml
+from fcgiserver.ops.usage import Parser
 from fcgiserver.spec import EXIT_OK, EXIT_STATUS_FAILED
-from fcgiserver.usage import Parser
 
 DEFAULT_PATH = "/fcgiserver-status"
 

@@ -21,9 +21,9 @@ from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from fcgiserver.protocol import Role
-from fcgiserver.response import ResponseHead
 from fcgiserver.spec import WSGIApplication
-from fcgiserver.wsgi_input import WSGIInput
+from fcgiserver.wsgi.input_stream import WSGIInput
+from fcgiserver.wsgi.response import ResponseHead
 
 log = logging.getLogger("fcgiserver.wsgi")
 

@@ -13,15 +13,15 @@ import os
 import socket
 import sys
 
-from fcgiserver import reexec
 from fcgiserver.config import Config
 from fcgiserver.hooks import load_hooks
-from fcgiserver.logs import configure_logging
-from fcgiserver.pidfile import Pidfile, PidfileError
-from fcgiserver.privileges import PrivilegeError
-from fcgiserver.sockets import BindError, close_listeners, open_listeners
+from fcgiserver.net.sockets import BindError, close_listeners, open_listeners
+from fcgiserver.ops.logs import configure_logging
+from fcgiserver.ops.usage import os_error_text, os_reason
+from fcgiserver.process import reexec
+from fcgiserver.process.pidfile import Pidfile, PidfileError
+from fcgiserver.process.privileges import PrivilegeError
 from fcgiserver.spec import EXIT_STARTUP_ERROR, AppLoader
-from fcgiserver.usage import os_error_text, os_reason
 
 log = logging.getLogger("fcgiserver")
 
@@ -53,7 +53,7 @@ def launch(config: Config, app_loader: AppLoader, *, import_from_cwd: bool = Fal
     ``reexec_plan`` (the command line's) lets HUP reload by restarting the program in place.
     ConfigError (e.g. nothing to listen on) propagates: it is the caller's usage error.
     """
-    from fcgiserver.supervisor import Supervisor
+    from fcgiserver.process.supervisor import Supervisor
 
     inherited = reexec.take_state() if reexec_plan is not None else None
     try:

@@ -15,7 +15,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 
-from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, stable_copy
+from fcgiserver.shm.seqlock import SEQ_SIZE, SeqWriter, stable_copy
 from fcgiserver.spec import POOL_MODES
 
 # mode, min_spare, max_spare, max_workers, workers (target), max_reached_count,

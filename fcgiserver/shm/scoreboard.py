@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, pack_seq, stable_copy, stable_read, unpack_seq
+from fcgiserver.shm.seqlock import SEQ_SIZE, SeqWriter, pack_seq, stable_copy, stable_read, unpack_seq
 from fcgiserver.spec import FINGERPRINT_SIZE
 
 if TYPE_CHECKING:
-    from fcgiserver.poolstats import PoolStats
-    from fcgiserver.sharedconns import ShareTable
+    from fcgiserver.safety.sharedconns import ShareTable
+    from fcgiserver.shm.poolstats import PoolStats
 
 SLOT_SIZE = 256
 HEADER_SIZE = 256

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from fcgiserver.heap import holders, subclasses_of, whole_heap
+from fcgiserver.safety.heap import holders, subclasses_of, whole_heap
 
 __all__ = [
     "POLICIES",

@@ -17,7 +17,7 @@ counters; and $NOTIFY_SOCKET and the watchdog variables. Handled signals stay bl
 just before execve until the new image has its handlers, so a TERM sent meanwhile waits
 instead of killing the supervisor.
 
-Before exec the new code is tried in a throwaway interpreter (``python -m fcgiserver.reexec
+Before exec the new code is tried in a throwaway interpreter (``python -m fcgiserver.process.reexec
 check``): if it does not import, the supervisor logs why and keeps serving with the code it
 has. Only the API's in-process server (an app object, no command line) reloads without exec.
 """
@@ -147,7 +147,8 @@ def execute(plan: ReexecPlan, state: ReexecState, block: Iterable[int]) -> None:
 
 def check_command(app: str, hooks: str | None, log_format: str, log_level: str = "info") -> list[str]:
     """The command that tries to import the new code in a fresh interpreter."""
-    return [sys.executable, "-m", "fcgiserver.reexec", "check", app, hooks or "", log_format, log_level]
+    return [sys.executable, "-m", "fcgiserver.process.reexec", "check", app, hooks or "", log_format,
+            log_level]
 
 
 def spawn_check(app: str, hooks: str | None, log_format: str, log_level: str, reset: Sequence[int]) -> int:
@@ -158,8 +159,8 @@ def spawn_check(app: str, hooks: str | None, log_format: str, log_level: str, re
 
 def _check_main(argv: Sequence[str]) -> int:
     from fcgiserver.hooks import load_hooks
-    from fcgiserver.loader import AppLoadError, load_app
-    from fcgiserver.logs import configure_logging
+    from fcgiserver.ops.logs import configure_logging
+    from fcgiserver.wsgi.loader import AppLoadError, load_app
 
     app, hooks, log_format, log_level = argv
     configure_logging(log_level, log_format)
@@ -180,5 +181,6 @@ def _check_main(argv: Sequence[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "check":
         sys.exit(_check_main(sys.argv[2:]))
-    print("usage: python -m fcgiserver.reexec check MODULE:CALLABLE HOOKS FORMAT LEVEL", file=sys.stderr)
+    print("usage: python -m fcgiserver.process.reexec check MODULE:CALLABLE HOOKS FORMAT LEVEL",
+          file=sys.stderr)
     sys.exit(2)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from fcgiserver.allowlist import AllowList
 from fcgiserver.config import Config
 from fcgiserver.hooks import HookSet
-from fcgiserver.parentwatch import ParentWatch
-from fcgiserver.privileges import Identity
-from fcgiserver.scoreboard import Slot
+from fcgiserver.net.allowlist import AllowList
+from fcgiserver.process.parentwatch import ParentWatch
+from fcgiserver.process.privileges import Identity
+from fcgiserver.shm.scoreboard import Slot
 from fcgiserver.spec import AppLoader, WorkerInfo, WSGIApplication
 
 __all__ = ["WorkerSpec"]

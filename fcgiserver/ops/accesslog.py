@@ -18,7 +18,7 @@ import select
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from fcgiserver.logs import write_all
+from fcgiserver.ops.logs import write_all
 from fcgiserver.spec import ExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
 
 # Longest line that still goes out in one atomic write to a pipe.

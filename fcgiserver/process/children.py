@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from fcgiserver.scoreboard import Scoreboard, SlotInfo
+from fcgiserver.shm.scoreboard import Scoreboard, SlotInfo
 from fcgiserver.spec import WorkerInfo
 
 __all__ = ["ChildHandle", "send_signal", "snapshot"]

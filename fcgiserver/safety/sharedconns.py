@@ -22,7 +22,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fcgiserver.seqlock import SEQ_SIZE, SeqWriter, stable_copy
+from fcgiserver.shm.seqlock import SEQ_SIZE, SeqWriter, stable_copy
 
 __all__ = ["CHECK_INTERVAL", "MAX_PEERS", "Duplicate", "ShareInfo", "ShareTable", "SharedConnectionCheck",
            "socket_inodes"]

@@ -27,11 +27,11 @@ import psutil
 
 from fcgiserver import __version__
 from fcgiserver.config import Config
-from fcgiserver.listenqueue import listen_queue
-from fcgiserver.poolstats import PoolInfo
-from fcgiserver.scoreboard import RESTART_CAUSES, Scoreboard, Slot, SlotInfo, SlotState
-from fcgiserver.sharedconns import ShareInfo, ShareTable
-from fcgiserver.sockets import describe
+from fcgiserver.net.listenqueue import listen_queue
+from fcgiserver.net.sockets import describe
+from fcgiserver.safety.sharedconns import ShareInfo, ShareTable
+from fcgiserver.shm.poolstats import PoolInfo
+from fcgiserver.shm.scoreboard import RESTART_CAUSES, Scoreboard, Slot, SlotInfo, SlotState
 from fcgiserver.spec import StartResponse, WSGIApplication
 
 JSON_TYPE = "application/json"

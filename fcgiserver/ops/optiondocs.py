@@ -1,6 +1,6 @@
 """The option table of docs/configuration.md, made from the options declared in config.py.
 
-``python -m fcgiserver.optiondocs docs/configuration.md`` rewrites the table between its two
+``python -m fcgiserver.ops.optiondocs docs/configuration.md`` rewrites the table between its two
 markers; a test checks the committed table is what this makes.
 """
 
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from fcgiserver.config import GROUPS, OPTIONS, Option
 
-BEGIN = "<!-- options: made by `python -m fcgiserver.optiondocs docs/configuration.md`; edit config.py -->"
+BEGIN = ("<!-- options: made by `python -m fcgiserver.ops.optiondocs docs/configuration.md`; "
+         "edit config.py -->")
 END = "<!-- end of options -->"
 
 
@@ -61,7 +62,7 @@ def replace_table(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        sys.stderr.write("usage: python -m fcgiserver.optiondocs docs/configuration.md\n")
+        sys.stderr.write("usage: python -m fcgiserver.ops.optiondocs docs/configuration.md\n")
         return 2
     with open(args[0], encoding="utf-8") as fh:
         text = fh.read()

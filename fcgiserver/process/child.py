@@ -12,15 +12,17 @@ import signal
 import sys
 from typing import NoReturn
 
-from fcgiserver import forksafety, inherited, parentwatch, privileges
-from fcgiserver.accesslog import AccessLogMiddleware, AccessLogWriter
+from fcgiserver import forksafety
 from fcgiserver.hooks import HookError
-from fcgiserver.loader import AppLoadError
-from fcgiserver.logs import flush_logs, tag_worker_records, use_worker_output
-from fcgiserver.signals import HANDLED
+from fcgiserver.ops.accesslog import AccessLogMiddleware, AccessLogWriter
+from fcgiserver.ops.logs import flush_logs, tag_worker_records, use_worker_output
+from fcgiserver.process import parentwatch, privileges
+from fcgiserver.process.signals import HANDLED
+from fcgiserver.process.workerspec import WorkerSpec
+from fcgiserver.safety import inherited
 from fcgiserver.spec import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
 from fcgiserver.worker import Worker
-from fcgiserver.workerspec import WorkerSpec
+from fcgiserver.wsgi.loader import AppLoadError
 
 log = logging.getLogger("fcgiserver.worker")
 

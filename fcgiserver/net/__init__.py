@@ -1,0 +1,1 @@
+"""Listening sockets: bind addresses, who may connect, and how many connections wait."""
