@@ -509,6 +509,12 @@ class Config:
     def log_level_number(self) -> int:
         return int(logging.getLevelName(self.log_level.upper()))
 
+    @property
+    def most_workers(self) -> int:
+        """The most workers the pool runs at once as configured: what FCGI_MAX_CONNS
+        answers (one connection per worker). A dynamic pool grows to --max-workers."""
+        return max(self.workers, self.max_workers) if self.pool == "dynamic" else self.workers
+
 
 def _declared(f: Field[Any]) -> Option:
     spec = dict(f.metadata["option"])

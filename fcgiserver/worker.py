@@ -83,8 +83,19 @@ MAX_PARKED = 128
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
-# A listener with its family, type and protocol looked up once (each lookup builds an enum).
-_Listener = tuple[socket.socket, int, int, int]
+class _Listener:
+    """A listening socket with its family, type and protocol looked up once (each lookup of
+    sock.family builds an enum), for wrapping each accepted descriptor."""
+
+    __slots__ = ("family", "proto", "sock", "type")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.family = int(sock.family)
+        self.type = int(sock.type)
+        self.proto = sock.proto
+
+
 # accept() without the Python wrapper around the new socket (see _accept_and_serve);
 # typeshed does not list the C method.
 _raw_accept: Callable[[socket.socket], tuple[int, object]] = socket.socket._accept  # type: ignore[attr-defined]
@@ -216,7 +227,7 @@ class Worker:
         keepalive = config.keepalive_timeout
         self.keepalive_ms: int | None = int(keepalive * 1000) if keepalive > 0 else self.timeout_ms
         # FCGI_GET_VALUES: one connection per worker, so the pool takes this many at once.
-        self.max_conns = max(1, config.workers)
+        self.max_conns = max(1, config.most_workers)
         self._by_fd: dict[int, _Listener] = {}
         # A connection taken while idle on a kept one (see _take_waiting), served next.
         self._taken: _socket.socket | None = None
@@ -353,7 +364,7 @@ class Worker:
     def _accept_loop(self) -> None:
         by_fd = self._by_fd
         for sock in self.listeners:
-            by_fd[sock.fileno()] = (sock, int(sock.family), int(sock.type), sock.proto)
+            by_fd[sock.fileno()] = _Listener(sock)
         wake_r, parent_fd = self._wake_r, self.parent_fd
         self._waiter = waiter = _ListenWaiter(list(by_fd), [wake_r] if parent_fd < 0 else [wake_r, parent_fd])
         parked = self._parked
@@ -406,7 +417,7 @@ class Worker:
     def _accept_and_serve(self, listener: _Listener) -> bool:
         """Serves one connection from `listener`; False when none was waiting."""
         try:
-            fd, _addr = _raw_accept(listener[0])
+            fd, _addr = _raw_accept(listener.sock)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -424,7 +435,7 @@ class Worker:
             return True
         # The C-level socket type: the Python wrapper adds nothing this loop uses and
         # costs microseconds per connection.
-        self._serve(_socket.socket(listener[1], listener[2], listener[3], fd))
+        self._serve(_socket.socket(listener.family, listener.type, listener.proto, fd))
         # A connection taken over while idle on a kept one is served even when stopping:
         # the front already handed it over.
         while self._taken is not None:
@@ -434,7 +445,7 @@ class Worker:
 
     def _admit(self, fd: int, addr: object, listener: _Listener) -> bool:
         """--allow-from: a TCP peer not listed is closed at once, before a byte is read."""
-        if listener[1] == socket.AF_UNIX or self.allow is None or not isinstance(addr, tuple):
+        if listener.family == socket.AF_UNIX or self.allow is None or not isinstance(addr, tuple):
             return True
         host = str(addr[0])
         if self.allow.allows(host):
@@ -664,7 +675,7 @@ class Worker:
         if quiet.poll(TAKEOVER_GRACE_MS):
             return False
         try:
-            fd, _addr = _raw_accept(listener[0])
+            fd, _addr = _raw_accept(listener.sock)
         except OSError:
             # Gone to another worker (EAGAIN), or an error the accept loop deals with.
             return False
@@ -672,7 +683,7 @@ class Worker:
         if self.allow is not None and not self._admit(fd, _addr, listener):
             return False
         log.debug("closing an idle kept connection for a new one no free worker took")
-        self._taken = _socket.socket(listener[1], listener[2], listener[3], fd)
+        self._taken = _socket.socket(listener.family, listener.type, listener.proto, fd)
         return True
     def _handle_events(self, conn: ServerConnection, outbox: Outbox) -> None:
         """What the peer's bytes mean, event by event: the one place they are acted on, both

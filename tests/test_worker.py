@@ -674,11 +674,16 @@ def test_keepalive_timeout_does_not_cut_a_connection_before_its_first_request() 
         assert peer.request("/hello").status == 200
 
 
-def test_get_values_reports_one_connection_per_worker() -> None:
-    with running_worker(workers=3) as w, Peer(w.path) as peer:
+@pytest.mark.parametrize(("pool", "most"), [
+    ({"workers": 3}, b"3"),
+    # A dynamic pool answers for the most workers it may grow to, not the ones it starts with.
+    ({"workers": 2, "pool": "dynamic", "min_spare": 1, "max_spare": 2, "max_workers": 9}, b"9"),
+])
+def test_get_values_reports_one_connection_per_worker(pool: dict[str, object], most: bytes) -> None:
+    with running_worker(**pool) as w, Peer(w.path) as peer:
         names = encode_params([(b"FCGI_MAX_CONNS", b""), (b"FCGI_MAX_REQS", b""), (b"FCGI_MPXS_CONNS", b"")])
         peer.send(encode_record(RecordType.GET_VALUES, 0, names))
         rec = peer.record()
         assert rec is not None and rec.type == RecordType.GET_VALUES_RESULT
         assert dict(decode_params(rec.content)) == {
-            b"FCGI_MAX_CONNS": b"3", b"FCGI_MAX_REQS": b"3", b"FCGI_MPXS_CONNS": b"0"}
+            b"FCGI_MAX_CONNS": most, b"FCGI_MAX_REQS": most, b"FCGI_MPXS_CONNS": b"0"}

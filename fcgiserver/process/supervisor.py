@@ -113,7 +113,7 @@ class Supervisor:
         # Changed only by _enter(), which checks phases.TRANSITIONS and notifies systemd.
         self.phase = Phase.STARTING
         self.exit_code = 0
-        most = max(config.workers, config.max_workers) if self.dynamic else config.workers
+        most = config.most_workers
         self.scoreboard = Scoreboard(max(64, 4 * most))
         self.signals = SignalQueue()
         # Who workers run as (PrivilegeError when that cannot be).
