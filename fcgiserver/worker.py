@@ -46,7 +46,7 @@ from fcgiserver.protocol import (
 from fcgiserver.request import PeerAborted, Request, UnstoredBody, start_request
 from fcgiserver.shm.scoreboard import Slot
 from fcgiserver.spec import EXIT_BOOT_ERROR, EXIT_OK, WSGIApplication
-from fcgiserver.wsgi.bridge import ErrorStream, build_environ, run_app, simple_response
+from fcgiserver.wsgi.bridge import ErrorStream, build_environ, request_uri, run_app, simple_response
 from fcgiserver.wsgi.input_stream import (
     EMPTY_INPUT,
     NO_BODY,
@@ -753,8 +753,8 @@ class Worker:
 
     def _start_request(self, event: RequestStarted, conn: ServerConnection, outbox: Outbox) -> None:
         params = event.params
-        self.slot.busy(params.get("REQUEST_METHOD", ""), params.get("REQUEST_URI", "")
-                       or params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", ""))
+        # REQUEST_URI inline: every front sends it, and this runs per request.
+        self.slot.busy(params.get("REQUEST_METHOD", ""), params.get("REQUEST_URI") or request_uri(params))
         self._request = request = start_request(event, conn, outbox, self._peer_check)
         if event.role is _AUTHORIZER:
             # An authorizer gets no body to wait for: answer at once.

@@ -18,6 +18,7 @@ from fcgiserver.wsgi.bridge import (
     FileWrapper,
     build_environ,
     fix_script_name,
+    request_uri,
     run_app,
 )
 from fcgiserver.wsgi.input_stream import (
@@ -690,3 +691,13 @@ def test_request_body_reaches_the_app() -> None:
     channel, _ = call(wsgi_apps.application, {"PATH_INFO": "/echo", "REQUEST_METHOD": "POST",
                                               "CONTENT_LENGTH": "5"}, body=b"hello")
     assert channel.body == b"hello"
+
+
+@pytest.mark.parametrize(("env", "uri"), [
+    ({"REQUEST_URI": "/a%20b?x=1", "SCRIPT_NAME": "/a", "PATH_INFO": "/ b"}, "/a%20b?x=1"),
+    ({"SCRIPT_NAME": "/app", "PATH_INFO": "/p", "QUERY_STRING": "x=1"}, "/app/p?x=1"),
+    ({"SCRIPT_NAME": "", "PATH_INFO": "/p", "QUERY_STRING": ""}, "/p"),
+    ({}, ""),
+])
+def test_the_request_uri_logs_and_the_status_page_show(env: dict[str, str], uri: str) -> None:
+    assert request_uri(env) == uri

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from fcgiserver.ops.logs import write_all
 from fcgiserver.spec import ExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
+from fcgiserver.wsgi.bridge import request_uri
 
 # Longest line that still goes out in one atomic write to a pipe.
 MAX_LINE = select.PIPE_BUF
@@ -45,9 +46,7 @@ class AccessLogWriter:
 
     def log(self, environ: WSGIEnvironment, status: str, size: int | None, seconds: float) -> None:
         now = time.time()
-        uri = environ.get("REQUEST_URI") or (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-                                             + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING")
-                                                else ""))
+        uri = request_uri(environ)
         code = status.split(" ", 1)[0] if status else "-"
         if self.json:
             line = json.dumps({

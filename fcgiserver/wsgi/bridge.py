@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -135,6 +135,18 @@ def _is_regular_file(filelike: object) -> bool:
 
 def _is_on(value: str) -> bool:
     return value.lower() in ("on", "1", "yes", "true")
+
+
+def request_uri(env: Mapping[str, Any]) -> str:
+    """The URI the request was made for, as logs and the status page show it: REQUEST_URI,
+    which every front tested sends, else rebuilt from SCRIPT_NAME, PATH_INFO and the query.
+    (Routing wants the decoded path instead: status.request_path.)"""
+    uri: str = env.get("REQUEST_URI", "")
+    if uri:
+        return uri
+    query: str = env.get("QUERY_STRING", "")
+    path: str = env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")
+    return path + "?" + query if query else path
 
 
 def _uri_path(uri: str) -> str:
