@@ -42,7 +42,7 @@ from fcgiserver.protocol import NEED_DATA, RequestStarted, ServerConnection
 from fcgiserver.protocol.params import decode_params_latin1, encode_params
 from fcgiserver.protocol.records import RecordReader, encode_record
 from fcgiserver.shm.scoreboard import Scoreboard
-from fcgiserver.worker import Worker
+from fcgiserver.worker import Listener, Worker
 from fcgiserver.wsgi.bridge import ErrorStream, build_environ, run_app
 from fcgiserver.wsgi.input_stream import EMPTY_INPUT
 
@@ -266,7 +266,7 @@ def bench_worker(listener: socket.socket, request: bytes) -> Callable[[int], flo
     worker = Worker(application, [listener], config, slot, 1)
     # Only what serving a connection needs, without the signal handling _setup() installs.
     worker._wake_r, worker._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    entry = (listener, int(listener.family), int(listener.type), listener.proto)
+    entry = Listener(listener)
 
     def serve() -> None:
         if not worker._accept_and_serve(entry):

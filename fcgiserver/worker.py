@@ -83,7 +83,7 @@ MAX_PARKED = 128
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
-class _Listener:
+class Listener:
     """A listening socket with its family, type and protocol looked up once (each lookup of
     sock.family builds an enum), for wrapping each accepted descriptor."""
 
@@ -228,7 +228,7 @@ class Worker:
         self.keepalive_ms: int | None = int(keepalive * 1000) if keepalive > 0 else self.timeout_ms
         # FCGI_GET_VALUES: one connection per worker, so the pool takes this many at once.
         self.max_conns = max(1, config.most_workers)
-        self._by_fd: dict[int, _Listener] = {}
+        self._by_fd: dict[int, Listener] = {}
         # A connection taken while idle on a kept one (see _take_waiting), served next.
         self._taken: _socket.socket | None = None
         # Untouched pages of an anonymous map cost nothing: a bytearray would be zeroed, and
@@ -364,7 +364,7 @@ class Worker:
     def _accept_loop(self) -> None:
         by_fd = self._by_fd
         for sock in self.listeners:
-            by_fd[sock.fileno()] = _Listener(sock)
+            by_fd[sock.fileno()] = Listener(sock)
         wake_r, parent_fd = self._wake_r, self.parent_fd
         self._waiter = waiter = _ListenWaiter(list(by_fd), [wake_r] if parent_fd < 0 else [wake_r, parent_fd])
         parked = self._parked
@@ -394,7 +394,7 @@ class Worker:
             self._waiter = None
             waiter.close()
 
-    def _take_connections(self, listener: _Listener) -> bool:
+    def _take_connections(self, listener: Listener) -> bool:
         """Serves the connections queued on `listener` after a wakeup; True if any.
 
         Under load the next connection is already queued: taking it at once saves a wait
@@ -414,7 +414,7 @@ class Worker:
                 break
         return served
 
-    def _accept_and_serve(self, listener: _Listener) -> bool:
+    def _accept_and_serve(self, listener: Listener) -> bool:
         """Serves one connection from `listener`; False when none was waiting."""
         try:
             fd, _addr = _raw_accept(listener.sock)
@@ -443,7 +443,7 @@ class Worker:
             self._serve(sock)
         return True
 
-    def _admit(self, fd: int, addr: object, listener: _Listener) -> bool:
+    def _admit(self, fd: int, addr: object, listener: Listener) -> bool:
         """--allow-from: a TCP peer not listed is closed at once, before a byte is read."""
         if listener.family == socket.AF_UNIX or self.allow is None or not isinstance(addr, tuple):
             return True
@@ -615,7 +615,7 @@ class Worker:
         poller = select.poll()
         poller.register(sock, _POLLIN)
         timeout_ms = self.timeout_ms
-        listening: dict[int, _Listener] = {}
+        listening: dict[int, Listener] = {}
         if idle:
             # Between requests a graceful stop may close the connection, and so may a new
             # connection no free worker takes: a front that keeps more connections than
@@ -663,7 +663,7 @@ class Worker:
             except BlockingIOError:
                 continue
 
-    def _take_waiting(self, sock: _socket.socket, listener: _Listener) -> bool:
+    def _take_waiting(self, sock: _socket.socket, listener: Listener) -> bool:
         """Accepts a waiting connection for this worker, idle on the kept `sock`.
 
         False when the kept connection got a request meanwhile or another worker took the
