@@ -26,8 +26,6 @@ import socket
 import time
 from dataclasses import asdict, fields
 
-import psutil
-
 from fcgiserver import forksafety
 from fcgiserver.config import Config
 from fcgiserver.hooks import HookError, HookSet
@@ -41,14 +39,13 @@ from fcgiserver.process import privileges, reexec, sdnotify
 # instead of being imported (and written) anew in each child.
 from fcgiserver.process.child import run_child
 from fcgiserver.process.children import ChildHandle, send_signal, snapshot
+from fcgiserver.process.monitors import READY_STATES, Monitors
 from fcgiserver.process.parentwatch import ParentWatch
 from fcgiserver.process.phases import Phase, check
 from fcgiserver.process.pool import RETIRE_INTERVAL, PoolView, decide
 from fcgiserver.process.signals import HANDLED, SignalQueue
 from fcgiserver.process.workerspec import WorkerSpec
-from fcgiserver.safety.fingerprints import FingerprintRegistry
-from fcgiserver.safety.inherited import InheritanceGuard, Refused, shareable_inodes
-from fcgiserver.safety.sharedconns import CHECK_INTERVAL, SharedConnectionCheck
+from fcgiserver.safety.inherited import InheritanceGuard, Refused
 from fcgiserver.shm.poolstats import PoolInfo, PoolStats
 from fcgiserver.shm.scoreboard import Scoreboard, Slot, SlotInfo, SlotState
 from fcgiserver.spec import (
@@ -63,10 +60,8 @@ from fcgiserver.wsgi.loader import AppLoadError
 
 log = logging.getLogger("fcgiserver.supervisor")
 
-# Seconds a worker gets after QUIT, or after SIGABRT on a timeout (to write its traceback),
-# before SIGKILL.
+# Seconds a worker gets after QUIT before SIGKILL.
 QUIT_GRACE = 2.0
-ABORT_GRACE = 2.0
 # Crash-loop back-off: the delay before the next spawn doubles with every consecutive crash.
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 10.0
@@ -79,10 +74,6 @@ CRASH_LOOP = 3
 POLL_BOOTING = 0.05
 POLL_IDLE = 1.0
 POLL_DYNAMIC = 0.1
-# Seconds between two --max-rss checks of every worker.
-RSS_INTERVAL = 1.0
-MIB = 1 << 20
-READY_STATES = (SlotState.IDLE, SlotState.BUSY, SlotState.EXITING)
 
 
 def _signal_name(number: int) -> str:
@@ -130,18 +121,12 @@ class Supervisor:
         self._next_spawn_at = 0.0
         self._next_watchdog = 0.0
         self._thread_warning: list[str] = []
-        self._fingerprints = FingerprintRegistry()
         self._inherited = InheritanceGuard(config.inherited_connections)
-        self._shared = SharedConnectionCheck(len(self.scoreboard))
-        self.scoreboard.shared_connections = self._shared.table  # for the status page's rows
-        self._next_share_check = 0.0
-        self._reseed_replacements = 0
         self._check_pid: int | None = None  # the import check before a re-exec
         # The phase a reload's check began in: where a failed check or re-exec returns to.
         self._before_check = Phase.RUNNING
         self._next_retire = 0.0
         self._at_max = False
-        self._next_rss_check = 0.0
         self.relay = LogRelay(config.log_format)
         self.access_log: AccessLogSink | None = None
         self.access_fd: int | None = None  # write end, for workers
@@ -154,6 +139,7 @@ class Supervisor:
                          workers=self.num_workers)
         self.poolstats = PoolStats(stats)
         self.scoreboard.poolstats = self.poolstats  # for the workers' status page
+        self.monitors = Monitors(config, self.scoreboard, self.poolstats, listeners, self._inherited)
         # Workers leave when this process is gone, however it ended (parentwatch.py).
         self.parent_watch = ParentWatch(inherited.parent_pipe if inherited is not None else None)
         # TCP clients the workers let in (None = any).
@@ -255,18 +241,19 @@ class Supervisor:
             if not self.phase.serving and not self._children:
                 return
             # The monitors below all work from this one reading of the scoreboard.
-            seen = snapshot(self._children.values(), self.scoreboard)
-            self._check_ready(seen)
-            self._check_fingerprints(seen)
-            self._check_shared_connections()
+            monitors, children = self.monitors, self._children.values()
+            seen = snapshot(children, self.scoreboard)
+            monitors.check_ready(children, seen)
+            monitors.check_fingerprints(children, seen)
+            monitors.check_shared_connections(children)
             if self.phase.serving:
                 if self.dynamic:
                     self._check_pool(seen)
                 self._manage()
-                self._check_rss()
+                monitors.check_rss(children)
             # Workers started by _manage() just now are not in `seen`: booting, never busy yet.
-            self._check_timeouts(seen)
-            self._check_kill_deadlines()
+            monitors.check_timeouts(children, seen)
+            monitors.check_kill_deadlines(children)
             self._watchdog()
             self._relay(self.signals.wait(self._sleep_time(), self._output_fds()))
 
@@ -299,7 +286,7 @@ class Supervisor:
             if limit > 0:
                 wait = min(wait, max(0.1, limit / 4))
         if self.config.max_rss > 0:
-            deadlines.append(self._next_rss_check)
+            deadlines.append(self.monitors.next_rss_check)
         for deadline in deadlines:
             wait = min(wait, deadline - now)
         return max(0.0, wait)
@@ -586,7 +573,7 @@ class Supervisor:
             return False
         slot = self.scoreboard.slot(index)
         slot.clear()
-        force_reseed = self._reseed_replacements > 0
+        force_reseed = self.monitors.reseeds_owed > 0
         output_r, output_w = output_pipe()
         flush_logs()
         forksafety.prepare_fork()  # the heap walk here, so workers keep their pages shared
@@ -605,7 +592,7 @@ class Supervisor:
         os.close(output_w)
         self.relay.add(output_r, pid)
         if force_reseed:
-            self._reseed_replacements -= 1
+            self.monitors.reseeds_owed -= 1
         info.pid = pid
         self._children[pid] = ChildHandle(info=info, born=time.monotonic(), force_reseed=force_reseed)
         self.poolstats.add("spawned")
@@ -644,104 +631,6 @@ class Supervisor:
             return False
         return True
 
-    def _check_shared_connections(self) -> None:
-        """Two live workers holding one inherited socket talk over the same connection."""
-        now = time.monotonic()
-        if now < self._next_share_check:
-            return
-        self._next_share_check = now + CHECK_INTERVAL
-        workers = {c.info.pid: c.info.index for c in self._children.values()
-                   if c.ready and not c.stopping and not c.inherited}
-        ours = frozenset(os.fstat(s.fileno()).st_ino for s in self.listeners) | shareable_inodes()
-        for dup in self._shared.check(workers, ours):
-            what = self._inherited.describe(dup.inode) or f"socket inode {dup.inode}"
-            log.error("workers %d and %d share an inherited connection (%s): their bytes interleave on "
-                      "it; open it in a post_fork hook, or start with --inherited-connections close",
-                      dup.first, dup.second, what)
-
-    def _check_ready(self, seen: dict[int, SlotInfo]) -> None:
-        for child in self._children.values():
-            if not child.ready:
-                info = seen.get(child.pid)
-                if info is not None and info.state in READY_STATES:
-                    child.ready = True
-                    log.debug("worker %d ready", child.info.pid)
-
-    def _check_fingerprints(self, seen: dict[int, SlotInfo]) -> None:
-        """Two workers with one RNG fingerprint would hand out the same random streams."""
-        for child in self._children.values():
-            if child.stopping:
-                continue
-            info = seen.get(child.pid)
-            if info is None or not info.fingerprint:
-                continue
-            dup = self._fingerprints.check(child.info.pid, info.fingerprint)
-            if dup is None:
-                continue
-            log.error("workers %d and %d started with the same RNG state (fingerprint %s); "
-                      "replacing worker %d", dup, child.info.pid, info.fingerprint.hex(), child.info.pid)
-            # Forked from the same unreseeded state, a plain replacement would repeat it.
-            self._reseed_replacements += 1
-            self.scoreboard.count_restart("rng_duplicate")
-            child.stop(signal.SIGTERM, self.config.graceful_timeout)
-
-    def _check_timeouts(self, seen: dict[int, SlotInfo]) -> None:
-        timeout, slow = self.config.timeout, self.config.slow_log_timeout
-        if timeout <= 0 and slow <= 0:
-            return
-        now = time.time()
-        for child in self._children.values():
-            if child.timed_out:
-                continue
-            info = seen.get(child.pid)
-            if info is None or info.state != SlotState.BUSY or info.busy_since <= 0:
-                continue
-            running = now - info.busy_since
-            if 0 < slow < running and child.slow_logged != info.busy_since and (
-                    timeout <= 0 or running <= timeout):
-                child.slow_logged = info.busy_since
-                self.poolstats.add("slow_requests")
-                log.warning("worker %d: slow request, %s %s running for %.1f s; its stack follows",
-                            child.info.pid, info.method, info.uri, running)
-                # The worker's faulthandler writes its stack to its stderr; it keeps serving.
-                child.send(signal.SIGUSR2)
-            if timeout > 0 and running > timeout:
-                log.error("worker %d timed out after %.1f s on %s %s; aborting it", child.info.pid,
-                          running, info.method, info.uri)
-                child.timed_out = True
-                self.poolstats.add("timeouts")
-                # SIGABRT first: faulthandler in the worker writes the stuck traceback to the log.
-                child.send(signal.SIGABRT, kill_after=ABORT_GRACE)
-
-    def _check_rss(self) -> None:
-        """--max-rss: a worker past the limit gets TERM, so it finishes its request first."""
-        limit = self.config.max_rss
-        now = time.monotonic()
-        if limit <= 0 or now < self._next_rss_check:
-            return
-        self._next_rss_check = now + RSS_INTERVAL
-        for child in list(self._children.values()):
-            if child.stopping or not child.ready:
-                continue
-            try:
-                if child.process is None:
-                    child.process = psutil.Process(child.info.pid)
-                rss = child.process.memory_info().rss
-            except psutil.Error:
-                continue
-            if rss > limit * MIB:
-                log.warning("worker %d uses %.0f MiB, above --max-rss %d MiB: replacing it after its "
-                            "current request", child.info.pid, rss / MIB, limit)
-                self.poolstats.add("rss_recycled")
-                self.scoreboard.count_restart("max_rss")
-                child.stop(signal.SIGTERM, self.config.graceful_timeout)
-
-    def _check_kill_deadlines(self) -> None:
-        now = time.monotonic()
-        for child in self._children.values():
-            if child.kill_if_due(now):
-                log.warning("worker %d did not exit in time; killing it", child.info.pid)
-
     def _watchdog(self) -> None:
         if self._watchdog_interval and time.monotonic() >= self._next_watchdog:
             self.notifier.notify("WATCHDOG=1")
@@ -769,7 +658,7 @@ class Supervisor:
         slot = self.scoreboard.slot(child.info.index)
         info = slot.read()
         slot.clear()
-        self._fingerprints.forget(child.info.pid)
+        self.monitors.forget(child.info.pid)
         was_ready = child.ready or (info.pid == child.info.pid and info.state in READY_STATES)
         how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         try:
