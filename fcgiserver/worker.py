@@ -685,6 +685,7 @@ class Worker:
         log.debug("closing an idle kept connection for a new one no free worker took")
         self._taken = _socket.socket(listener.family, listener.type, listener.proto, fd)
         return True
+
     def _handle_events(self, conn: ServerConnection, outbox: Outbox) -> None:
         """What the peer's bytes mean, event by event: the one place they are acted on, both
         between requests (from _serve) and between the pieces of a response (from

@@ -354,12 +354,17 @@ def test_abort_before_stdin_end_gets_end_request_and_keeps_the_connection(worker
         assert peer.request("/hello", keep=True).status == 200
 
 
+def _start_slow_stream(peer: Peer, mark: str) -> None:
+    """Request 1: a response of 200 slow pieces (each counted in `mark`), its first one out."""
+    peer.send(Peer.request_bytes(cgi_params("/slow", f"chunks=200&delay=0.02&mark={mark}"), keep=True))
+    first = peer.record()
+    assert first is not None and first.type == RecordType.STDOUT
+
+
 def test_abort_while_streaming_stops_the_app_and_closes_its_iterable(worker: RunningWorker) -> None:
     mark = os.path.join(os.path.dirname(worker.path), "mark")
     with Peer(worker.path) as peer:
-        peer.send(Peer.request_bytes(cgi_params("/slow", f"chunks=200&delay=0.02&mark={mark}"), keep=True))
-        first = peer.record()
-        assert first is not None and first.type == RecordType.STDOUT
+        _start_slow_stream(peer, mark)
         peer.send(encode_record(RecordType.ABORT_REQUEST, 1))
         reply = peer.reply()
         assert reply.protocol_status == ProtocolStatus.REQUEST_COMPLETE
@@ -375,9 +380,7 @@ def test_a_request_sent_right_after_aborting_a_streamed_one_is_served(worker: Ru
     # ends, and the next request is served on the kept connection.
     mark = os.path.join(os.path.dirname(worker.path), "mark")
     with Peer(worker.path) as peer:
-        peer.send(Peer.request_bytes(cgi_params("/slow", f"chunks=200&delay=0.02&mark={mark}"), keep=True))
-        first = peer.record()
-        assert first is not None and first.type == RecordType.STDOUT
+        _start_slow_stream(peer, mark)
         peer.send(encode_record(RecordType.ABORT_REQUEST, 1)
                   + Peer.request_bytes(cgi_params("/hello"), rid=2, keep=True))
         assert peer.reply(1).protocol_status == ProtocolStatus.REQUEST_COMPLETE

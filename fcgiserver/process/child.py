@@ -22,7 +22,7 @@ from fcgiserver.process.workerspec import WorkerSpec
 from fcgiserver.safety import inherited
 from fcgiserver.spec import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR
 from fcgiserver.worker import Worker
-from fcgiserver.wsgi.loader import AppLoadError
+from fcgiserver.wsgi.loader import load_or_log
 
 log = logging.getLogger("fcgiserver.worker")
 
@@ -91,16 +91,9 @@ def _child_main(spec: WorkerSpec) -> int:
     # A worker aborted for a hung request (SIGABRT) writes every thread's stack to the log.
     faulthandler.enable(file=sys.stderr, all_threads=True)
     hooks.run("post_fork", spec.server, info)
-    app = spec.app
+    app = spec.app if spec.app is not None else load_or_log(spec.app_loader, log)
     if app is None:
-        try:
-            app = spec.app_loader()
-        except AppLoadError as exc:
-            exc.log(log)
-            return EXIT_APP_LOAD_ERROR
-        except Exception:
-            log.exception("cannot load the application")
-            return EXIT_APP_LOAD_ERROR
+        return EXIT_APP_LOAD_ERROR
     if spec.access_fd is not None:
         app = AccessLogMiddleware(app, AccessLogWriter(spec.access_fd, config.log_format))
     hooks.run("post_worker_init", info)

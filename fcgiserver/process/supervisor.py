@@ -56,7 +56,7 @@ from fcgiserver.spec import (
     WorkerInfo,
     WSGIApplication,
 )
-from fcgiserver.wsgi.loader import AppLoadError
+from fcgiserver.wsgi.loader import load_or_log
 
 log = logging.getLogger("fcgiserver.supervisor")
 
@@ -223,15 +223,8 @@ class Supervisor:
     def _preload(self) -> bool:
         if not self.config.preload or self.app is not None:
             return True
-        try:
-            self.app = self.app_loader()
-        except AppLoadError as exc:
-            exc.log(log)
-            return False
-        except Exception:
-            log.exception("cannot load the application")
-            return False
-        return True
+        self.app = load_or_log(self.app_loader, log)
+        return self.app is not None
 
     def _loop(self) -> None:
         while True:

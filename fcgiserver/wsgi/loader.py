@@ -64,6 +64,18 @@ def import_failure(module_name: str, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where} (--log-level debug shows the traceback)"
 
 
+def load_or_log(loader: AppLoader, logger: logging.Logger) -> WSGIApplication | None:
+    """Runs `loader`; when the app cannot be loaded, logs why (a failed import's one-line
+    reason first) and returns None. The supervisor (--preload) and a worker both load this way."""
+    try:
+        return loader()
+    except AppLoadError as exc:
+        exc.log(logger)
+    except Exception:
+        logger.exception("cannot load the application")
+    return None
+
+
 def loader_for(spec: str) -> AppLoader:
     return lambda: load_app(spec)
 
