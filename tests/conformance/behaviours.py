@@ -79,7 +79,13 @@ def _expect_split(target: Target, env: dict[str, str], path_info: str) -> None:
 
 
 def multi_segment(target: Target) -> None:
-    _expect_split(target, _environ(target, "/t/env/a/b/c"), "/t/env/a/b/c")
+    env = _environ(target, "/t/env/a/b/c")
+    _expect_split(target, env, "/t/env/a/b/c")
+    # The mount point from a rewritten URL, the access log and the status page all read
+    # REQUEST_URI: every front must send it, as the browser asked for it.
+    asked = target.mount + "/t/env/a/b/c"
+    if env.get("REQUEST_URI") != asked:
+        raise CellFailure(f"REQUEST_URI={env.get('REQUEST_URI')!r}", f"the browser asked for {asked!r}")
 
 
 UTF8_PATH = "/t/env/caf%C3%A9/%E2%82%AC%20x"
