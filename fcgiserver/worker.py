@@ -79,6 +79,12 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 << 20
 # Connections that sent nothing yet, held by one worker while it serves others (see _park).
 MAX_PARKED = 128
+# How often a worker that served goes behind the others waiting (_ListenWaiter.to_back): two
+# epoll_ctl() calls, which after every connection were a third of a request's system calls.
+ROTATE_SECONDS = 0.05
+# One wakeup in this many tries a second accept() even when the last one found nothing (see
+# _take_connections).
+PROBE_EVERY = 16
 # SIGUSR2 is not here: under the supervisor it is the stack-dump signal (child.py sets it up).
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
@@ -128,7 +134,8 @@ class _ListenWaiter:
 
     The kernel wakes exclusive waiters in the order they registered, so without to_back()
     the first worker would take every connection while it is free, and a status page
-    would only ever show the worker answering it as busy.
+    would only ever show the worker answering it as busy. The accept loop calls it at most
+    every ROTATE_SECONDS: rotating the work needs no more, and it is two system calls.
     """
 
     __slots__ = ("_epoll", "_listen_fds", "_poll")
@@ -180,7 +187,8 @@ class _ListenWaiter:
 
     def to_back(self) -> None:
         """Queue this worker behind the others waiting: the next connection goes to the one
-        that has waited longest. Called after serving, so the work rotates."""
+        that has waited longest. Called after serving (at most every ROTATE_SECONDS), so the
+        work rotates."""
         epoll = self._epoll
         if epoll is not None:
             for fd in self._listen_fds:
@@ -250,6 +258,10 @@ class Worker:
         self.on_setup = on_setup
         self.served = 0
         self.limit = 0
+        # _take_connections: wakeups so far, and whether the last follow-up accept found a
+        # connection queued.
+        self._wakeups = 0
+        self._queued = False
         self._wake_r = -1
         self._wake_w = -1
         # --head-timeout: from accept to a request's complete head; 0 = the read timeout.
@@ -368,6 +380,7 @@ class Worker:
         wake_r, parent_fd = self._wake_r, self.parent_fd
         self._waiter = waiter = _ListenWaiter(list(by_fd), [wake_r] if parent_fd < 0 else [wake_r, parent_fd])
         parked = self._parked
+        rotate_at = 0.0
         try:
             while not self.stopping or parked:
                 if self.orphaned:
@@ -385,7 +398,10 @@ class Worker:
                         waiter.remove(fd)
                         self._serve_with_takeovers(*entry)
                     elif fd in by_fd and self._take_connections(by_fd[fd]):
-                        waiter.to_back()
+                        now = time.monotonic()
+                        if now >= rotate_at:
+                            waiter.to_back()
+                            rotate_at = now + ROTATE_SECONDS
                 if parked:
                     self._expire_parked()
                 if self.stopping:
@@ -397,22 +413,30 @@ class Worker:
     def _take_connections(self, listener: Listener) -> bool:
         """Serves the connections queued on `listener` after a wakeup; True if any.
 
-        Under load the next connection is already queued: taking it at once saves a wait
-        per request, and EAGAIN (another worker won) ends the run. EPOLLEXCLUSIVE woke this
-        worker and no other for the first one, so that one is served even when a stop came
-        meanwhile: left in the queue, it would wait for the next arrival to wake a worker.
-        (A wakeup never reported cannot be lost: a worker stops counting as a waiter when
-        it is woken, before epoll_wait() collects what is ready, so later events wake
-        another worker.)
+        EPOLLEXCLUSIVE woke this worker and no other for the first one, so that one is served
+        even when a stop came meanwhile: left in the queue, it would wait for the next arrival
+        to wake a worker. (A wakeup never reported cannot be lost: a worker stops counting as
+        a waiter when it is woken, before epoll_wait() collects what is ready, so later events
+        wake another worker.)
+
+        After it, another accept() finds the next connection already queued only under
+        overload; otherwise it fails with EAGAIN, and that failure (a system call and an
+        exception) cost about a microsecond per request behind lighttpd, where the queue is
+        empty when a request ends. So the worker goes back to its wait set (which reports a
+        queued connection at once: the listener is level-triggered) unless the last follow-up
+        accept found one; every PROBE_EVERY-th wakeup tries one anyway, to notice a queue.
         """
-        served = False
-        while self._accept_and_serve(listener):
-            served = True
+        if not self._accept_and_serve(listener):
+            return False
+        self._wakeups += 1
+        if self._queued or self._wakeups % PROBE_EVERY == 0:
             # With connections parked, back to the wait set after each one: a parked head
             # that arrived meanwhile must not wait behind a queue that never empties.
-            if self.stopping or self._parked:
-                break
-        return served
+            while not (self.stopping or self._parked):
+                self._queued = self._accept_and_serve(listener)
+                if not self._queued:
+                    break
+        return True
 
     def _accept_and_serve(self, listener: Listener) -> bool:
         """Serves one connection from `listener`; False when none was waiting."""

@@ -5,7 +5,8 @@
 - reset() makes a used connection behave like a new one.
 - send_stdout() / end_request() build common records directly; the bytes must be those of
   the general encoders.
-- The worker waits for connections with one wakeup per connection, not one per worker.
+- The worker waits for connections with one wakeup per connection, not one per worker, and
+  accepts once per wakeup unless connections are queued.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import socket
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from fcgiserver import worker as worker_module
+from fcgiserver.config import build_config
 from fcgiserver.protocol import (
     NEED_DATA,
     ConnectionClosed,
@@ -37,7 +40,8 @@ from fcgiserver.protocol import (
     encode_stream,
 )
 from fcgiserver.protocol import connection as connection_module
-from fcgiserver.worker import _ListenWaiter
+from fcgiserver.shm.scoreboard import Scoreboard
+from fcgiserver.worker import Listener, Worker, _ListenWaiter
 
 RT = RecordType
 PAIRS = (
@@ -320,3 +324,69 @@ def test_a_worker_that_served_goes_behind_the_others_waiting(listener: socket.so
         for r, w in pipes:
             os.close(r)
             os.close(w)
+
+
+def _in_process_worker(listener: socket.socket) -> tuple[Worker, Listener]:
+    config = build_config({"app": "tests.test_request_path:_hello", "workers": 1})
+    slot = Scoreboard(1).slot(0)
+    slot.booting(os.getpid(), 1)
+    slot.ready()
+    worker = Worker(_hello, [listener], config, slot, 1)
+    return worker, Listener(listener)
+
+
+def _hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hi\n"]
+
+
+def _ask(listener: socket.socket, request_id: int = 1) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(listener.getsockname())
+    client.sendall(begin(request_id) + params(request_id) + stdin(request_id))
+    return client
+
+
+def _answered(client: socket.socket) -> bytes:
+    client.settimeout(10)
+    reply = b""
+    while chunk := client.recv(65536):
+        reply += chunk
+    client.close()
+    return reply
+
+
+def test_a_wakeup_with_nothing_more_queued_costs_one_accept(
+        listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind a front the queue is usually empty when a request ends: trying accept() again
+    # after each one failed with EAGAIN (a system call and an exception) once per request.
+    calls: list[int] = []
+    real = worker_module._raw_accept
+
+    def counting(sock: socket.socket) -> tuple[int, object]:
+        calls.append(1)
+        return real(sock)
+
+    monkeypatch.setattr(worker_module, "_raw_accept", counting)
+    worker, entry = _in_process_worker(listener)
+    wakeups = 3 * worker_module.PROBE_EVERY
+    for _ in range(wakeups):
+        client = _ask(listener)
+        assert worker._take_connections(entry)
+        assert b"hi\n" in _answered(client)
+    # One accept per wakeup, plus one probe (failing here) every PROBE_EVERY wakeups.
+    assert len(calls) == wakeups + wakeups // worker_module.PROBE_EVERY
+
+
+def test_a_queue_found_by_a_probe_is_served_in_one_wakeup(listener: socket.socket) -> None:
+    worker, entry = _in_process_worker(listener)
+    worker._wakeups = worker_module.PROBE_EVERY - 1  # the next wakeup probes
+    clients = [_ask(listener, request_id) for request_id in range(1, 6)]
+    assert worker._take_connections(entry)
+    for client in clients:
+        assert b"hi\n" in _answered(client)
+    assert worker._queued is False  # the run ended on an empty queue
+    # And with nothing queued, the next wakeups go back to accepting once.
+    client = _ask(listener)
+    assert worker._take_connections(entry)
+    assert b"hi\n" in _answered(client)
