@@ -24,7 +24,7 @@ from tests.support.stack import http_request, make_media_root, multipart, small_
 
 DIST = ROOT / "dist"
 VERSION = "0.1.0"
-# The server's wheel is built for this platform: it carries the compiled protocol accelerator.
+# The server's wheel is built for this platform: it carries the compiled accelerators.
 SERVER_WHEEL = f"fcgiserver-{VERSION}-cp{sys.version_info[0]}{sys.version_info[1]}-*.whl"
 UPLOAD_WHEEL = f"fcgiserver_upload-{VERSION}-py3-none-any.whl"
 SERVER_SDIST = f"fcgiserver-{VERSION}.tar.gz"
@@ -105,7 +105,8 @@ def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_whe
     print(f"{SERVER_WHEEL}:", *server, f"{UPLOAD_WHEEL}:", *upload, sep="\n  ")
     assert all(n.startswith(("fcgiserver/", f"fcgiserver-{VERSION}.dist-info/")) for n in server), server
     assert {"fcgiserver/cli.py", "fcgiserver/py.typed", "fcgiserver/protocol/records.py"} <= set(server)
-    assert [n for n in server if n.startswith("fcgiserver/protocol/_speedups.") and n.endswith(".so")], server
+    for compiled in ("fcgiserver/protocol/_speedups.", "fcgiserver/shm/_slotstore."):
+        assert [n for n in server if n.startswith(compiled) and n.endswith(".so")], server
     assert requirements(server_wheel(dist)) == ["psutil>=5.9"]
 
     assert all(n.startswith(("handlers/", f"fcgiserver_upload-{VERSION}.dist-info/")) for n in upload), upload
@@ -121,7 +122,8 @@ def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_whe
     assert not [n for n in names if "/handlers/" in n or "/tests/" in n], names
     # An sdist builds the accelerator where it is installed: its source and setup.py go along.
     top = f"fcgiserver-{VERSION}"
-    assert {f"{top}/setup.py", f"{top}/fcgiserver/protocol/_speedups.c"} <= set(names), names
+    assert {f"{top}/setup.py", f"{top}/fcgiserver/protocol/_speedups.c",
+            f"{top}/fcgiserver/shm/_slotstore.c"} <= set(names), names
     with tarfile.open(dist / UPLOAD_SDIST) as t:
         members = {m.name: m for m in t.getmembers()}
     for name in STATIC_FILES:

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fcgiserver.shm.scoreboard import SLOT_SIZE, URI_LEN, Scoreboard, SlotState
+from fcgiserver.shm import _slotstore
+from fcgiserver.shm.scoreboard import (
+    METHOD_LEN,
+    SLOT_SIZE,
+    URI_LEN,
+    Scoreboard,
+    SlotState,
+    store_slot_pure,
+    store_state_pure,
+)
+from fcgiserver.spec import FINGERPRINT_SIZE
 
 
 def _first_free(board: Scoreboard) -> int | None:
@@ -133,3 +146,53 @@ def test_sequence_counter_wraps_without_error() -> None:
     slot.busy("GET", "/a")
     slot.done()
     assert slot.read().requests == 1
+
+
+# -- the compiled writes (shm/_slotstore.c) do what the Python ones do -----------------------
+# The compiled module is imported directly, so these compare it with the Python code whether
+# or not FCGISERVER_PURE is set.
+
+_u64 = st.integers(0, 2**64 - 1)
+_times = st.floats(allow_nan=False) | st.just(0.0)
+_slot_values = st.tuples(st.sampled_from([int(s) for s in SlotState]), _u64, _u64, _times, _times)
+_writes = st.lists(st.one_of(
+    st.tuples(st.just("slot"), _slot_values, st.integers(-2**31, 2**31 - 1), st.integers(0, 2**32 - 1),
+              st.binary(max_size=FINGERPRINT_SIZE), st.binary(max_size=METHOD_LEN),
+              st.binary(max_size=URI_LEN)),
+    st.tuples(st.just("state"), _slot_values),
+), min_size=1, max_size=8)
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "500")), deadline=None)
+@given(writes=_writes, index=st.integers(0, 2), start=st.sampled_from([0, 2, 0xFFFFFFFE]))
+def test_the_compiled_stores_leave_the_bytes_the_python_ones_do(
+        writes: list[tuple[Any, ...]], index: int, start: int) -> None:
+    boards = [Scoreboard(3), Scoreboard(3)]
+    offset = boards[0].slot(index)._offset
+    # The header differs (each board's start time); a store writes its slot and nothing else.
+    around = [bytes(b._buf[:offset]) + bytes(b._buf[offset + SLOT_SIZE:]) for b in boards]
+    seqs = [start, start]
+    stores = {"slot": (store_slot_pure, _slotstore.store_slot),
+              "state": (store_state_pure, _slotstore.store_state)}
+    for write in writes:
+        kind, values, rest = write[0], write[1], write[2:]
+        for i, board in enumerate(boards):
+            seqs[i] = stores[kind][i](board._buf, offset, seqs[i], *values, *rest)
+        assert seqs[0] == seqs[1]
+        assert boards[0]._buf[offset:offset + SLOT_SIZE] == boards[1]._buf[offset:offset + SLOT_SIZE]
+    assert [bytes(b._buf[:offset]) + bytes(b._buf[offset + SLOT_SIZE:]) for b in boards] == around
+
+
+def test_the_compiled_stores_refuse_what_does_not_fit_and_leave_the_slot_untouched() -> None:
+    board = Scoreboard(1)
+    offset = board.slot(0)._offset
+    before = board._buf[:]
+    with pytest.raises(ValueError):
+        _slotstore.store_state(board._buf, len(board._buf) - 8, 0, 2, 0, 0, 0.0, 0.0)
+    with pytest.raises(OverflowError):
+        _slotstore.store_state(board._buf, offset, 0, 256, 0, 0, 0.0, 0.0)
+    with pytest.raises(TypeError):
+        _slotstore.store_slot(board._buf, offset, 0, 2, 0, 0, 0.0, 0.0, 1, 1, b"", "GET", b"/")
+    with pytest.raises(BufferError):
+        _slotstore.store_state(bytes(4096), offset, 0, 2, 0, 0, 0.0, 0.0)  # not writable
+    assert board._buf[:] == before

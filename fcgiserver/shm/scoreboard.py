@@ -21,10 +21,12 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from fcgiserver.protocol.accel import load_compiled
 from fcgiserver.shm.seqlock import SEQ_SIZE, SeqWriter, pack_seq, stable_copy, stable_read, unpack_seq
 from fcgiserver.spec import FINGERPRINT_SIZE
 
@@ -157,21 +159,21 @@ class Slot:
             if len(_methods) < 32:
                 _methods[method] = encoded
         self._method = encoded
-        self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
+        self._uri = uri_bytes = uri.encode("latin-1", "replace")[:URI_LEN]
         now = _time()
-        self._write(_BUSY, now, now)
+        # _write(), inlined: this runs for every request.
+        self._seq = _store_slot(self._buf, self._offset, self._seq, _BUSY, self._requests, self._accepted,
+                                now, now, self._pid, self._generation, self._fingerprint, encoded, uri_bytes)
+        self._state = _BUSY
+        self._busy_since = now
 
     def done(self) -> None:
-        """Back to idle after a request: runs per request, so it writes only what changes."""
-        self._requests += 1
+        """Back to idle after a request: runs per request, so it writes only what changes.
+        The method and URI it leaves in place mean nothing once the slot is not busy."""
+        self._requests = requests = self._requests + 1
         self._method = self._uri = b""
-        now = _time()
-        buf, off = self._buf, self._offset
-        seq = self._seq
-        buf[off : off + 4] = _pack_seq((seq + 1) & 0xFFFFFFFF)
-        _pack_state(buf, off + SEQ_SIZE + _STATE_AT, _IDLE, self._requests, self._accepted, 0.0, now)
-        self._seq = seq = (seq + 2) & 0xFFFFFFFF
-        buf[off : off + 4] = _pack_seq(seq)
+        self._seq = _store_state(self._buf, self._offset, self._seq, _IDLE, requests, self._accepted, 0.0,
+                                 _time())
         self._state = _IDLE
         self._busy_since = 0.0
 
@@ -182,20 +184,10 @@ class Slot:
         self._fingerprint = bytes(fp[:FINGERPRINT_SIZE])
         self._write(self._state, self._busy_since)
 
-    def _write(self, state: SlotState, busy_since: float, now: float | None = None) -> None:
-        buf, off = self._buf, self._offset
-        uri = self._uri
-        if now is None:
-            now = _time()
-        odd = (self._seq + 1) & 0xFFFFFFFF
-        even = (odd + 1) & 0xFFFFFFFF
-        # The clock is read first, so the slot is odd (unreadable) only for one copy.
-        # SeqWriter.write(), inlined (here and in done()): this runs for every request.
-        buf[off : off + 4] = _pack_seq(odd)
-        _pack_data(buf, off + 4, self._pid, self._generation, state, self._requests, self._accepted,
-                   busy_since, now, self._fingerprint, self._method, len(uri), uri)
-        buf[off : off + 4] = _pack_seq(even)
-        self._seq = even
+    def _write(self, state: SlotState, busy_since: float) -> None:
+        self._seq = _store_slot(self._buf, self._offset, self._seq, state, self._requests, self._accepted,
+                                busy_since, _time(), self._pid, self._generation, self._fingerprint,
+                                self._method, self._uri)
         self._state = state
         self._busy_since = busy_since
 
@@ -255,6 +247,53 @@ _time = time.time
 _pack_seq = pack_seq
 _pack_data = _DATA.pack_into
 _pack_state = _STATE.pack_into
+
+
+def store_slot_pure(buf: mmap.mmap, offset: int, seq: int, state: int, requests: int, accepted: int,
+                    busy_since: float, now: float, pid: int, generation: int, fingerprint: bytes,
+                    method: bytes, uri: bytes) -> int:
+    """Writes the whole slot at `offset` under its sequence counter (now `seq`, even);
+    returns the counter's new value. The reference for the compiled store_slot (see
+    protocol/accel.py). `uri` is already cut to URI_LEN."""
+    odd = (seq + 1) & 0xFFFFFFFF
+    even = (odd + 1) & 0xFFFFFFFF
+    # SeqWriter.write(), inlined (here and in store_state_pure): this runs for every request.
+    buf[offset : offset + 4] = _pack_seq(odd)
+    _pack_data(buf, offset + 4, pid, generation, state, requests, accepted, busy_since, now, fingerprint,
+               method, len(uri), uri)
+    buf[offset : offset + 4] = _pack_seq(even)
+    return even
+
+
+def store_state_pure(buf: mmap.mmap, offset: int, seq: int, state: int, requests: int, accepted: int,
+                     busy_since: float, now: float) -> int:
+    """Writes only the state, the counts and the times (what done() changes); returns the
+    counter's new value. The reference for the compiled store_state."""
+    odd = (seq + 1) & 0xFFFFFFFF
+    even = (odd + 1) & 0xFFFFFFFF
+    buf[offset : offset + 4] = _pack_seq(odd)
+    _pack_state(buf, offset + SEQ_SIZE + _STATE_AT, state, requests, accepted, busy_since, now)
+    buf[offset : offset + 4] = _pack_seq(even)
+    return even
+
+
+def _compiled_layout() -> tuple[int, ...]:
+    """The field offsets of the slot format, in the order _slotstore.LAYOUT gives them."""
+    sizes = [struct.calcsize("<" + f) for f in ("i", "I", "B3x", "Q", "Q", "d", "d", f"{FINGERPRINT_SIZE}s",
+                                                  f"{METHOD_LEN}s", "H")]
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return (SEQ_SIZE, *offsets)
+
+
+_slotstore = load_compiled("fcgiserver.shm._slotstore")
+if _slotstore is not None and tuple(_slotstore.LAYOUT) != _compiled_layout():
+    _slotstore = None  # built for another layout: the Python code is the truth
+store_slot: Callable[..., int] = _slotstore.store_slot if _slotstore is not None else store_slot_pure
+store_state: Callable[..., int] = _slotstore.store_state if _slotstore is not None else store_state_pure
+_store_slot = store_slot
+_store_state = store_state
 # Request methods as stored, by the str the front sent: a handful of values, encoded once.
 _methods: dict[str, bytes] = {}
 
