@@ -1,6 +1,6 @@
 """The compiled accelerator: setuptools reads this beside pyproject.toml (which has the rest).
 
-fcgiserver.protocol._speedups and fcgiserver.shm._slotstore are optional: without a C
+fcgiserver.protocol._speedups, fcgiserver.shm._slotstore and fcgiserver.net._conn are optional: without a C
 compiler or Python's headers the build says so and goes on, and the package runs its
 pure-Python code (see fcgiserver/protocol/accel.py). On Debian: apt-get install gcc python3-dev.
 """
@@ -15,6 +15,7 @@ setup(
         for name, source in (
             ("fcgiserver.protocol._speedups", "fcgiserver/protocol/_speedups.c"),
             ("fcgiserver.shm._slotstore", "fcgiserver/shm/_slotstore.c"),
+            ("fcgiserver.net._conn", "fcgiserver/net/_conn.c"),
         )
     ],
 )

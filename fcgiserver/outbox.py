@@ -17,6 +17,8 @@ import _socket
 import select
 import socket
 
+from fcgiserver.net.conn import Connection
+
 _POLLOUT = select.POLLOUT
 # MSG_NOSIGNAL: a gone peer must be an EPIPE error, never a SIGPIPE, whatever the app did
 # to the signal's disposition.
@@ -32,7 +34,7 @@ class Outbox:
 
     def __init__(self, timeout_ms: int | None) -> None:
         # Closed: a write before the first connection fails as one to a gone peer does.
-        self.sock = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock: Connection = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.close()
         self.timeout_ms = timeout_ms
 

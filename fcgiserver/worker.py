@@ -9,7 +9,6 @@ request costs one recv and one send.
 
 from __future__ import annotations
 
-import _socket
 import contextlib
 import errno
 import logging
@@ -26,6 +25,7 @@ from typing import NoReturn
 
 from fcgiserver.config import Config
 from fcgiserver.net.allowlist import AllowList
+from fcgiserver.net.conn import Connection, Listener, peer_host
 from fcgiserver.net.sockets import releasable
 from fcgiserver.ops.status import with_status_pages
 from fcgiserver.outbox import Outbox
@@ -89,24 +89,6 @@ PROBE_EVERY = 16
 _IGNORED_SIGNALS = ("SIGINT", "SIGUSR1", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
-class Listener:
-    """A listening socket with its family, type and protocol looked up once (each lookup of
-    sock.family builds an enum), for wrapping each accepted descriptor."""
-
-    __slots__ = ("family", "proto", "sock", "type")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.family = int(sock.family)
-        self.type = int(sock.type)
-        self.proto = sock.proto
-
-
-# accept() without the Python wrapper around the new socket (see _accept_and_serve);
-# typeshed does not list the C method.
-_raw_accept: Callable[[socket.socket], tuple[int, object]] = socket.socket._accept  # type: ignore[attr-defined]
-
-
 class _Quit(BaseException):
     """SIGQUIT: leave at once, from wherever the worker is."""
 
@@ -115,7 +97,7 @@ class _Close(Exception):
     """Stop serving this connection (the reason has been dealt with)."""
 
 
-def _readable_soon(sock: _socket.socket) -> bool:
+def _readable_soon(sock: Connection) -> bool:
     """Whether bytes arrive within PARK_GRACE_MS (only asked of a connection found silent)."""
     poller = select.poll()
     poller.register(sock, _POLLIN)
@@ -238,7 +220,7 @@ class Worker:
         self.max_conns = max(1, config.most_workers)
         self._by_fd: dict[int, Listener] = {}
         # A connection taken while idle on a kept one (see _take_waiting), served next.
-        self._taken: _socket.socket | None = None
+        self._taken: Connection | None = None
         # Untouched pages of an anonymous map cost nothing: a bytearray would be zeroed, and
         # all of it private to each worker at once (about 200 KiB of idle USS).
         self.buf = mmap.mmap(-1, RECV_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -269,7 +251,7 @@ class Worker:
         self.head_timeout = head if head > 0 else None
         # Connections accepted that sent nothing yet: fd -> (socket, head deadline). They wait
         # in the accept loop's wait set instead of holding the worker (see _park).
-        self._parked: dict[int, tuple[_socket.socket, float]] = {}
+        self._parked: dict[int, tuple[Connection, float]] = {}
         self._waiter: _ListenWaiter | None = None
         # The one way out for every connection's bytes (outbox.py).
         self._outbox = Outbox(self.timeout_ms)
@@ -441,9 +423,7 @@ class Worker:
     def _accept_and_serve(self, listener: Listener) -> bool:
         """Serves one connection from `listener`; False when none was waiting."""
         try:
-            fd, _addr = _raw_accept(listener.sock)
-        except (BlockingIOError, InterruptedError):
-            return False
+            sock = listener.accept()
         except OSError as exc:
             if exc.errno in _ACCEPT_TRANSIENT:
                 return True
@@ -454,12 +434,12 @@ class Worker:
                 time.sleep(0.1)  # let a descriptor or some memory free up
                 return False
             raise
+        if sock is None:
+            return False
         self.slot.count_accept()
-        if self.allow is not None and not self._admit(fd, _addr, listener):
+        if self.allow is not None and not self._admit(sock, listener):
             return True
-        # The C-level socket type: the Python wrapper adds nothing this loop uses and
-        # costs microseconds per connection.
-        self._serve(_socket.socket(listener.family, listener.type, listener.proto, fd))
+        self._serve(sock)
         # A connection taken over while idle on a kept one is served even when stopping:
         # the front already handed it over.
         while self._taken is not None:
@@ -467,18 +447,19 @@ class Worker:
             self._serve(sock)
         return True
 
-    def _admit(self, fd: int, addr: object, listener: Listener) -> bool:
+    def _admit(self, sock: Connection, listener: Listener) -> bool:
         """--allow-from: a TCP peer not listed is closed at once, before a byte is read."""
-        if listener.family == socket.AF_UNIX or self.allow is None or not isinstance(addr, tuple):
+        if listener.family == socket.AF_UNIX or self.allow is None:
             return True
-        host = str(addr[0])
-        if self.allow.allows(host):
+        host = peer_host(sock, listener)
+        if host is not None and self.allow.allows(host):
             return True
-        os.close(fd)
-        self.allow.refused(host)
+        sock.close()
+        if host is not None:  # None: the peer is gone already
+            self.allow.refused(host)
         return False
 
-    def _serve_with_takeovers(self, sock: _socket.socket, head_deadline: float | None = None) -> None:
+    def _serve_with_takeovers(self, sock: Connection, head_deadline: float | None = None) -> None:
         """Serves a connection, then any connection taken over while it was idle (as
         _accept_and_serve does inline): one left in `_taken` would wait, unread, until the
         next accept, while its front waits for an answer."""
@@ -489,7 +470,7 @@ class Worker:
 
     # -- one connection ----------------------------------------------------------------
 
-    def _serve(self, sock: _socket.socket, head_deadline: float | None = None) -> None:
+    def _serve(self, sock: Connection, head_deadline: float | None = None) -> None:
         # One connection at a time: the same protocol object serves them all. Each request
         # is its own object, so an app that kept an old wsgi.errors cannot write into the
         # request being served now (see Request.send_stderr).
@@ -573,7 +554,7 @@ class Worker:
 
     # -- connections that sent nothing yet ---------------------------------------------------
 
-    def _park(self, sock: _socket.socket, head_deadline: float | None) -> bool:
+    def _park(self, sock: Connection, head_deadline: float | None) -> bool:
         """Sets aside a connection that has sent nothing yet; False when it cannot be.
 
         Fronts send a request's head at once, so a connection that is silent after accept is
@@ -633,7 +614,7 @@ class Worker:
         for fd in list(self._parked):
             self._drop_parked(fd)
 
-    def _wait_and_recv(self, sock: _socket.socket, idle: bool, head_deadline: float | None = None) -> int:
+    def _wait_and_recv(self, sock: Connection, idle: bool, head_deadline: float | None = None) -> int:
         """Waits for bytes and reads them; -1 when the idle connection is to be closed,
         _YIELD when it is idle and a parked connection has bytes (see _serve)."""
         poller = select.poll()
@@ -687,7 +668,7 @@ class Worker:
             except BlockingIOError:
                 continue
 
-    def _take_waiting(self, sock: _socket.socket, listener: Listener) -> bool:
+    def _take_waiting(self, sock: Connection, listener: Listener) -> bool:
         """Accepts a waiting connection for this worker, idle on the kept `sock`.
 
         False when the kept connection got a request meanwhile or another worker took the
@@ -699,15 +680,16 @@ class Worker:
         if quiet.poll(TAKEOVER_GRACE_MS):
             return False
         try:
-            fd, _addr = _raw_accept(listener.sock)
+            taken = listener.accept()
         except OSError:
-            # Gone to another worker (EAGAIN), or an error the accept loop deals with.
-            return False
+            return False  # an error the accept loop deals with
+        if taken is None:
+            return False  # gone to another worker
         self.slot.count_accept()
-        if self.allow is not None and not self._admit(fd, _addr, listener):
+        if self.allow is not None and not self._admit(taken, listener):
             return False
         log.debug("closing an idle kept connection for a new one no free worker took")
-        self._taken = _socket.socket(listener.family, listener.type, listener.proto, fd)
+        self._taken = taken
         return True
 
     def _handle_events(self, conn: ServerConnection, outbox: Outbox) -> None:
@@ -809,7 +791,7 @@ class Worker:
         self._linger(request.outbox.sock)
         raise _Close()
 
-    def _linger(self, sock: _socket.socket) -> None:
+    def _linger(self, sock: Connection) -> None:
         """After answering before the body was read: a close with unread bytes makes the kernel
         send a reset, which can destroy the answer before the front reads it (nginx then
         answers 502 instead of our 413). Half-close, then read and drop what still comes, for

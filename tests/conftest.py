@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +34,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # Before any test module imports fcgiserver: the choice is made once, at import.
     if config.getoption("--pure"):
         os.environ["FCGISERVER_PURE"] = "1"
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A non-blocking unix listening socket, as a worker's, in a folder of its own."""
+    folder = tempfile.mkdtemp(prefix="fcgilisten.", dir="/tmp")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.path.join(folder, "s"))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+    finally:
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -12,17 +12,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from fcgiserver import worker as worker_module
 from fcgiserver.config import build_config
+from fcgiserver.net.conn import Connection, Listener
 from fcgiserver.protocol import (
     NEED_DATA,
     ConnectionClosed,
@@ -41,7 +40,7 @@ from fcgiserver.protocol import (
 )
 from fcgiserver.protocol import connection as connection_module
 from fcgiserver.shm.scoreboard import Scoreboard
-from fcgiserver.worker import Listener, Worker, _ListenWaiter
+from fcgiserver.worker import Worker, _ListenWaiter
 
 RT = RecordType
 PAIRS = (
@@ -214,19 +213,7 @@ def test_other_endings_are_not_taken_from_the_cache() -> None:
 
 # -- the worker's wait for connections -----------------------------------------------------
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    folder = tempfile.mkdtemp(prefix="fcgiwait.", dir="/tmp")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(os.path.join(folder, "s"))
-        sock.listen(8)
-        sock.setblocking(False)
-        yield sock
-    finally:
-        sock.close()
-        shutil.rmtree(folder, ignore_errors=True)
-
+# (`listener`: the fixture in conftest.py.)
 
 def test_waiter_reports_a_waiting_connection_and_a_signal_byte(listener: socket.socket) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -356,19 +343,18 @@ def _answered(client: socket.socket) -> bytes:
     return reply
 
 
-def test_a_wakeup_with_nothing_more_queued_costs_one_accept(
-        listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wakeup_with_nothing_more_queued_costs_one_accept(listener: socket.socket) -> None:
     # Behind a front the queue is usually empty when a request ends: trying accept() again
     # after each one failed with EAGAIN (a system call and an exception) once per request.
     calls: list[int] = []
-    real = worker_module._raw_accept
-
-    def counting(sock: socket.socket) -> tuple[int, object]:
-        calls.append(1)
-        return real(sock)
-
-    monkeypatch.setattr(worker_module, "_raw_accept", counting)
     worker, entry = _in_process_worker(listener)
+    accept = entry.accept
+
+    def counting() -> Connection | None:
+        calls.append(1)
+        return accept()
+
+    entry.accept = counting
     wakeups = 3 * worker_module.PROBE_EVERY
     for _ in range(wakeups):
         client = _ask(listener)

@@ -1,13 +1,14 @@
 """Which code runs the per-request hot spots: the compiled twins, or Python.
 
-The compiled modules are `fcgiserver.protocol._speedups` (from _speedups.c: params and the
-whole-request scan) and `fcgiserver.shm._slotstore` (from shm/_slotstore.c: the
-scoreboard's per-request writes). The pure-Python functions are the reference; each
-compiled module (built when the package is installed, if a C compiler and Python's headers
-are there) must behave exactly like them, only cheaper. Without it, or with
-FCGISERVER_PURE=1 in the environment, the Python code runs: that is how the tests check
-both (`pytest --pure`, `make test-pure`). The environment is read once per module, at
-import: the choice holds for the whole process.
+The compiled modules are `fcgiserver.protocol._speedups` (from _speedups.c: params and
+the whole-request scan), `fcgiserver.shm._slotstore` (from shm/_slotstore.c: the
+scoreboard's per-request writes) and `fcgiserver.net._conn` (from net/_conn.c: accepting
+a connection). The pure-Python code is the reference; each compiled module (built when
+the package is installed, if a C compiler and Python's headers are there) must behave
+exactly like it, only cheaper. Without it, or with FCGISERVER_PURE=1 in the environment,
+the Python code runs: that is how the tests check both (`pytest --pure`, `make
+test-pure`). The environment is read once per module, at import: the choice holds for the
+whole process.
 """
 
 from __future__ import annotations
