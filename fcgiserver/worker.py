@@ -511,8 +511,19 @@ class Worker:
                 # A body arriving in pieces is appended to the protocol's own buffer: handing
                 # over the view spares a copy of every body byte. A request's head goes as bytes,
                 # which the whole-request path takes without copying.
-                conn.receive_data(view[:n] if state is _STDIN else view[:n].tobytes())
-                self._handle_events(conn, outbox)
+                if state is _STDIN:
+                    conn.receive_data(view[:n])
+                    self._handle_events(conn, outbox)
+                else:
+                    # The usual request, whole in this read and without a body, is acted on
+                    # at once: the same two steps _handle_events takes for its RequestStarted
+                    # and StdinEnd, without the events in between.
+                    started = conn.receive_request(view[:n].tobytes())
+                    if started is not None:
+                        self._start_request(started, conn, outbox)
+                        self._stdin_end()
+                    if started is None or (conn.state < _CLOSED and conn.pending_input):
+                        self._handle_events(conn, outbox)
                 out = conn.data_to_send()
                 if out:
                     outbox.write(out)

@@ -1,7 +1,8 @@
 """The shortcuts on the per-request path behave exactly like the general code they stand in for.
 
-- ServerConnection takes a whole request buffered in one piece without the record loop;
-  the events, state and errors must be those of the same bytes fed a byte at a time.
+- ServerConnection takes a whole request buffered in one piece without the record loop, and
+  receive_request() hands it over without events; the events, state and errors must be
+  those of the same bytes fed a byte at a time.
 - reset() makes a used connection behave like a new one.
 - send_stdout() / end_request() build common records directly; the bytes must be those of
   the general encoders.
@@ -18,6 +19,8 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcgiserver import worker as worker_module
 from fcgiserver.config import build_config
@@ -34,6 +37,7 @@ from fcgiserver.protocol import (
     RequestStarted,
     Role,
     ServerConnection,
+    StdinEnd,
     encode_params,
     encode_record,
     encode_stream,
@@ -71,13 +75,20 @@ def stdin(request_id: int = 1, data: bytes = b"") -> bytes:
 Outcome = tuple[list[Event | str], tuple[object, ...]]
 
 
-def run(conn: ServerConnection, wire: bytes, *, piecewise: bool) -> Outcome:
-    """Events (or the error) from `wire`, and the connection's state afterwards."""
+def run(conn: ServerConnection, wire: bytes, *, piecewise: bool, at_once: bool = False) -> Outcome:
+    """Events (or the error) from `wire`, and the connection's state afterwards. `at_once`:
+    the bytes go in through receive_request(), whose request stands for its RequestStarted
+    and StdinEnd."""
     out: list[Event | str] = []
     chunks = [wire[i:i + 1] for i in range(len(wire))] if piecewise else [wire]
     try:
         for chunk in chunks:
-            conn.receive_data(chunk)
+            if at_once:
+                started = conn.receive_request(chunk)
+                if started is not None:
+                    out += [started, StdinEnd(started.request_id)]
+            else:
+                conn.receive_data(chunk)
             while not isinstance(event := conn.next_event(), NeedData):
                 out.append(event)
                 if isinstance(event, ConnectionClosed):
@@ -88,9 +99,12 @@ def run(conn: ServerConnection, wire: bytes, *, piecewise: bool) -> Outcome:
 
 
 def same_as_record_by_record(wire: bytes, **limits: int) -> list[Event | str]:
-    whole = run(ServerConnection(**limits), wire, piecewise=False)
+    whole = run(conn := ServerConnection(**limits), wire, piecewise=False)
     piecewise = run(ServerConnection(**limits), wire, piecewise=True)
-    assert whole == piecewise
+    at_once = run(taken := ServerConnection(**limits), wire, piecewise=False, at_once=True)
+    assert whole == piecewise == at_once
+    # (Fed a byte at a time, the bytes after an error are never fed: only these two compare.)
+    assert conn.pending_input == taken.pending_input
     return whole[0]
 
 
@@ -136,6 +150,33 @@ def test_a_whole_bodiless_request_gives_the_events_of_the_record_loop(
 )
 def test_anything_else_ends_as_the_record_loop_would(wire: bytes) -> None:
     same_as_record_by_record(wire)
+
+
+GET_VALUES = encode_record(RT.GET_VALUES, 0, encode_params([(b"FCGI_MAX_CONNS", b"")]))
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        pytest.param(begin(1, keep_conn=True) + params(1) + stdin(1) + begin(2, keep_conn=True) + params(2)
+                     + stdin(2), id="a-second-request-in-the-same-read"),
+        pytest.param(begin(1, keep_conn=True) + params(1) + stdin(1) + begin(2)[:5], id="part-of-the-next"),
+        pytest.param(begin() + params() + stdin() + encode_record(RT.ABORT_REQUEST, 1), id="abort-after"),
+        pytest.param(begin() + params() + stdin() + GET_VALUES, id="get-values-after"),
+        pytest.param(GET_VALUES + begin() + params() + stdin(), id="get-values-before"),
+    ],
+)
+def test_a_request_taken_at_once_leaves_what_follows_to_the_record_loop(wire: bytes) -> None:
+    same_as_record_by_record(wire)
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), deadline=None)
+@given(tail=st.binary(max_size=64), keep_conn=st.booleans(), cut=st.integers(0, 8))
+def test_any_bytes_after_a_whole_request_end_as_the_record_loop_would(
+        tail: bytes, keep_conn: bool, cut: int) -> None:
+    wire = begin(3, keep_conn=keep_conn) + params(3) + stdin(3)
+    same_as_record_by_record(wire + tail)
+    same_as_record_by_record(wire[:len(wire) - cut] + tail)
 
 
 def test_params_over_the_limit_fail_as_in_the_record_loop() -> None:

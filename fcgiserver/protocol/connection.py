@@ -351,7 +351,14 @@ class ServerConnection:
             return
         pos, request_id, role, flags, raw, stdin_ended = taken
         self._reader.skip_to(pos)
-        # From here on exactly what _do_begin, _do_params_end and _do_stdin_end do.
+        role_, keep_conn = self._start_whole(request_id, role, flags)
+        self._events.append(RequestStarted(request_id, role_, keep_conn, decode_params_latin1(raw)))
+        if stdin_ended:
+            self.state = _AFTER_STDIN
+            self._events.append(StdinEnd(request_id))
+
+    def _start_whole(self, request_id: int, role: int, flags: int) -> tuple[Role, bool]:
+        """What _do_begin and _do_params_end do, for a request taken whole."""
         self.request_id = request_id
         self._role = role_ = _ROLES[role]
         self.keep_conn = keep_conn = bool(flags & FCGI_KEEP_CONN)
@@ -359,10 +366,37 @@ class ServerConnection:
         self._params_size = 0
         self._stderr_used = False
         self.state = _AFTER_PARAMS
-        self._events.append(RequestStarted(request_id, role_, keep_conn, decode_params_latin1(raw)))
-        if stdin_ended:
-            self.state = _AFTER_STDIN
-            self._events.append(StdinEnd(request_id))
+        return role_, keep_conn
+
+    def receive_request(self, data: bytes) -> RequestStarted | None:
+        """receive_data(data), with the usual request taken at once.
+
+        When the connection waits for a request with nothing buffered, and `data` holds
+        one whole with its STDIN already ended (what fronts send for a request without a
+        body, in one read), this returns its RequestStarted and the StdinEnd is implied:
+        neither is queued for next_event(), which gives what follows them, if anything.
+        Otherwise (None) the bytes were received as receive_data() receives them, and
+        next_event() gives every event, errors included. Either way the connection ends
+        in the same state with the same events as receive_data() and next_event() give
+        (tests/test_request_path.py compares them).
+        """
+        if (self.state is _S_IDLE and type(data) is bytes and _WHOLE_REQUEST_PATH and not self._events
+                and self._error is None and not self._eof and not self._reader.pending()):
+            try:
+                taken = _scan_whole_request(data, 0, self._max_params_size)
+                params = decode_params_latin1(taken[4]) if taken is not None and taken[5] else None
+            except RemoteProtocolError:
+                params = None  # next_event() finds the error again, as for any bytes
+            if params is not None:
+                assert taken is not None
+                pos, request_id, role, flags = taken[:4]
+                self._reader.feed(data)
+                self._reader.skip_to(pos)
+                role_, keep_conn = self._start_whole(request_id, role, flags)
+                self.state = _AFTER_STDIN
+                return RequestStarted(request_id, role_, keep_conn, params)
+        self.receive_data(data)
+        return None
 
     # -- the machine ---------------------------------------------------------
 
