@@ -19,7 +19,6 @@ by whatever else runs on the machine, which only ever adds time.
 
 from __future__ import annotations
 
-import _socket
 import argparse
 import contextlib
 import json
@@ -275,16 +274,17 @@ def bench_worker(listener: socket.socket, request: bytes) -> Callable[[int], flo
 
 
 def bench_floor(listener: socket.socket, request: bytes) -> Callable[[int], float]:
-    """The worker's own socket calls (accept, wrap the fd, recv_into, send, close), no Python work."""
+    """The worker's own socket calls (accept, recv_into, send, close, through the same
+    accept as the worker's), no Python work."""
     reply = canned_response(1)
-    accept = listener._accept  # type: ignore[attr-defined]
-    family, type_, proto = int(listener.family), int(listener.type), listener.proto
+    accept = Listener(listener).accept
     buf = bytearray(256 * 1024)
     flags = socket.MSG_DONTWAIT
 
     def serve() -> None:
-        fd, _ = accept()
-        conn = _socket.socket(family, type_, proto, fd)
+        conn = accept()
+        if conn is None:
+            raise RuntimeError("no connection was waiting")
         try:
             conn.recv_into(buf, len(buf), flags)
             conn.send(reply, flags | socket.MSG_NOSIGNAL)

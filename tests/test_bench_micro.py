@@ -18,3 +18,12 @@ def test_every_stage_of_the_in_process_benchmark_runs() -> None:
     stages = json.loads(done.stdout)["us_per_request"]
     assert set(stages) == {"params", "protocol", "bridge", "scoreboard", "worker", "floor"}
     assert all(us > 0 for us in stages.values())
+
+
+def test_the_interleaving_benchmark_runs_with_the_django_project() -> None:
+    argv = [sys.executable, "-m", "bench.interleave", "--json", "--number", "50", "--repeat", "1"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    us = json.loads(done.stdout)
+    assert set(us) == {"django", "floor", "worker", "floor+django", "worker+django", "interference"}
+    assert all(us[name] > 0 for name in us if name != "interference")
