@@ -390,8 +390,9 @@ class ServerConnection:
             if params is not None:
                 assert taken is not None
                 pos, request_id, role, flags = taken[:4]
-                self._reader.feed(data)
-                self._reader.skip_to(pos)
+                if pos < len(data):  # what follows the request stays for the record loop
+                    self._reader.feed(data)
+                    self._reader.skip_to(pos)
                 role_, keep_conn = self._start_whole(request_id, role, flags)
                 self.state = _AFTER_STDIN
                 return RequestStarted(request_id, role_, keep_conn, params)
