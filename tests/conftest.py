@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,14 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
-    """A non-blocking unix listening socket, as a worker's, in a folder of its own."""
-    folder = tempfile.mkdtemp(prefix="fcgilisten.", dir="/tmp")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(os.path.join(folder, "s"))
-        sock.listen(8)
-        sock.setblocking(False)
+    """A non-blocking unix listening socket, as a worker's, in a folder of its own (the one
+    the in-process benchmark serves from)."""
+    from bench.micro import _unix_listener
+
+    with _unix_listener() as sock:
         yield sock
-    finally:
-        sock.close()
-        shutil.rmtree(folder, ignore_errors=True)
