@@ -402,8 +402,8 @@ class Worker:
         wake another worker.)
 
         After it, another accept() finds the next connection already queued only under
-        overload; otherwise it fails with EAGAIN, and that failure (a system call and an
-        exception) cost about a microsecond per request behind lighttpd, where the queue is
+        overload; otherwise it finds nothing, a system call for nothing (and, on the pure
+        Python code, a BlockingIOError) per request behind lighttpd, where the queue is
         empty when a request ends. So the worker goes back to its wait set (which reports a
         queued connection at once: the listener is level-triggered) unless the last follow-up
         accept found one; every PROBE_EVERY-th wakeup tries one anyway, to notice a queue.

@@ -59,8 +59,8 @@ def test_the_default_build_runs_the_compiled_code_and_the_variable_turns_it_off(
     probe = ("from fcgiserver.protocol import accel, params, connection as c; "
              "from fcgiserver.shm import scoreboard as s; from fcgiserver.net import conn; "
              "print(accel.ACCELERATED, params.decode_params_latin1 is params.decode_params_latin1_pure, "
-             "c._scan_whole_request is c.scan_whole_request_pure, s._store_slot is s.store_slot_pure, "
-             "s._store_state is s.store_state_pure, not conn.COMPILED)")
+             "c._scan_whole_request is c.scan_whole_request_pure, s.store_slot is s.store_slot_pure, "
+             "s.store_state is s.store_state_pure, not conn.COMPILED)")
     env = {k: v for k, v in os.environ.items() if k != accel.PURE_ENV}
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert built.stdout.split() == ["True", "False", "False", "False", "False", "False"]

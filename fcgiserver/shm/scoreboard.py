@@ -162,7 +162,7 @@ class Slot:
         self._uri = uri_bytes = uri.encode("latin-1", "replace")[:URI_LEN]
         now = _time()
         # _write(), inlined: this runs for every request.
-        self._seq = _store_slot(self._buf, self._offset, self._seq, _BUSY, self._requests, self._accepted,
+        self._seq = store_slot(self._buf, self._offset, self._seq, _BUSY, self._requests, self._accepted,
                                 now, now, self._pid, self._generation, self._fingerprint, encoded, uri_bytes)
         self._state = _BUSY
         self._busy_since = now
@@ -172,7 +172,7 @@ class Slot:
         The method and URI it leaves in place mean nothing once the slot is not busy."""
         self._requests = requests = self._requests + 1
         self._method = self._uri = b""
-        self._seq = _store_state(self._buf, self._offset, self._seq, _IDLE, requests, self._accepted, 0.0,
+        self._seq = store_state(self._buf, self._offset, self._seq, _IDLE, requests, self._accepted, 0.0,
                                  _time())
         self._state = _IDLE
         self._busy_since = 0.0
@@ -185,7 +185,7 @@ class Slot:
         self._write(self._state, self._busy_since)
 
     def _write(self, state: SlotState, busy_since: float) -> None:
-        self._seq = _store_slot(self._buf, self._offset, self._seq, state, self._requests, self._accepted,
+        self._seq = store_slot(self._buf, self._offset, self._seq, state, self._requests, self._accepted,
                                 busy_since, _time(), self._pid, self._generation, self._fingerprint,
                                 self._method, self._uri)
         self._state = state
@@ -292,8 +292,6 @@ if _slotstore is not None and tuple(_slotstore.LAYOUT) != _compiled_layout():
     _slotstore = None  # built for another layout: the Python code is the truth
 store_slot: Callable[..., int] = _slotstore.store_slot if _slotstore is not None else store_slot_pure
 store_state: Callable[..., int] = _slotstore.store_state if _slotstore is not None else store_state_pure
-_store_slot = store_slot
-_store_state = store_state
 # Request methods as stored, by the str the front sent: a handful of values, encoded once.
 _methods: dict[str, bytes] = {}
 
