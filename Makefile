@@ -15,7 +15,7 @@ all: test
 # The runtime: both distributions of this repository, editable, and their dependencies. setup.py
 # builds the compiled accelerators (protocol, scoreboard, accepted connections) (optional: without gcc and Python's headers the
 # install goes on with the pure-Python code).
-$(VENV)/.stamp-run: pyproject.toml setup.py fcgiserver/protocol/_speedups.c fcgiserver/shm/_slotstore.c fcgiserver/net/_conn.c $(UPLOAD_DIST)/pyproject.toml
+$(VENV)/.stamp-run: pyproject.toml setup.py fcgiserver/protocol/_speedups.c fcgiserver/shm/_slotstore.c fcgiserver/net/_conn.c fcgiserver/wsgi/_bridge.c $(UPLOAD_DIST)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e . -e $(UPLOAD_DIST)
@@ -51,7 +51,7 @@ test: setup
 # the reference the compiled accelerators are held to (the whole suite: make test PYTEST_ARGS=--pure).
 PURE_TESTS := tests/test_protocol_connection.py tests/test_protocol_fuzz.py tests/test_protocol_params.py \
 	tests/test_protocol_records.py tests/test_request_path.py tests/test_scoreboard.py tests/test_speedups.py \
-	tests/test_conn.py tests/test_worker.py tests/test_wsgi.py tests/test_lighttpd.py
+	tests/test_conn.py tests/test_bridge_compiled.py tests/test_worker.py tests/test_wsgi.py tests/test_lighttpd.py
 test-pure: setup
 	$(PY) -bb -m pytest --pure $(PURE_TESTS) $(PYTEST_ARGS)
 

@@ -1,8 +1,8 @@
 """The compiled accelerator: setuptools reads this beside pyproject.toml (which has the rest).
 
-fcgiserver.protocol._speedups, fcgiserver.shm._slotstore and fcgiserver.net._conn are optional: without a C
-compiler or Python's headers the build says so and goes on, and the package runs its
-pure-Python code (see fcgiserver/protocol/accel.py). On Debian: apt-get install gcc python3-dev.
+fcgiserver.protocol._speedups, fcgiserver.shm._slotstore, fcgiserver.net._conn and
+fcgiserver.wsgi._bridge are optional: without a C compiler or Python's headers the build
+says so and goes on, and the package runs its pure-Python code (see fcgiserver/protocol/accel.py). On Debian: apt-get install gcc python3-dev.
 """
 
 from setuptools import Extension, setup
@@ -16,6 +16,7 @@ setup(
             ("fcgiserver.protocol._speedups", "fcgiserver/protocol/_speedups.c"),
             ("fcgiserver.shm._slotstore", "fcgiserver/shm/_slotstore.c"),
             ("fcgiserver.net._conn", "fcgiserver/net/_conn.c"),
+            ("fcgiserver.wsgi._bridge", "fcgiserver/wsgi/_bridge.c"),
         )
     ],
 )

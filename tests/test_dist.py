@@ -105,7 +105,8 @@ def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_whe
     print(f"{SERVER_WHEEL}:", *server, f"{UPLOAD_WHEEL}:", *upload, sep="\n  ")
     assert all(n.startswith(("fcgiserver/", f"fcgiserver-{VERSION}.dist-info/")) for n in server), server
     assert {"fcgiserver/cli.py", "fcgiserver/py.typed", "fcgiserver/protocol/records.py"} <= set(server)
-    for compiled in ("fcgiserver/protocol/_speedups.", "fcgiserver/shm/_slotstore.", "fcgiserver/net/_conn."):
+    for compiled in ("fcgiserver/protocol/_speedups.", "fcgiserver/shm/_slotstore.", "fcgiserver/net/_conn.",
+                     "fcgiserver/wsgi/_bridge."):
         assert [n for n in server if n.startswith(compiled) and n.endswith(".so")], server
     assert requirements(server_wheel(dist)) == ["psutil>=5.9"]
 
@@ -123,7 +124,8 @@ def test_dist_builds_a_server_wheel_without_the_upload_service_and_an_upload_whe
     # An sdist builds the accelerator where it is installed: its source and setup.py go along.
     top = f"fcgiserver-{VERSION}"
     assert {f"{top}/setup.py", f"{top}/fcgiserver/protocol/_speedups.c",
-            f"{top}/fcgiserver/shm/_slotstore.c", f"{top}/fcgiserver/net/_conn.c"} <= set(names), names
+            f"{top}/fcgiserver/shm/_slotstore.c", f"{top}/fcgiserver/net/_conn.c",
+            f"{top}/fcgiserver/wsgi/_bridge.c"} <= set(names), names
     with tarfile.open(dist / UPLOAD_SDIST) as t:
         members = {m.name: m for m in t.getmembers()}
     for name in STATIC_FILES:

@@ -58,15 +58,17 @@ def outcome(fn: Callable[..., Any], *args: object) -> tuple[str, object]:
 def test_the_default_build_runs_the_compiled_code_and_the_variable_turns_it_off() -> None:
     probe = ("from fcgiserver.protocol import accel, params, connection as c; "
              "from fcgiserver.shm import scoreboard as s; from fcgiserver.net import conn; "
+             "from fcgiserver.wsgi import bridge as b, response as r; "
              "print(accel.ACCELERATED, params.decode_params_latin1 is params.decode_params_latin1_pure, "
              "c._scan_whole_request is c.scan_whole_request_pure, s.store_slot is s.store_slot_pure, "
-             "s.store_state is s.store_state_pure, not conn.COMPILED)")
+             "s.store_state is s.store_state_pure, not conn.COMPILED, "
+             "b.build_environ is b.build_environ_pure, r.header_block is r.header_block_pure)")
     env = {k: v for k, v in os.environ.items() if k != accel.PURE_ENV}
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert built.stdout.split() == ["True", "False", "False", "False", "False", "False"]
+    assert built.stdout.split() == ["True"] + ["False"] * 7
     pure = subprocess.run([sys.executable, "-c", probe], env={**env, accel.PURE_ENV: "1"},
                           capture_output=True, text=True, check=True)
-    assert pure.stdout.split() == ["False", "True", "True", "True", "True", "True"]
+    assert pure.stdout.split() == ["False"] + ["True"] * 7
 
 
 def test_this_test_run_uses_the_code_it_was_asked_for() -> None:

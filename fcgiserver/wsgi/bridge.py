@@ -16,11 +16,12 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from fcgiserver.protocol import Role
+from fcgiserver.protocol.accel import load_compiled
 from fcgiserver.spec import WSGIApplication
 from fcgiserver.wsgi.input_stream import WSGIInput
 from fcgiserver.wsgi.response import ResponseHead
@@ -209,7 +210,7 @@ def mount_from_uri(env: dict[str, Any], script: str) -> None:
     env["SCRIPT_NAME"] = mount
 
 
-def build_environ(
+def build_environ_pure(
     params: dict[str, str],
     role: Role,
     wsgi_input: WSGIInput,
@@ -267,6 +268,14 @@ _WSGI_CONSTANTS: dict[str, Any] = {
     "wsgi.run_once": False,
     "wsgi.file_wrapper": FileWrapper,
 }
+
+# The compiled twin (wsgi/_bridge.c) takes the usual request in C and hands the rest back to
+# the function above, which stays the truth (tests/test_bridge_compiled.py compares them).
+_compiled = load_compiled("fcgiserver.wsgi._bridge")
+build_environ: Callable[..., dict[str, Any]] = build_environ_pure
+if _compiled is not None:
+    _compiled.bind_environ(build_environ_pure, fix_script_name, _is_on, _WSGI_CONSTANTS, _ROLE_NAMES)
+    build_environ = _compiled.build_environ
 
 
 # -- the call -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from fcgiserver.protocol.accel import load_compiled
 from fcgiserver.spec import ExcInfo
 
 _STATUS = re.compile(r"[1-5][0-9]{2} [\t\x20-\x7e\x80-\xff]*")
@@ -60,7 +61,7 @@ _heads: dict[tuple[object, ...], tuple[bytes, int | None]] = {}
 _HEADS_MAX = 256
 
 
-def header_block(status: object, headers: object) -> tuple[bytes, int | None]:
+def header_block_pure(status: object, headers: object) -> tuple[bytes, int | None]:
     """The CGI response head for `status` and `headers`, and the Content-Length if given."""
     if type(status) is not str or type(headers) is not list:
         raise _explain(status, headers)
@@ -99,6 +100,15 @@ def _build(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | No
         lines.append(name + ": " + value)
     lines.append("\r\n")
     return "\r\n".join(lines).encode("latin-1"), length
+
+
+# The compiled twin (wsgi/_bridge.c) shares the cache and the checks above; the function
+# above stays the truth (tests/test_bridge_compiled.py compares them).
+_compiled = load_compiled("fcgiserver.wsgi._bridge")
+header_block: Callable[[object, object], tuple[bytes, int | None]] = header_block_pure
+if _compiled is not None:
+    _compiled.bind_head(_heads, _HEADS_MAX, _build, _explain)
+    header_block = _compiled.header_block
 
 
 class ResponseHead:
