@@ -64,15 +64,14 @@ class Request:
         if self.streaming or not last:
             self.streaming = True
             self.check_peer(self)
-        conn = self.conn
-        out = conn.send_stdout(data) if data else _EMPTY
         if last:
-            # end(), inlined (this runs per request): the request is not over (see above),
-            # and the connection can send (a hang-up the worker saw raised _Close before
-            # the app got here).
+            # end(), with the last bytes (this runs per request): the request is not over (see
+            # above), and the connection can send (a hang-up the worker saw raised _Close
+            # before the app got here).
             self.ended = True
-            out = out + conn.end_request() if out else conn.end_request()
-        self.outbox.write(out)
+            self.outbox.write(self.conn.send_final(data))
+        else:
+            self.outbox.write(self.conn.send_stdout(data) if data else _EMPTY)
 
     def send_stderr(self, data: bytes) -> None:
         # An ended request's connection may serve another request now, which an old

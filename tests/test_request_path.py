@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -30,6 +31,7 @@ from fcgiserver.protocol import (
     ConnectionClosed,
     ConnState,
     Event,
+    LocalProtocolError,
     NeedData,
     ProtocolStatus,
     RecordType,
@@ -250,6 +252,59 @@ def test_other_endings_are_not_taken_from_the_cache() -> None:
     conn = started(3)
     conn.send_stderr(b"oops")
     assert conn.end_request().startswith(encode_record(RT.STDOUT, 3) + encode_record(RT.STDERR, 3))
+
+
+def final_outcome(conn: ServerConnection, finish: Callable[[ServerConnection], bytes]) -> tuple[object, ...]:
+    try:
+        got: object = finish(conn)
+    except (LocalProtocolError, RemoteProtocolError) as exc:
+        got = f"{type(exc).__name__}: {exc}"
+    return got, conn.state, conn.request_id, conn.keep_conn, conn.should_close
+
+
+def two_steps(data: bytes) -> Callable[[ServerConnection], bytes]:
+    """What send_final() stands for, as Request.send() did it before."""
+    def finish(conn: ServerConnection) -> bytes:
+        out = conn.send_stdout(data) if data else b""
+        return out + conn.end_request() if out else conn.end_request()
+    return finish
+
+
+# Every way to reach a state from a new connection: the response may end in some of them.
+HISTORIES = [b"", begin(), begin() + params(), begin() + params() + stdin(),
+             begin(2, keep_conn=True) + params(2) + stdin(2), begin() + params() + stdin(data=b"body"),
+             begin() + params() + encode_record(RT.STDIN, 1, b"x"),
+             begin() + params() + stdin() + encode_record(RT.ABORT_REQUEST, 1), b"\x07garbage!"]
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "500")), deadline=None)
+@given(st.sampled_from(HISTORIES), st.binary(max_size=70) | st.binary(min_size=65530, max_size=65540),
+       st.booleans(), st.booleans())
+def test_send_final_is_send_stdout_then_end_request(history: bytes, data: bytes, stderr: bool,
+                                                    eof: bool) -> None:
+    outcomes = []
+    for finish in (lambda conn: conn.send_final(data), two_steps(data)):
+        conn = ServerConnection()
+        with contextlib.suppress(RemoteProtocolError):
+            conn.receive_data(history)
+            if eof:
+                conn.receive_data(b"")
+            while not isinstance(conn.next_event(), NeedData | ConnectionClosed):
+                pass
+        if stderr:
+            with contextlib.suppress(LocalProtocolError):
+                conn.send_stderr(b"e")
+        outcomes.append(final_outcome(conn, finish))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_send_final_takes_the_usual_response_in_one_step() -> None:
+    for keep_conn in (False, True):
+        conn = started(7, keep_conn)
+        assert conn.send_final(b"Status: 200 OK\r\n\r\nhi") == encode_record(
+            RT.STDOUT, 7, b"Status: 200 OK\r\n\r\nhi") + started(7).end_request()
+        assert conn.state is (ConnState.IDLE if keep_conn else ConnState.CLOSED) and conn.request_id is None
+    assert connection_module._FINAL, "no state lets a response end in one step"
 
 
 # -- the worker's wait for connections -----------------------------------------------------

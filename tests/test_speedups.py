@@ -24,6 +24,7 @@ from fcgiserver.protocol import (
     NEED_DATA,
     ConnectionClosed,
     Event,
+    LocalProtocolError,
     RecordType,
     RemoteProtocolError,
     ServerConnection,
@@ -62,13 +63,14 @@ def test_the_default_build_runs_the_compiled_code_and_the_variable_turns_it_off(
              "print(accel.ACCELERATED, params.decode_params_latin1 is params.decode_params_latin1_pure, "
              "c._scan_whole_request is c.scan_whole_request_pure, s.store_slot is s.store_slot_pure, "
              "s.store_state is s.store_state_pure, not conn.COMPILED, "
-             "b.build_environ is b.build_environ_pure, r.header_block is r.header_block_pure)")
+             "b.build_environ is b.build_environ_pure, r.header_block is r.header_block_pure, "
+             "c._frame_final is c.frame_final_pure)")
     env = {k: v for k, v in os.environ.items() if k != accel.PURE_ENV}
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert built.stdout.split() == ["True"] + ["False"] * 7
+    assert built.stdout.split() == ["True"] + ["False"] * 8
     pure = subprocess.run([sys.executable, "-c", probe], env={**env, accel.PURE_ENV: "1"},
                           capture_output=True, text=True, check=True)
-    assert pure.stdout.split() == ["False"] + ["True"] * 7
+    assert pure.stdout.split() == ["False"] + ["True"] * 8
 
 
 def test_this_test_run_uses_the_code_it_was_asked_for() -> None:
@@ -212,3 +214,17 @@ def test_a_connection_gives_the_same_events_and_errors_either_way(wire: bytes, c
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert (_events(wire, chunk, monkeypatch, compiled=True)
                 == _events(wire, chunk, monkeypatch, compiled=False))
+
+
+# -- the end of a response ----------------------------------------------------------------------
+
+@EXAMPLES
+@given(st.integers(-2, 0x10001) | st.sampled_from([1, 2, 0xFFFF]),
+       st.binary(max_size=40) | st.binary(min_size=65530, max_size=65540))
+def test_the_end_of_a_response_is_framed_alike(request_id: int, data: bytes) -> None:
+    def framed(fn: Callable[[int, bytes], bytes]) -> tuple[str, object]:
+        try:
+            return "ok", fn(request_id, data)
+        except LocalProtocolError as exc:
+            return "LocalProtocolError", str(exc)
+    assert framed(_speedups.frame_final) == framed(connection_module.frame_final_pure)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 static PyObject *RemoteProtocolError; /* fcgiserver.protocol.errors.RemoteProtocolError */
+static PyObject *LocalProtocolError;  /* fcgiserver.protocol.errors.LocalProtocolError */
 
 #define MAX_LEN 0x7FFFFFFF
 
@@ -313,12 +314,71 @@ scan_whole_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* -- the end of a response ------------------------------------------------------------------ */
+
+#define STDOUT 6
+#define END_REQUEST 3
+#define MAX_CONTENT 0xFFFF
+
+static void
+put_header(unsigned char *p, int type, long request_id, Py_ssize_t length, int padding)
+{
+    p[0] = 1;
+    p[1] = (unsigned char)type;
+    p[2] = (unsigned char)(request_id >> 8);
+    p[3] = (unsigned char)request_id;
+    p[4] = (unsigned char)(length >> 8);
+    p[5] = (unsigned char)length;
+    p[6] = (unsigned char)padding;
+    p[7] = 0;
+}
+
+PyDoc_STRVAR(frame_final_doc,
+"frame_final(request_id, data) -> bytes\n\n"
+"The compiled connection.frame_final_pure().");
+
+static PyObject *
+frame_final(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "frame_final() takes a request id and bytes");
+        return NULL;
+    }
+    long request_id = PyLong_AsLong(args[0]);
+    if (request_id == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t length = PyBytes_GET_SIZE(args[1]);
+    if (request_id <= 0 || request_id > 0xFFFF || length > MAX_CONTENT) {
+        return PyErr_Format(LocalProtocolError, "cannot frame %zd bytes for request %ld", length, request_id);
+    }
+    int padding = (int)((8 - length % 8) % 8);
+    Py_ssize_t body = length ? 8 + length + padding : 0;
+    /* The STDOUT record, the empty one closing STDOUT, END_REQUEST (8 bytes of header, 8 of body). */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, body + 8 + 16);
+    if (out == NULL) {
+        return NULL;
+    }
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    if (length) {
+        put_header(p, STDOUT, request_id, length, padding);
+        memcpy(p + 8, PyBytes_AS_STRING(args[1]), (size_t)length);
+        memset(p + 8 + length, 0, (size_t)padding);
+        p += body;
+    }
+    put_header(p, STDOUT, request_id, 0, 0);
+    put_header(p + 8, END_REQUEST, request_id, 8, 0);
+    memset(p + 16, 0, 8); /* app status 0, REQUEST_COMPLETE, reserved */
+    return out;
+}
+
 /* -- module ---------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"decode_params_latin1", (PyCFunction)decode_params_latin1, METH_O, decode_params_latin1_doc},
     {"scan_whole_request", (PyCFunction)(void (*)(void))scan_whole_request, METH_FASTCALL,
      scan_whole_request_doc},
+    {"frame_final", (PyCFunction)(void (*)(void))frame_final, METH_FASTCALL, frame_final_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -335,8 +395,9 @@ PyInit__speedups(void)
         return NULL;
     }
     RemoteProtocolError = PyObject_GetAttrString(errors, "RemoteProtocolError");
+    LocalProtocolError = PyObject_GetAttrString(errors, "LocalProtocolError");
     Py_DECREF(errors);
-    if (RemoteProtocolError == NULL) {
+    if (RemoteProtocolError == NULL || LocalProtocolError == NULL) {
         return NULL;
     }
     return PyModule_Create(&module_def);

@@ -299,6 +299,20 @@ class ServerConnection:
                                 padding))
         return encode_stream(RecordType.STDOUT, request_id, data)
 
+    def send_final(self, data: bytes) -> bytes:
+        """send_stdout(data) (unless empty), then end_request(): the usual end of a response,
+        in one bytes object. The state moves as those two calls move it (_FINAL is their
+        rules, read from the table)."""
+        after = _FINAL.get(self.state)
+        if after is None or self._stderr_used or type(data) is not bytes or len(data) > MAX_CONTENT_LEN:
+            out = self.send_stdout(data) if data else _EMPTY
+            return out + self.end_request() if out else self.end_request()
+        request_id = self.request_id
+        assert request_id is not None
+        self.state = after[self.keep_conn]
+        self.request_id = None  # what _do_end does
+        return _frame_final(request_id, data)
+
     def send_stderr(self, data: bytes | bytearray | memoryview) -> bytes:
         self._apply(_In.SEND, _To.ACTIVE, 0, 0, b"")
         assert self.request_id is not None
@@ -640,6 +654,45 @@ _EMPTY = b""
 _complete_tails: dict[int, bytes] = {}
 
 
+def _final_rules() -> dict[ConnState, tuple[ConnState, ConnState]]:
+    """state -> (the state after end_request() without KEEP_CONN, with it), for the states
+    where send_stdout() stays put and end_request() runs _do_end: send_final() takes the
+    two steps at once only from these."""
+    rules: dict[ConnState, tuple[ConnState, ConnState]] = {}
+    for state in _MAY_SEND:
+        after = []
+        for inp in (_In.END_CLOSE, _In.END_KEEP):
+            rule = _TRANSITIONS.get((state, inp, _To.ACTIVE))
+            if rule is None or rule[0] is not ServerConnection._do_end or rule[1] is None:
+                break
+            after.append(rule[1])
+        else:
+            rules[state] = (after[0], after[1])
+    return rules
+
+
+_FINAL = _final_rules()
+
+
+def frame_final_pure(request_id: int, data: bytes) -> bytes:
+    """`data` (at most 65,535 bytes; none is fine) as the last STDOUT record of request
+    `request_id`, followed by the empty record closing STDOUT and END_REQUEST(0,
+    REQUEST_COMPLETE): the bytes a good response ends with, in one object.
+
+    The reference for the compiled frame_final (see accel.py).
+    """
+    if not 0 < request_id <= 0xFFFF or len(data) > MAX_CONTENT_LEN:
+        raise LocalProtocolError(f"cannot frame {len(data)} bytes for request {request_id}")
+    tail = _complete_tails.get(request_id)
+    if tail is None:
+        tail = _complete_tail(request_id)
+    if not data:
+        return tail
+    padding = _PADDING[len(data) & 7]
+    header = _pack_header(1, _STDOUT_TYPE, request_id, len(data), len(padding))
+    return _EMPTY.join((header, data, padding, tail))
+
+
 def _complete_tail(request_id: int) -> bytes:
     """The empty STDOUT record and END_REQUEST(0, REQUEST_COMPLETE) for `request_id`, cached.
 
@@ -688,3 +741,4 @@ _STDIN_TYPE = int(RecordType.STDIN)
 _unpack_header = unpack_header
 _pack_header = pack_header
 _PADDING = PADDING
+_frame_final: Callable[[int, bytes], bytes] = frame_final_pure if speedups is None else speedups.frame_final
