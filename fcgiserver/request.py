@@ -1,6 +1,6 @@
 """One request's state, from the protocol's RequestStarted to the worker's end of it.
 
-The worker makes a Request when the protocol connection reports RequestStarted and ends it
+The worker makes a Request when the protocol connection reports a request and ends it
 in one place (Worker._end_request, which also frees what it holds). It holds what the
 request needs: its params and role, the body being collected (or why it could not be
 stored), the app's wsgi.input, and whether the response goes out in pieces.
@@ -17,7 +17,7 @@ import select
 from collections.abc import Callable
 
 from fcgiserver.outbox import Outbox
-from fcgiserver.protocol import ConnState, RequestStarted, Role, ServerConnection
+from fcgiserver.protocol import ConnState, Role, ServerConnection
 from fcgiserver.wsgi.input_stream import EMPTY_INPUT, EmptyBody, RequestBody, WSGIInput
 
 # CLOSED and every state after it: the connection may not send (see ServerConnection).
@@ -98,13 +98,14 @@ class Request:
         self.body = UnstoredBody(error)
 
 
-def start_request(started: RequestStarted, conn: ServerConnection, outbox: Outbox,
+def start_request(params: dict[str, str], role: Role, conn: ServerConnection, outbox: Outbox,
                   check_peer: Callable[[Request], None]) -> Request:
-    """A new Request for `started`. A function rather than Request(...): calling a class
-    with an __init__ enters the interpreter loop again, a cost paid per request."""
+    """A new Request for a request that started with `params` in `role`. A function rather
+    than Request(...): calling a class with an __init__ enters the interpreter loop again, a
+    cost paid per request."""
     request = _new(Request)
-    request.params = started.params
-    request.role = started.role
+    request.params = params
+    request.role = role
     request.conn = conn
     request.outbox = outbox
     request.check_peer = check_peer

@@ -518,11 +518,11 @@ class Worker:
                     # The usual request, whole in this read and without a body, is acted on
                     # at once: the same two steps _handle_events takes for its RequestStarted
                     # and StdinEnd, without the events in between.
-                    started = conn.receive_request(view[:n].tobytes())
-                    if started is not None:
-                        self._start_request(started, conn, outbox)
+                    params = conn.receive_request(view[:n].tobytes())
+                    if params is not None:
+                        self._start_request(params, conn.role, conn, outbox)
                         self._stdin_end()
-                    if started is None or (conn.state < _CLOSED and conn.pending_input):
+                    if params is None or (conn.state < _CLOSED and conn.pending_input):
                         self._handle_events(conn, outbox)
                 out = conn.data_to_send()
                 if out:
@@ -715,7 +715,7 @@ class Worker:
             # Exact type tests, in the order of how often they come: the event classes are
             # final, and this runs per event.
             if type(event) is RequestStarted:
-                self._start_request(event, conn, outbox)
+                self._start_request(event.params, event.role, conn, outbox)
             elif type(event) is StdinEnd:
                 self._stdin_end()
                 if conn.state >= _CLOSED:
@@ -769,12 +769,12 @@ class Worker:
         if out:
             outbox.write(out)
 
-    def _start_request(self, event: RequestStarted, conn: ServerConnection, outbox: Outbox) -> None:
-        params = event.params
+    def _start_request(self, params: dict[str, str], role: Role, conn: ServerConnection,
+                       outbox: Outbox) -> None:
         # REQUEST_URI inline: every front sends it, and this runs per request.
         self.slot.busy(params.get("REQUEST_METHOD", ""), params.get("REQUEST_URI") or request_uri(params))
-        self._request = request = start_request(event, conn, outbox, self._peer_check)
-        if event.role is _AUTHORIZER:
+        self._request = request = start_request(params, role, conn, outbox, self._peer_check)
+        if role is _AUTHORIZER:
             # An authorizer gets no body to wait for: answer at once.
             self._respond(request, EMPTY_INPUT)
             return

@@ -86,9 +86,11 @@ def run(conn: ServerConnection, wire: bytes, *, piecewise: bool, at_once: bool =
     try:
         for chunk in chunks:
             if at_once:
-                started = conn.receive_request(chunk)
-                if started is not None:
-                    out += [started, StdinEnd(started.request_id)]
+                params = conn.receive_request(chunk)
+                if params is not None:
+                    assert conn.request_id is not None
+                    out += [RequestStarted(conn.request_id, conn.role, conn.keep_conn, params),
+                            StdinEnd(conn.request_id)]
             else:
                 conn.receive_data(chunk)
             while not isinstance(event := conn.next_event(), NeedData):

@@ -35,7 +35,7 @@ from fcgiserver.protocol import (
 )
 from fcgiserver.protocol import connection as connection_module
 from fcgiserver.protocol import params as params_module
-from fcgiserver.protocol.connection import scan_whole_request_pure
+from fcgiserver.protocol.connection import scan_whole_request_pure, take_request_pure
 from fcgiserver.protocol.params import decode_params_latin1_pure
 
 EXAMPLES = settings(
@@ -64,13 +64,13 @@ def test_the_default_build_runs_the_compiled_code_and_the_variable_turns_it_off(
              "c._scan_whole_request is c.scan_whole_request_pure, s.store_slot is s.store_slot_pure, "
              "s.store_state is s.store_state_pure, not conn.COMPILED, "
              "b.build_environ is b.build_environ_pure, r.header_block is r.header_block_pure, "
-             "c._frame_final is c.frame_final_pure)")
+             "c._frame_final is c.frame_final_pure, c._take_request is c.take_request_pure)")
     env = {k: v for k, v in os.environ.items() if k != accel.PURE_ENV}
     built = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert built.stdout.split() == ["True"] + ["False"] * 8
+    assert built.stdout.split() == ["True"] + ["False"] * 9
     pure = subprocess.run([sys.executable, "-c", probe], env={**env, accel.PURE_ENV: "1"},
                           capture_output=True, text=True, check=True)
-    assert pure.stdout.split() == ["False"] + ["True"] * 8
+    assert pure.stdout.split() == ["False"] + ["True"] * 9
 
 
 def test_this_test_run_uses_the_code_it_was_asked_for() -> None:
@@ -180,21 +180,55 @@ def test_a_scan_finds_a_request_with_many_params_records() -> None:
     assert found == scan_whole_request_pure(wire, 0, 1 << 20) == (len(wire), 1, 1, 1, block, True)
 
 
+@EXAMPLES
+@given(requests(), st.sampled_from([0, 10, 100, 1 << 20]))
+def test_requests_taken_at_once_agree(wire: bytes, limit: int) -> None:
+    assert _speedups.take_request(wire, limit) == take_request_pure(wire, limit)
+
+
+@EXAMPLES
+@given(st.binary(max_size=200))
+def test_garbage_taken_at_once_agrees(wire: bytes) -> None:
+    assert _speedups.take_request(wire, 1 << 20) == take_request_pure(wire, 1 << 20)
+
+
+def test_a_request_is_taken_at_once_from_many_params_records_and_bad_params_are_left() -> None:
+    pairs = [(b"N%d" % i, b"v" * i) for i in range(300)]
+    block = encode_params(pairs)
+    records = b"".join(encode_record(RT.PARAMS, 1, block[i:i + 7]) for i in range(0, len(block), 7))
+    wire = _begin(1, 1, 1) + records + encode_record(RT.PARAMS, 1) + encode_record(RT.STDIN, 1)
+    params = {name.decode(): value.decode() for name, value in pairs}
+    taken = (len(wire), 1, 1, 1, params)
+    assert _speedups.take_request(wire, 1 << 20) == take_request_pure(wire, 1 << 20) == taken
+    # A length that runs past the block: the record loop reports it, so neither takes it.
+    bad = _begin(1, 1, 0) + encode_record(RT.PARAMS, 1, b"\x05\x01ab") + encode_record(RT.PARAMS, 1) + \
+        encode_record(RT.STDIN, 1)
+    assert _speedups.take_request(bad, 1 << 20) is None is take_request_pure(bad, 1 << 20)
+
+
 # -- a connection, either way -------------------------------------------------------------------
 
-def _events(wire: bytes, chunk: int, monkeypatch: pytest.MonkeyPatch, compiled: bool) -> list[object]:
+def _events(wire: bytes, chunk: int, monkeypatch: pytest.MonkeyPatch, compiled: bool,
+            at_once: bool = False) -> list[object]:
     with monkeypatch.context() as m:
         if compiled:
             m.setattr(connection_module, "_scan_whole_request", _speedups.scan_whole_request)
+            m.setattr(connection_module, "_take_request", _speedups.take_request)
             m.setattr(connection_module, "decode_params_latin1", _speedups.decode_params_latin1)
         else:
             m.setattr(connection_module, "_scan_whole_request", scan_whole_request_pure)
+            m.setattr(connection_module, "_take_request", take_request_pure)
             m.setattr(connection_module, "decode_params_latin1", params_module.decode_params_latin1_pure)
         conn = ServerConnection(max_params_size=4096)
         out: list[object] = []
         try:
             for i in range(0, len(wire), chunk):
-                conn.receive_data(wire[i:i + chunk])
+                if at_once:  # the worker's way: a request whole in one read is taken at once
+                    params = conn.receive_request(wire[i:i + chunk])
+                    if params is not None:
+                        out.append((conn.request_id, conn.role, conn.keep_conn, params))
+                else:
+                    conn.receive_data(wire[i:i + chunk])
                 while (event := conn.next_event()) is not NEED_DATA:
                     out.append(event)
             conn.receive_data(b"")
@@ -208,12 +242,13 @@ def _events(wire: bytes, chunk: int, monkeypatch: pytest.MonkeyPatch, compiled: 
 
 
 @EXAMPLES
-@given(requests(), st.sampled_from([1 << 20, 1, 7, 64]))
-def test_a_connection_gives_the_same_events_and_errors_either_way(wire: bytes, chunk: int) -> None:
+@given(requests(), st.sampled_from([1 << 20, 1, 7, 64]), st.booleans())
+def test_a_connection_gives_the_same_events_and_errors_either_way(wire: bytes, chunk: int,
+                                                                  at_once: bool) -> None:
     assume(wire)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert (_events(wire, chunk, monkeypatch, compiled=True)
-                == _events(wire, chunk, monkeypatch, compiled=False))
+        assert (_events(wire, chunk, monkeypatch, compiled=True, at_once=at_once)
+                == _events(wire, chunk, monkeypatch, compiled=False, at_once=at_once))
 
 
 # -- the end of a response ----------------------------------------------------------------------

@@ -216,6 +216,119 @@ read_header(const unsigned char *p)
     return h;
 }
 
+/* What scan() found: a request whose BEGIN_REQUEST and PARAMS stream lie whole in the buffer. */
+typedef struct {
+    Py_ssize_t end;        /* offset past the request (and its empty STDIN, if there) */
+    Py_ssize_t params_at;  /* offset of the first PARAMS record */
+    Py_ssize_t size;       /* the params block's size, over all its records */
+    int pieces;            /* PARAMS records with content */
+    int request_id, role, flags, stdin_ended;
+} scanned;
+
+/* connection.scan_whole_request_pure() without building anything: 1 when found. */
+static int
+scan(const unsigned char *buf, Py_ssize_t end, Py_ssize_t pos, Py_ssize_t max_params_size, scanned *out)
+{
+    if (pos < 0 || end - pos < 16) {
+        return 0;
+    }
+    header h = read_header(buf + pos);
+    if (h.version != 1 || h.type != BEGIN_REQUEST || h.length != 8 || h.request_id == 0) {
+        return 0;
+    }
+    out->request_id = h.request_id;
+    out->role = (buf[pos + 8] << 8) | buf[pos + 9];
+    out->flags = buf[pos + 10];
+    if (out->role != 1 && out->role != 2) { /* RESPONDER, AUTHORIZER */
+        return 0;
+    }
+    pos += 16 + h.padding;
+    out->params_at = pos;
+    out->size = 0;
+    out->pieces = 0;
+    for (;;) {
+        if (end - pos < 8) {
+            return 0;
+        }
+        h = read_header(buf + pos);
+        pos += 8 + h.length + h.padding;
+        if (h.version != 1 || h.type != PARAMS || h.request_id != out->request_id || pos > end) {
+            return 0;
+        }
+        if (h.length == 0) {
+            break;
+        }
+        out->size += h.length;
+        out->pieces++;
+    }
+    if (out->size > max_params_size) {
+        return 0;
+    }
+    out->stdin_ended = 0;
+    if (end - pos >= 8) {
+        h = read_header(buf + pos);
+        if (h.version == 1 && h.type == STDIN && h.request_id == out->request_id && h.length == 0
+                && pos + 8 + h.padding <= end) {
+            pos += 8 + h.padding;
+            out->stdin_ended = 1;
+        }
+    }
+    out->end = pos;
+    return 1;
+}
+
+/* The params block of a scanned request, copied out of its records into `to`. */
+static void
+copy_params(const unsigned char *buf, const scanned *found, unsigned char *to)
+{
+    unsigned char *stop = to + found->size;
+    for (Py_ssize_t at = found->params_at; to < stop;) {
+        header piece = read_header(buf + at);
+        memcpy(to, buf + at + 8, (size_t)piece.length);
+        to += piece.length;
+        at += 8 + piece.length + piece.padding;
+    }
+}
+
+/* A new tuple holding `items` (references stolen), or NULL with every item released. Built
+ * by hand: Py_BuildValue parses its format on every call, half a scan's cost. */
+static PyObject *
+tuple_of(PyObject **items, int n)
+{
+    PyObject *out = PyTuple_New(n);
+    int missing = out == NULL;
+    for (int i = 0; i < n; i++) {
+        missing |= items[i] == NULL;
+    }
+    if (missing) {
+        Py_XDECREF(out);
+        for (int i = 0; i < n; i++) {
+            Py_XDECREF(items[i]);
+        }
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(out, i, items[i]);
+    }
+    return out;
+}
+
+static int
+bytes_and_sizes(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name, Py_ssize_t *sizes)
+{
+    if (nargs != want || !PyBytes_CheckExact(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s() takes bytes and %zd numbers", name, want - 1);
+        return -1;
+    }
+    for (Py_ssize_t i = 1; i < want; i++) {
+        sizes[i - 1] = PyLong_AsSsize_t(args[i]);
+        if (sizes[i - 1] == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(scan_whole_request_doc,
 "scan_whole_request(buf, pos, max_params_size) -> tuple | None\n\n"
 "The compiled connection.scan_whole_request_pure().");
@@ -223,95 +336,66 @@ PyDoc_STRVAR(scan_whole_request_doc,
 static PyObject *
 scan_whole_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "scan_whole_request() takes 3 arguments");
+    Py_ssize_t numbers[2];
+    if (bytes_and_sizes(args, nargs, 3, "scan_whole_request", numbers) < 0) {
         return NULL;
     }
-    PyObject *bufobj = args[0];
-    if (!PyBytes_CheckExact(bufobj)) {
-        PyErr_SetString(PyExc_TypeError, "scan_whole_request() takes bytes");
-        return NULL;
-    }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_ssize_t max_params_size = PyLong_AsSsize_t(args[2]);
-    if (max_params_size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(bufobj);
-    Py_ssize_t end = PyBytes_GET_SIZE(bufobj);
-    if (pos < 0 || end - pos < 16) {
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    scanned found;
+    if (!scan(buf, PyBytes_GET_SIZE(args[0]), numbers[0], numbers[1], &found)) {
         Py_RETURN_NONE;
     }
-    header h = read_header(buf + pos);
-    if (h.version != 1 || h.type != BEGIN_REQUEST || h.length != 8 || h.request_id == 0) {
-        Py_RETURN_NONE;
-    }
-    int request_id = h.request_id;
-    int role = (buf[pos + 8] << 8) | buf[pos + 9];
-    int flags = buf[pos + 10];
-    if (role != 1 && role != 2) { /* RESPONDER, AUTHORIZER */
-        Py_RETURN_NONE;
-    }
-    pos += 16 + h.padding;
-    Py_ssize_t params_at = pos;
-    Py_ssize_t size = 0;
-    for (;;) {
-        if (end - pos < 8) {
-            Py_RETURN_NONE;
-        }
-        h = read_header(buf + pos);
-        pos += 8 + h.length + h.padding;
-        if (h.version != 1 || h.type != PARAMS || h.request_id != request_id || pos > end) {
-            Py_RETURN_NONE;
-        }
-        if (h.length == 0) {
-            break;
-        }
-        size += h.length;
-    }
-    if (size > max_params_size) {
-        Py_RETURN_NONE;
-    }
-    int stdin_ended = 0;
-    if (end - pos >= 8) {
-        h = read_header(buf + pos);
-        if (h.version == 1 && h.type == STDIN && h.request_id == request_id && h.length == 0
-                && pos + 8 + h.padding <= end) {
-            pos += 8 + h.padding;
-            stdin_ended = 1;
-        }
-    }
-    PyObject *raw = PyBytes_FromStringAndSize(NULL, size);
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, found.size);
     if (raw == NULL) {
         return NULL;
     }
-    /* The records were checked above: a second walk copies their content. */
-    char *to = PyBytes_AS_STRING(raw);
-    for (Py_ssize_t at = params_at; to < PyBytes_AS_STRING(raw) + size;) {
-        header piece = read_header(buf + at);
-        memcpy(to, buf + at + 8, (size_t)piece.length);
-        to += piece.length;
-        at += 8 + piece.length + piece.padding;
-    }
-    /* Built by hand: Py_BuildValue parses its format on every call, half this function's cost. */
-    PyObject *items[5] = {PyLong_FromSsize_t(pos), PyLong_FromLong(request_id), PyLong_FromLong(role),
-                          PyLong_FromLong(flags), raw};
-    PyObject *out = PyTuple_New(6);
-    if (out == NULL || !items[0] || !items[1] || !items[2] || !items[3]) {
-        Py_XDECREF(out);
-        for (int i = 0; i < 5; i++) {
-            Py_XDECREF(items[i]);
-        }
+    copy_params(buf, &found, (unsigned char *)PyBytes_AS_STRING(raw));
+    PyObject *items[6] = {PyLong_FromSsize_t(found.end), PyLong_FromLong(found.request_id),
+                          PyLong_FromLong(found.role), PyLong_FromLong(found.flags), raw,
+                          Py_NewRef(found.stdin_ended ? Py_True : Py_False)};
+    return tuple_of(items, 6);
+}
+
+PyDoc_STRVAR(take_request_doc,
+"take_request(buf, max_params_size) -> tuple | None\n\n"
+"The compiled connection.take_request_pure().");
+
+static PyObject *
+take_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t numbers[1];
+    if (bytes_and_sizes(args, nargs, 2, "take_request", numbers) < 0) {
         return NULL;
     }
-    for (int i = 0; i < 5; i++) {
-        PyTuple_SET_ITEM(out, i, items[i]);
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    scanned found;
+    if (!scan(buf, PyBytes_GET_SIZE(args[0]), 0, numbers[0], &found) || !found.stdin_ended) {
+        Py_RETURN_NONE;
     }
-    PyTuple_SET_ITEM(out, 5, Py_NewRef(stdin_ended ? Py_True : Py_False));
-    return out;
+    PyObject *params;
+    if (found.pieces <= 1) {
+        /* The usual block: one record, decoded where it lies. */
+        params = decode_block(buf + found.params_at + 8, found.size);
+    }
+    else {
+        unsigned char *block = PyMem_Malloc(found.size ? (size_t)found.size : 1);
+        if (block == NULL) {
+            return PyErr_NoMemory();
+        }
+        copy_params(buf, &found, block);
+        params = decode_block(block, found.size);
+        PyMem_Free(block);
+    }
+    if (params == NULL) {
+        if (!PyErr_ExceptionMatches(RemoteProtocolError)) {
+            return NULL;
+        }
+        PyErr_Clear(); /* the record loop reports it, from the same bytes */
+        Py_RETURN_NONE;
+    }
+    PyObject *items[5] = {PyLong_FromSsize_t(found.end), PyLong_FromLong(found.request_id),
+                          PyLong_FromLong(found.role), PyLong_FromLong(found.flags), params};
+    return tuple_of(items, 5);
 }
 
 /* -- the end of a response ------------------------------------------------------------------ */
@@ -378,6 +462,7 @@ static PyMethodDef methods[] = {
     {"decode_params_latin1", (PyCFunction)decode_params_latin1, METH_O, decode_params_latin1_doc},
     {"scan_whole_request", (PyCFunction)(void (*)(void))scan_whole_request, METH_FASTCALL,
      scan_whole_request_doc},
+    {"take_request", (PyCFunction)(void (*)(void))take_request, METH_FASTCALL, take_request_doc},
     {"frame_final", (PyCFunction)(void (*)(void))frame_final, METH_FASTCALL, frame_final_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -36,7 +36,7 @@ from .events import (
     StdinData,
     StdinEnd,
 )
-from .params import decode_params, decode_params_latin1, encode_params
+from .params import decode_params, decode_params_latin1, decode_params_latin1_pure, encode_params
 from .records import (
     BEGIN_BODY,
     END_BODY,
@@ -199,7 +199,9 @@ class ServerConnection:
         self._error: RemoteProtocolError | None = None
         self._params: list[bytes] = []
         self._params_size = 0
-        self._role = _RESPONDER
+        # The request being served (or the last one): its role, id and whether the front
+        # keeps the connection after it.
+        self.role: Role = _RESPONDER
         self._stderr_used = False
         self.state = _S_IDLE
         self.request_id: int | None = None
@@ -374,7 +376,7 @@ class ServerConnection:
     def _start_whole(self, request_id: int, role: int, flags: int) -> tuple[Role, bool]:
         """What _do_begin and _do_params_end do, for a request taken whole."""
         self.request_id = request_id
-        self._role = role_ = _ROLES[role]
+        self.role = role_ = _ROLES[role]
         self.keep_conn = keep_conn = bool(flags & FCGI_KEEP_CONN)
         self._params = []
         self._params_size = 0
@@ -382,34 +384,30 @@ class ServerConnection:
         self.state = _AFTER_PARAMS
         return role_, keep_conn
 
-    def receive_request(self, data: bytes) -> RequestStarted | None:
+    def receive_request(self, data: bytes) -> dict[str, str] | None:
         """receive_data(data), with the usual request taken at once.
 
         When the connection waits for a request with nothing buffered, and `data` holds
         one whole with its STDIN already ended (what fronts send for a request without a
-        body, in one read), this returns its RequestStarted and the StdinEnd is implied:
-        neither is queued for next_event(), which gives what follows them, if anything.
-        Otherwise (None) the bytes were received as receive_data() receives them, and
-        next_event() gives every event, errors included. Either way the connection ends
-        in the same state with the same events as receive_data() and next_event() give
+        body, in one read), this returns its params, and request_id, role and keep_conn
+        describe it: it stands for a RequestStarted and a StdinEnd, neither of which is
+        queued for next_event(), which gives what follows them, if anything. Otherwise
+        (None) the bytes were received as receive_data() receives them, and next_event()
+        gives every event, errors included. Either way the connection ends in the same
+        state with the same events as receive_data() and next_event() give
         (tests/test_request_path.py compares them).
         """
         if (self.state is _S_IDLE and type(data) is bytes and _WHOLE_REQUEST_PATH and not self._events
                 and self._error is None and not self._eof and not self._reader.pending()):
-            try:
-                taken = _scan_whole_request(data, 0, self._max_params_size)
-                params = decode_params_latin1(taken[4]) if taken is not None and taken[5] else None
-            except RemoteProtocolError:
-                params = None  # next_event() finds the error again, as for any bytes
-            if params is not None:
-                assert taken is not None
-                pos, request_id, role, flags = taken[:4]
+            taken = _take_request(data, self._max_params_size)
+            if taken is not None:
+                pos, request_id, role, flags, params = taken
                 if pos < len(data):  # what follows the request stays for the record loop
                     self._reader.feed(data)
                     self._reader.skip_to(pos)
-                role_, keep_conn = self._start_whole(request_id, role, flags)
+                self._start_whole(request_id, role, flags)
                 self.state = _AFTER_STDIN
-                return RequestStarted(request_id, role_, keep_conn, params)
+                return params
         self.receive_data(data)
         return None
 
@@ -468,7 +466,7 @@ class ServerConnection:
     def _do_params_end(self, rtype: int, request_id: int, content: bytes) -> None:
         raw = b"".join(self._params) if len(self._params) != 1 else self._params[0]
         self._params = []
-        self._events.append(RequestStarted(request_id, self._role, self.keep_conn, decode_params_latin1(raw)))
+        self._events.append(RequestStarted(request_id, self.role, self.keep_conn, decode_params_latin1(raw)))
 
     def _do_stdin(self, rtype: int, request_id: int, content: bytes) -> None:
         self._events.append(StdinData(request_id, content))
@@ -479,7 +477,7 @@ class ServerConnection:
     def _do_begin(self, rtype: int, request_id: int, content: bytes) -> None:
         role, flags = BEGIN_BODY.unpack(content)
         self.request_id = request_id
-        self._role = _ROLES[role]
+        self.role = _ROLES[role]
         self.keep_conn = bool(flags & FCGI_KEEP_CONN)
         self._params = []
         self._params_size = 0
@@ -579,6 +577,31 @@ def scan_whole_request_pure(buf: bytes, pos: int, max_params_size: int) -> _Whol
 
 _scan_whole_request: Callable[[bytes, int, int], _Whole | None] = (
     scan_whole_request_pure if speedups is None else speedups.scan_whole_request)
+
+# (offset past the request, request id, role, flags, params)
+_Taken = tuple[int, int, int, int, dict[str, str]]
+
+
+def take_request_pure(buf: bytes, max_params_size: int) -> _Taken | None:
+    """A request at the start of `buf` that lies whole in it with its STDIN ended (what a
+    front sends for a request without a body): (offset past it, request id, role, flags,
+    its params). None for anything else, and for params that do not decode: the record loop
+    takes those bytes and reports what is wrong with them.
+
+    The reference for the compiled take_request (see accel.py).
+    """
+    taken = scan_whole_request_pure(buf, 0, max_params_size)
+    if taken is None or not taken[5]:
+        return None
+    try:
+        params = decode_params_latin1_pure(taken[4])
+    except RemoteProtocolError:
+        return None
+    return taken[0], taken[1], taken[2], taken[3], params
+
+
+_take_request: Callable[[bytes, int], _Taken | None] = (
+    take_request_pure if speedups is None else speedups.take_request)
 
 
 _ACTIONS: dict[_Do, _Handler | None] = {
