@@ -436,7 +436,7 @@ class Worker:
             raise
         if sock is None:
             return False
-        self.slot.count_accept()
+        self.slot.accepted += 1
         if self.allow is not None and not self._admit(sock, listener):
             return True
         self._serve(sock)
@@ -524,9 +524,8 @@ class Worker:
                         self._stdin_end()
                     if params is None or (conn.state < _CLOSED and conn.pending_input):
                         self._handle_events(conn, outbox)
-                out = conn.data_to_send()
-                if out:
-                    outbox.write(out)
+                if conn.replies:
+                    outbox.write(conn.data_to_send())
                 state = conn.state
                 if state >= _CLOSED:
                     return
@@ -696,7 +695,7 @@ class Worker:
             return False  # an error the accept loop deals with
         if taken is None:
             return False  # gone to another worker
-        self.slot.count_accept()
+        self.slot.accepted += 1
         if self.allow is not None and not self._admit(taken, listener):
             return False
         log.debug("closing an idle kept connection for a new one no free worker took")

@@ -149,7 +149,7 @@ def test_counts_of_a_cleared_slot_move_to_the_header_so_totals_never_drop() -> N
         slot = board.slot(0)
         slot.booting(1234, 1)
         for _ in range(3):
-            slot.count_accept()
+            slot.accepted += 1
             slot.busy("GET", "/")
             slot.done()
         before = collect(board, [], full=False).totals

@@ -180,7 +180,9 @@ class ServerConnection:
     ) -> None:
         self._reader = RecordReader()
         self._events: deque[Event] = deque()
-        self._outbox: list[bytes] = []
+        # Replies the connection made on its own (GET_VALUES, UNKNOWN_TYPE, refusals), not yet
+        # taken by data_to_send(): a caller may test it to skip that call.
+        self.replies: list[bytes] = []
         self._max_params_size = max_params_size
         # Turned into the GET_VALUES answers only when asked: most connections never are.
         self._limits = (max_conns, max_reqs)
@@ -194,7 +196,7 @@ class ServerConnection:
         """
         self._reader.clear()
         self._events.clear()
-        self._outbox.clear()
+        self.replies.clear()
         self._eof = False
         self._error: RemoteProtocolError | None = None
         self._params: list[bytes] = []
@@ -281,10 +283,10 @@ class ServerConnection:
 
     def data_to_send(self) -> bytes:
         """Replies the connection made on its own since the last call."""
-        if not self._outbox:
+        if not self.replies:
             return b""
-        out = b"".join(self._outbox)
-        self._outbox.clear()
+        out = b"".join(self.replies)
+        self.replies.clear()
         return out
 
     # -- output --------------------------------------------------------------
@@ -508,10 +510,10 @@ class ServerConnection:
             if (key := name.decode("latin-1")) in values
         ]
         body = encode_params(known)
-        self._outbox.append(encode_record(RecordType.GET_VALUES_RESULT, NULL_REQUEST_ID, body))
+        self.replies.append(encode_record(RecordType.GET_VALUES_RESULT, NULL_REQUEST_ID, body))
 
     def _do_unknown_type(self, rtype: int, request_id: int, content: bytes) -> None:
-        self._outbox.append(
+        self.replies.append(
             encode_record(RecordType.UNKNOWN_TYPE, NULL_REQUEST_ID, UNKNOWN_TYPE_BODY.pack(rtype))
         )
 
@@ -524,7 +526,7 @@ class ServerConnection:
         self._events.append(ConnectionClosed())
 
     def _reply_end(self, request_id: int, status: ProtocolStatus) -> None:
-        self._outbox.append(encode_record(RecordType.END_REQUEST, request_id, END_BODY.pack(0, status)))
+        self.replies.append(encode_record(RecordType.END_REQUEST, request_id, END_BODY.pack(0, status)))
 
 
 # (offset past the request, request id, role, flags, params block, STDIN ended)

@@ -101,8 +101,8 @@ class BoardTotals:
 class Slot:
     """One worker's slot. The worker is the only writer; anyone may read."""
 
-    __slots__ = ("_accepted", "_board", "_buf", "_busy_since", "_fingerprint", "_generation", "_method",
-                 "_offset", "_pid", "_requests", "_seq", "_state", "_uri")
+    __slots__ = ("_board", "_buf", "_busy_since", "_fingerprint", "_generation", "_method",
+                 "_offset", "_pid", "_requests", "_seq", "_state", "_uri", "accepted")
 
     def __init__(self, buf: mmap.mmap, offset: int, board: Scoreboard | None = None) -> None:
         self._buf = buf
@@ -114,7 +114,10 @@ class Slot:
         self._pid = 0
         self._generation = 0
         self._requests = 0
-        self._accepted = 0
+        # Connections accepted, counted by the worker itself (`slot.accepted += 1`, per
+        # connection, without a call): no shared-memory write of its own, the count goes
+        # out with the next state change, normally busy().
+        self.accepted = 0
         self._fingerprint = b""
         self._method = b""
         self._uri = b""
@@ -137,7 +140,7 @@ class Slot:
         self._pid = pid
         self._generation = generation
         self._requests = 0
-        self._accepted = 0
+        self.accepted = 0
         # The fingerprint stays: it may be set before or after this call, and clear()
         # resets it for the next worker in this slot.
         self._write(SlotState.BOOTING, 0.0)
@@ -146,11 +149,6 @@ class Slot:
         self._method = b""
         self._uri = b""
         self._write(SlotState.IDLE, 0.0)
-
-    def count_accept(self) -> None:
-        """One more accepted connection. No shared-memory write of its own (this runs per
-        connection): the count goes out with the next state change, normally busy()."""
-        self._accepted += 1
 
     def busy(self, method: str, uri: str) -> None:
         encoded = _methods.get(method)
@@ -162,7 +160,7 @@ class Slot:
         self._uri = uri_bytes = uri.encode("latin-1", "replace")[:URI_LEN]
         now = _time()
         # _write(), inlined: this runs for every request.
-        self._seq = store_slot(self._buf, self._offset, self._seq, _BUSY, self._requests, self._accepted,
+        self._seq = store_slot(self._buf, self._offset, self._seq, _BUSY, self._requests, self.accepted,
                                 now, now, self._pid, self._generation, self._fingerprint, encoded, uri_bytes)
         self._state = _BUSY
         self._busy_since = now
@@ -172,7 +170,7 @@ class Slot:
         The method and URI it leaves in place mean nothing once the slot is not busy."""
         self._requests = requests = self._requests + 1
         self._method = self._uri = b""
-        self._seq = store_state(self._buf, self._offset, self._seq, _IDLE, requests, self._accepted, 0.0,
+        self._seq = store_state(self._buf, self._offset, self._seq, _IDLE, requests, self.accepted, 0.0,
                                  _time())
         self._state = _IDLE
         self._busy_since = 0.0
@@ -185,7 +183,7 @@ class Slot:
         self._write(self._state, self._busy_since)
 
     def _write(self, state: SlotState, busy_since: float) -> None:
-        self._seq = store_slot(self._buf, self._offset, self._seq, state, self._requests, self._accepted,
+        self._seq = store_slot(self._buf, self._offset, self._seq, state, self._requests, self.accepted,
                                 busy_since, _time(), self._pid, self._generation, self._fingerprint,
                                 self._method, self._uri)
         self._state = state
@@ -234,7 +232,7 @@ class Slot:
         self._buf[self._offset + SEQ_SIZE:self._offset + SLOT_SIZE] = bytes(SLOT_SIZE - SEQ_SIZE)
         writer.end()
         self._seq = writer.seq
-        self._pid = self._generation = self._requests = self._accepted = 0
+        self._pid = self._generation = self._requests = self.accepted = 0
         self._fingerprint = self._method = self._uri = b""
         self._state = SlotState.FREE
         self._busy_since = 0.0
