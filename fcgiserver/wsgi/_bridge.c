@@ -87,7 +87,7 @@ get_true(PyObject *env, PyObject *key)
     return truth;
 }
 
-/* The extra pairs: a tuple of 2-tuples, or None when the reference must take them. */
+/* 1 when the extra pairs are a tuple of 2-tuples; 0 sends the call to the reference. */
 static int
 extra_is_plain(PyObject *extra)
 {
